@@ -1,0 +1,204 @@
+//! Shared-file backend: one JSON file on a local or network file system; needs no server.
+//!
+//! Layout and locking are described in [`document`] and [`storage`]; the reader side in [`feed`].
+
+mod document;
+mod feed;
+mod storage;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+
+use self::document::{now_ms, Document, InstanceRecord};
+use self::feed::FeedGuard;
+use self::storage::FileStorage;
+use crate::error::{Error, ErrorKind, Result};
+use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
+use crate::registration::{Liveness, LivenessStore, Registration};
+use crate::route::{Address, ServiceRoute};
+use crate::watch::{RouteWatch, WatchHub};
+
+/// Default interval of the polling fallback that catches changes the directory watch missed.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Options of the file backend (`file:///path/routes.json?ttl=..&poll=..`).
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    /// The routes file; its directory is created if missing.
+    pub path: PathBuf,
+    /// Default registration TTL.
+    pub ttl: Duration,
+    /// Polling fallback interval.
+    pub poll_interval: Duration,
+}
+
+impl FileConfig {
+    /// Defaults for a file at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileConfig {
+            path: path.into(),
+            ttl: DEFAULT_TTL,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+}
+
+/// A registry kept in one shared JSON file.
+#[derive(Debug, Clone)]
+pub struct FileRouteManager {
+    inner: Arc<FileStore>,
+}
+
+struct FileStore {
+    config: FileConfig,
+    storage: FileStorage,
+    hub: Arc<WatchHub>,
+    feed: Mutex<Weak<FeedGuard>>,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileRouteManager {
+    /// A manager for the file in `config`.
+    pub fn new(config: FileConfig) -> Result<Self> {
+        let storage = FileStorage::new(config.path.clone())?;
+        Ok(FileRouteManager {
+            inner: Arc::new(FileStore {
+                config,
+                storage,
+                hub: Arc::new(WatchHub::new()),
+                feed: Mutex::new(Weak::new()),
+            }),
+        })
+    }
+
+    /// The routes file.
+    pub fn path(&self) -> &std::path::Path {
+        self.inner.storage.path()
+    }
+}
+
+/// Runs blocking file work off the async threads.
+pub(crate) async fn blocking<R: Send + 'static>(work: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Closed, "file task ended abnormally").with_source(e))?
+}
+
+impl FileStore {
+    async fn update<R: Send + 'static>(
+        &self,
+        edit: impl FnOnce(&mut Document) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let storage = self.storage.clone();
+        blocking(move || storage.update(edit)).await
+    }
+
+    fn ttl_of(&self, instance: &Instance) -> Duration {
+        instance.ttl.unwrap_or(self.config.ttl)
+    }
+}
+
+fn new_lease() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+fn expiry(ttl: Duration) -> u64 {
+    now_ms() + ttl.as_millis() as u64
+}
+
+#[async_trait]
+impl LivenessStore for FileStore {
+    type Lease = String;
+
+    async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<String> {
+        let lease = new_lease();
+        let record = InstanceRecord {
+            expires: expiry(ttl),
+            lease: lease.clone(),
+        };
+        let instance = instance.clone();
+        self.update(move |doc| doc.put_instance(&instance, record)).await?;
+        Ok(lease)
+    }
+
+    async fn keep_alive(&self, instance: &Instance, lease: &String) -> Result<Liveness> {
+        let id = instance.id()?;
+        let lease = lease.clone();
+        let expires = expiry(self.ttl_of(instance));
+        let alive = self.update(move |doc| Ok(doc.touch(&id, &lease, expires))).await?;
+        Ok(if alive { Liveness::Alive } else { Liveness::Lost })
+    }
+
+    async fn remove_instance(&self, instance: &Instance, lease: String) -> Result<()> {
+        let id = instance.id()?;
+        self.update(move |doc| {
+            doc.remove_instance(&id, &lease);
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RouteManager for FileRouteManager {
+    fn backend(&self) -> &'static str {
+        "file"
+    }
+
+    async fn list(&self) -> Result<Vec<ServiceRoute>> {
+        let storage = self.inner.storage.clone();
+        let doc = blocking(move || match storage.read()? {
+            Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => Document::parse(&bytes),
+            _ => Ok(Document::default()),
+        })
+        .await?;
+        Ok(doc.live_routes(now_ms()).0.into_values().collect())
+    }
+
+    async fn register(&self, instance: Instance) -> Result<Registration> {
+        Registration::start(self.inner.clone(), instance, self.inner.config.ttl).await
+    }
+
+    async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {
+        let addresses = addresses.to_vec();
+        self.inner.update(move |doc| doc.remove_addresses(&addresses)).await
+    }
+
+    async fn clear(&self) -> Result<()> {
+        self.inner
+            .update(|doc| {
+                doc.clear();
+                Ok(())
+            })
+            .await
+    }
+
+    async fn watch(&self) -> Result<RouteWatch> {
+        let mut slot = self.inner.feed.lock().await;
+        let guard = match slot.upgrade() {
+            Some(guard) => guard,
+            None => {
+                let guard = feed::start(
+                    self.inner.storage.clone(),
+                    self.inner.hub.clone(),
+                    self.inner.config.poll_interval,
+                )
+                .await?;
+                *slot = Arc::downgrade(&guard);
+                guard
+            }
+        };
+        Ok(self.inner.hub.subscribe().keep_alive(guard))
+    }
+}

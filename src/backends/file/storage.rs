@@ -1,0 +1,171 @@
+//! Reading and atomically rewriting the shared file.
+//!
+//! Writers take an exclusive lock on a separate `<file>.lock` (never the data file, which is
+//! replaced by rename), re-read the file under the lock, write a temp file in the same directory,
+//! fsync it, rename it over the file and fsync the directory. Readers never lock: they always see
+//! either the old or the new file, never a partial one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind as IoKind, Write};
+use std::path::{Path, PathBuf};
+
+use super::document::{now_ms, Document};
+use crate::error::{Error, Result};
+
+/// A cheap fingerprint of the file, to notice changes when polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+/// The location of a shared routes file and its lock file.
+#[derive(Debug, Clone)]
+pub(crate) struct FileStorage {
+    path: PathBuf,
+    lock_path: PathBuf,
+    dir: PathBuf,
+}
+
+impl FileStorage {
+    /// The storage for `path`; its directory must exist (it is created if missing).
+    pub fn new(path: PathBuf) -> Result<Self> {
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| Error::invalid_input(format!("{} is not a file path", path.display())))?
+            .to_owned();
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut lock_name = file_name;
+        lock_name.push(".lock");
+        Ok(FileStorage {
+            lock_path: dir.join(lock_name),
+            dir,
+            path,
+        })
+    }
+
+    /// The routes file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory holding it.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file's name, to pick its events out of a directory watch.
+    pub fn file_name(&self) -> &std::ffi::OsStr {
+        self.path.file_name().unwrap_or_default()
+    }
+
+    /// The current fingerprint, `None` when the file does not exist.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        let meta = fs::metadata(&self.path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(Fingerprint {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        })
+    }
+
+    /// Reads the file; `None` when it does not exist (an empty registry).
+    pub fn read(&self) -> Result<Option<Vec<u8>>> {
+        match fs::read(&self.path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == IoKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(&self.path, "read", e)),
+        }
+    }
+
+    /// Reads and parses the file; a missing file is an empty document.
+    pub fn load(&self) -> Result<Document> {
+        match self.read()? {
+            Some(bytes) => Document::parse(&bytes),
+            None => Ok(Document::default()),
+        }
+    }
+
+    /// Runs `edit` on the current document under the writers' lock and writes the result.
+    ///
+    /// Expired instances are pruned first. A file that does not parse is left alone (an error is
+    /// returned) so nothing in it is lost; an empty file counts as an empty document.
+    pub fn update<R>(&self, edit: impl FnOnce(&mut Document) -> Result<R>) -> Result<R> {
+        fs::create_dir_all(&self.dir).map_err(|e| io_error(&self.dir, "create directory", e))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(|e| io_error(&self.lock_path, "open lock file", e))?;
+        lock.lock()
+            .map_err(|e| io_error(&self.lock_path, "lock", e))?;
+        let mut doc = match self.read()? {
+            Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
+                Document::parse(&bytes).map_err(|e| {
+                    Error::malformed(format!(
+                        "{}: {}; not overwriting it (fix or remove the file)",
+                        self.path.display(),
+                        e.message()
+                    ))
+                })?
+            }
+            _ => Document::default(),
+        };
+        doc.prune(now_ms());
+        let result = edit(&mut doc)?;
+        self.write_atomically(&doc.to_bytes()?)?;
+        drop(lock);
+        Ok(result)
+    }
+
+    fn write_atomically(&self, bytes: &[u8]) -> Result<()> {
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(self.file_name());
+        prefix.push(".");
+        let mut temp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".tmp")
+            .tempfile_in(&self.dir)
+            .map_err(|e| io_error(&self.dir, "create temp file", e))?;
+        temp.write_all(bytes)
+            .map_err(|e| io_error(temp.path(), "write", e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = temp
+                .as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644));
+        }
+        temp.as_file()
+            .sync_all()
+            .map_err(|e| io_error(temp.path(), "fsync", e))?;
+        temp.persist(&self.path)
+            .map_err(|e| io_error(&self.path, "rename temp file over", e.error))?;
+        sync_dir(&self.dir)
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, "fsync directory", e))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<()> {
+    Ok(())
+}
+
+fn io_error(path: &Path, action: &str, err: std::io::Error) -> Error {
+    Error::from(err).context(format!("{action} {}", path.display()))
+}

@@ -1,0 +1,5 @@
+//! Registry backends, one module each.
+
+#[cfg(feature = "file")]
+pub mod file;
+pub mod memory;

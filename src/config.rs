@@ -1,0 +1,164 @@
+//! Choosing a backend from a URL: [`connect`].
+//!
+//! | URL | backend |
+//! |---|---|
+//! | `file:///var/lib/app/routes.json?ttl=10s&poll=1s` | shared file (absolute path) |
+//! | `file://./routes.json` | shared file (relative to the working directory) |
+//! | `memory://?prefix=services/serviceRoutes/&ttl=10s` | in-process registry (tests) |
+//! | `etcd://127.0.0.1:2379` | etcd (feature `etcd`) |
+//! | `consul://127.0.0.1:8500` | Consul KV (feature `consul`) |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backends::memory::{MemoryConfig, MemoryRouteManager};
+use crate::error::{Error, ErrorKind, Result};
+use crate::manager::{RouteManager, MIN_TTL};
+use crate::route::KeyLayout;
+
+/// The URL schemes [`connect`] knows.
+pub const KNOWN_SCHEMES: &[&str] = &["file", "memory", "etcd", "consul"];
+
+/// The default backend URL when none is given.
+pub const DEFAULT_BACKEND_URL: &str = "file://./routes.json";
+
+/// Opens the backend a URL names. See the module docs for the forms.
+pub async fn connect(url: &str) -> Result<Arc<dyn RouteManager>> {
+    let parsed = BackendUrl::parse(url)?;
+    match parsed.scheme.as_str() {
+        "memory" => {
+            let mut options = parsed.options(&["prefix", "ttl"])?;
+            let mut config = MemoryConfig::default();
+            if let Some(prefix) = options.remove("prefix") {
+                config.layout = KeyLayout::new(&prefix)?;
+            }
+            if let Some(ttl) = options.remove("ttl") {
+                config.ttl = parse_ttl(&ttl)?;
+            }
+            Ok(Arc::new(MemoryRouteManager::new(config)))
+        }
+        "file" => connect_file(&parsed),
+        "etcd" => not_yet(&parsed, cfg!(feature = "etcd")),
+        "consul" => not_yet(&parsed, cfg!(feature = "consul")),
+        other => Err(Error::invalid_input(format!(
+            "unknown backend scheme {other:?} in {url:?}; known schemes: {}",
+            KNOWN_SCHEMES.join(", ")
+        ))),
+    }
+}
+
+#[cfg(feature = "file")]
+fn connect_file(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
+    use crate::backends::file::{FileConfig, FileRouteManager};
+    if parsed.location.is_empty() {
+        return Err(Error::invalid_input(
+            "file URL has no path (use file:///abs/path.json or file://./relative.json)",
+        ));
+    }
+    let mut options = parsed.options(&["ttl", "poll"])?;
+    let mut config = FileConfig::new(&parsed.location);
+    if let Some(ttl) = options.remove("ttl") {
+        config.ttl = parse_ttl(&ttl)?;
+    }
+    if let Some(poll) = options.remove("poll") {
+        config.poll_interval = parse_duration(&poll)?;
+    }
+    Ok(Arc::new(FileRouteManager::new(config)?))
+}
+
+#[cfg(not(feature = "file"))]
+fn connect_file(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
+    not_yet(parsed, false)
+}
+
+fn not_yet(parsed: &BackendUrl, compiled_in: bool) -> Result<Arc<dyn RouteManager>> {
+    let scheme = &parsed.scheme;
+    let message = if compiled_in {
+        format!("the {scheme} backend is not yet supported in this version")
+    } else {
+        format!("the {scheme} backend is not compiled in (enable the cargo feature \"{scheme}\")")
+    };
+    Err(Error::new(ErrorKind::Unsupported, message))
+}
+
+/// A backend URL split into scheme, location and query options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    /// `file`, `memory`, `etcd`, `consul`, ...
+    pub scheme: String,
+    /// Everything between `://` and `?`: a path, or `host:port[,host:port]`.
+    pub location: String,
+    /// The query options, percent-decoded.
+    pub query: Vec<(String, String)>,
+}
+
+impl BackendUrl {
+    /// Splits `scheme://location?key=value&...`.
+    pub fn parse(url: &str) -> Result<Self> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            Error::invalid_input(format!(
+                "backend URL {url:?} has no scheme; expected one of {}",
+                KNOWN_SCHEMES
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        Ok(BackendUrl {
+            scheme: scheme.to_ascii_lowercase(),
+            location: location.to_owned(),
+            query: url::form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        })
+    }
+
+    /// The options as a map, refusing any not in `allowed` and any given twice.
+    pub fn options(&self, allowed: &[&str]) -> Result<BTreeMap<String, String>> {
+        let mut map = BTreeMap::new();
+        for (key, value) in &self.query {
+            if !allowed.contains(&key.as_str()) {
+                return Err(Error::invalid_input(format!(
+                    "unknown option {key:?} for the {} backend; known options: {}",
+                    self.scheme,
+                    allowed.join(", ")
+                )));
+            }
+            if map.insert(key.clone(), value.clone()).is_some() {
+                return Err(Error::invalid_input(format!("option {key:?} is given twice")));
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// Parses `10`, `2.5`, `10s`, `500ms` or `2m` into a duration (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let bad = || Error::invalid_input(format!("{text:?} is not a duration (e.g. 10, 2.5s, 500ms)"));
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: f64 = number.trim().parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
+}
+
+fn parse_ttl(text: &str) -> Result<Duration> {
+    let ttl = parse_duration(text)?;
+    if ttl < MIN_TTL {
+        return Err(Error::invalid_input(format!(
+            "ttl {ttl:?} is below the minimum of {MIN_TTL:?}"
+        )));
+    }
+    Ok(ttl)
+}

@@ -1,0 +1,43 @@
+//! # wayfinder
+//!
+//! Service discovery for microservices. A service registers its routes at start-up; a client
+//! watches them and resolves a route path such as `api/user/getuser` to an address. The registry
+//! behind it is etcd, Consul KV or a shared file, chosen by a URL.
+//!
+//! ```no_run
+//! use wayfinder::{connect, Address, Instance, ServiceDescriptor};
+//!
+//! # async fn demo() -> wayfinder::Result<()> {
+//! let registry = connect("file://./routes.json").await?;
+//! let routes = vec![ServiceDescriptor::new(
+//!     "Surging.IModuleServices.Common.IUserService.GetUser_id",
+//!     "api/user/getuser",
+//! )];
+//! let registration = registry
+//!     .register(Instance::new(Address::new("127.0.0.1", 9000), routes))
+//!     .await?;
+//! for route in registry.list().await? {
+//!     println!("{} -> {:?}", route.route_path(), route.addresses);
+//! }
+//! registration.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Routes are stored as Surging-compatible JSON under `<prefix><service-id>/<instance-id>`
+//! (see [`route`]); every backend implements [`RouteManager`].
+
+pub mod backends;
+pub mod config;
+mod error;
+mod manager;
+mod registration;
+pub mod route;
+mod watch;
+
+pub use config::connect;
+pub use error::{Error, ErrorKind, Result};
+pub use manager::{Instance, RouteManager, DEFAULT_TTL, MIN_TTL};
+pub use registration::Registration;
+pub use route::{Address, ServiceDescriptor, ServiceRoute};
+pub use watch::{RouteEvent, RouteWatch, SyncStatus};

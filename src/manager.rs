@@ -1,0 +1,138 @@
+//! The [`RouteManager`] trait every backend implements, and the [`Instance`] it registers.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::registration::Registration;
+use crate::route::{
+    encode_route, instance_id, validate_service_id, Address, ServiceDescriptor, ServiceRoute,
+};
+use crate::watch::RouteWatch;
+
+/// Default liveness TTL of a registration: entries vanish this long after heartbeats stop.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// Shortest TTL accepted.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// One running process at one address, and the routes of all the methods it serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// Where the instance listens.
+    pub address: Address,
+    /// What it serves.
+    pub routes: Vec<ServiceDescriptor>,
+    /// Liveness TTL; `None` takes the backend's (see [`DEFAULT_TTL`]).
+    pub ttl: Option<Duration>,
+}
+
+impl Instance {
+    /// An instance at `address` serving `routes`, with the backend's TTL.
+    pub fn new(address: Address, routes: Vec<ServiceDescriptor>) -> Self {
+        Instance {
+            address,
+            routes,
+            ttl: None,
+        }
+    }
+
+    /// Sets the liveness TTL (builder style).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The instance id: the address encoded for use in a key (see [`crate::route::instance_id`]).
+    pub fn id(&self) -> Result<String> {
+        instance_id(&self.address)
+    }
+
+    /// The route one of its descriptors makes with this instance's address alone.
+    pub fn route(&self, descriptor: &ServiceDescriptor) -> ServiceRoute {
+        ServiceRoute::new(descriptor.clone(), vec![self.address.clone()])
+    }
+
+    /// Checks everything a backend needs before writing: address, ids, duplicates, sizes, TTL.
+    pub fn validate(&self) -> Result<()> {
+        self.id()?;
+        if self.routes.is_empty() {
+            return Err(Error::invalid_input(format!(
+                "instance {} has no routes to register",
+                self.address
+            )));
+        }
+        let mut seen = HashSet::new();
+        for descriptor in &self.routes {
+            validate_service_id(&descriptor.id)?;
+            if !seen.insert(descriptor.id.as_str()) {
+                return Err(Error::invalid_input(format!(
+                    "service id {:?} is listed twice",
+                    descriptor.id
+                )));
+            }
+            encode_route(&self.route(descriptor))?;
+        }
+        if let Some(ttl) = self.ttl {
+            if ttl < MIN_TTL {
+                return Err(Error::invalid_input(format!(
+                    "TTL {ttl:?} is below the minimum of {MIN_TTL:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A registry of routes: etcd, Consul KV, a shared file, or memory.
+///
+/// Usable as `Arc<dyn RouteManager>`; every method may be called from many tasks at once.
+#[async_trait]
+pub trait RouteManager: Send + Sync + fmt::Debug {
+    /// The backend's name: `memory`, `file`, `etcd` or `consul`.
+    fn backend(&self) -> &'static str;
+
+    /// Every route in the registry, read now, in service id order.
+    async fn list(&self) -> Result<Vec<ServiceRoute>>;
+
+    /// The route of one service id, read now; `None` if it has no live address.
+    async fn get(&self, service_id: &str) -> Result<Option<ServiceRoute>> {
+        validate_service_id(service_id)?;
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .find(|route| route.id() == service_id))
+    }
+
+    /// Publishes an instance's routes, bound to its liveness, and keeps them alive.
+    ///
+    /// The returned [`Registration`] renews liveness at TTL/3, registers everything again if the
+    /// liveness was lost (registry wiped or restarted), and deregisters on `shutdown()`.
+    async fn register(&self, instance: Instance) -> Result<Registration>;
+
+    /// Removes an address from every route; returns how many entries were removed.
+    async fn deregister(&self, address: &Address) -> Result<usize> {
+        self.remove_addresses(std::slice::from_ref(address)).await
+    }
+
+    /// Removes these addresses from every route; returns how many entries were removed.
+    ///
+    /// An instance that is still running stays registered with its liveness but without these
+    /// entries until its liveness is lost; its heartbeat never writes them back.
+    async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize>;
+
+    /// Removes every route and every liveness record under this manager's namespace.
+    ///
+    /// Running instances notice the lost liveness and register again.
+    async fn clear(&self) -> Result<()>;
+
+    /// Watches the routes: the current ones as `Created`, then `Synced`, then each change.
+    ///
+    /// While the backend cannot be read the watch keeps the last good routes and says so in
+    /// [`RouteWatch::status`].
+    async fn watch(&self) -> Result<RouteWatch>;
+}

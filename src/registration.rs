@@ -1,0 +1,177 @@
+//! [`Registration`]: keeps one instance's routes registered until it is shut down.
+//!
+//! One background task per registration runs the whole life cycle, so a heartbeat can never race a
+//! deregistration: renew liveness at TTL/3; when liveness is lost (lease expired or revoked,
+//! registry wiped), write every entry again; on shutdown, remove the entries and stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::manager::Instance;
+
+/// Whether an instance's liveness record is still held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    /// Renewed.
+    Alive,
+    /// Gone (expired, revoked, wiped): the entries must be written again.
+    Lost,
+}
+
+/// What a backend provides to keep an instance registered.
+#[async_trait]
+pub(crate) trait LivenessStore: Send + Sync + 'static {
+    /// The backend's handle on one registration's liveness (lease id, session id, ...).
+    type Lease: Send + Sync + 'static;
+
+    /// Creates a fresh liveness record and writes every entry of the instance bound to it.
+    async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<Self::Lease>;
+
+    /// Renews the liveness record; never writes route entries.
+    async fn keep_alive(&self, instance: &Instance, lease: &Self::Lease) -> Result<Liveness>;
+
+    /// Removes the instance's entries and its liveness record.
+    async fn remove_instance(&self, instance: &Instance, lease: Self::Lease) -> Result<()>;
+}
+
+#[derive(Debug)]
+enum Stop {
+    Deregister,
+    Abandon,
+}
+
+/// A live registration. Keep it for as long as the instance serves.
+///
+/// [`Registration::shutdown`] deregisters and waits for it; dropping the handle deregisters in the
+/// background (best effort: it needs the runtime to keep running).
+#[derive(Debug)]
+pub struct Registration {
+    instance_id: String,
+    ttl: Duration,
+    stop: Option<oneshot::Sender<Stop>>,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl Registration {
+    /// Writes the instance's entries, then starts the task that keeps them alive.
+    pub(crate) async fn start<S: LivenessStore>(
+        store: Arc<S>,
+        instance: Instance,
+        default_ttl: Duration,
+    ) -> Result<Self> {
+        instance.validate()?;
+        let ttl = instance.ttl.unwrap_or(default_ttl);
+        let instance_id = instance.id()?;
+        let lease = store.put_instance(&instance, ttl).await?;
+        tracing::info!(instance = %instance_id, routes = instance.routes.len(), ?ttl, "registered");
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(keep_registered(store, instance, ttl, lease, stop_rx));
+        Ok(Registration {
+            instance_id,
+            ttl,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+
+    /// The instance id (the encoded address) the entries are stored under.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The liveness TTL in force.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Deregisters: stops renewing, removes the entries and the liveness record, and waits.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(Stop::Deregister);
+        }
+        self.join().await
+    }
+
+    /// Stops renewing without deregistering: the entries expire after the TTL, as if the process
+    /// had crashed. For hand-over to another process, and for testing expiry.
+    pub async fn abandon(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(Stop::Abandon);
+        }
+        let _ = self.join().await;
+    }
+
+    async fn join(&mut self) -> Result<()> {
+        match self.task.take() {
+            Some(task) => task.await.map_err(|e| {
+                Error::new(ErrorKind::Closed, "registration task ended abnormally").with_source(e)
+            })?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// First retry delay after a failed renewal; doubles up to the renewal interval.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+
+async fn keep_registered<S: LivenessStore>(
+    store: Arc<S>,
+    instance: Instance,
+    ttl: Duration,
+    mut lease: S::Lease,
+    mut stop: oneshot::Receiver<Stop>,
+) -> Result<()> {
+    let interval = ttl / 3;
+    let mut delay = interval;
+    loop {
+        tokio::select! {
+            biased;
+            signal = &mut stop => {
+                // A dropped handle deregisters, like an explicit shutdown.
+                if let Ok(Stop::Abandon) = signal {
+                    tracing::info!(address = %instance.address, "registration abandoned");
+                    return Ok(());
+                }
+                let result = store.remove_instance(&instance, lease).await;
+                match &result {
+                    Ok(()) => tracing::info!(address = %instance.address, "deregistered"),
+                    Err(e) => tracing::warn!(address = %instance.address, error = %e, "deregistration failed"),
+                }
+                return result;
+            }
+            _ = tokio::time::sleep(jittered(delay)) => {}
+        }
+        let outcome = match store.keep_alive(&instance, &lease).await {
+            Ok(Liveness::Alive) => Ok(()),
+            Ok(Liveness::Lost) => {
+                tracing::warn!(address = %instance.address, "liveness lost; registering again");
+                store.put_instance(&instance, ttl).await.map(|new_lease| {
+                    lease = new_lease;
+                    tracing::info!(address = %instance.address, "registered again");
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => delay = interval,
+            Err(e) => {
+                delay = if delay >= interval {
+                    FIRST_RETRY.min(interval)
+                } else {
+                    (delay * 2).min(interval)
+                };
+                tracing::warn!(address = %instance.address, error = %e, retry_in = ?delay, "liveness renewal failed");
+            }
+        }
+    }
+}
+
+/// `base` spread by +-10% so many instances do not renew in lock-step.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(0.9 + fastrand::f64() * 0.2)
+}

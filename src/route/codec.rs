@@ -1,0 +1,244 @@
+//! The Surging-compatible wire form of a [`ServiceRoute`].
+//!
+//! Writes the current form (PascalCase, compact, the address as its own JSON string under `Value`):
+//! `{"AddressDescriptors":[{"Value":"{\"Ip\":..,\"Port\":..}"}],"ServiceDescriptor":{"Id":..,..}}`.
+//! Reads that form and the older one (a `Type` beside `Value`, `Token` / `DisableAuth` inside the
+//! address), with or without a leading UTF-8 BOM. Unknown fields are ignored.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::model::{Address, ServiceDescriptor, ServiceRoute};
+use crate::error::{Error, Result};
+
+/// Largest value accepted or written for one registry entry (Consul's KV limit).
+pub const MAX_VALUE_BYTES: usize = 512 * 1024;
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+#[derive(Serialize, Deserialize)]
+struct WireRoute {
+    #[serde(rename = "AddressDescriptors", alias = "addressDescriptors", default)]
+    addresses: Option<Vec<WireAddressDescriptor>>,
+    #[serde(rename = "ServiceDescriptor", alias = "serviceDescriptor")]
+    descriptor: WireDescriptor,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireAddressDescriptor {
+    #[serde(rename = "Type", alias = "type", default, skip_serializing)]
+    _type: Option<String>,
+    /// The address as a JSON string (Surging's form); an inline object is accepted too.
+    #[serde(rename = "Value", alias = "value")]
+    value: Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireDescriptor {
+    #[serde(rename = "Id", alias = "id", default)]
+    id: Option<String>,
+    #[serde(
+        rename = "Token",
+        alias = "token",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    token: Option<String>,
+    #[serde(rename = "RoutePath", alias = "routePath", default)]
+    route_path: Option<String>,
+    #[serde(rename = "Metadatas", alias = "metadatas", default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireAddress {
+    #[serde(rename = "Ip", alias = "ip", default)]
+    ip: Option<String>,
+    #[serde(rename = "Port", alias = "port", default)]
+    port: Option<i64>,
+    #[serde(rename = "WanIp", alias = "wanIp", default, skip_serializing_if = "Option::is_none")]
+    wan_ip: Option<String>,
+    #[serde(rename = "WsPort", alias = "wsPort", default, skip_serializing_if = "Option::is_none")]
+    ws_port: Option<i64>,
+    #[serde(rename = "MqttPort", alias = "mqttPort", default, skip_serializing_if = "Option::is_none")]
+    mqtt_port: Option<i64>,
+    #[serde(rename = "HttpPort", alias = "httpPort", default, skip_serializing_if = "Option::is_none")]
+    http_port: Option<i64>,
+    #[serde(rename = "ProcessorTime", alias = "processorTime", default, skip_serializing_if = "Option::is_none")]
+    processor_time: Option<f64>,
+    #[serde(rename = "Wt", alias = "wt", default, skip_serializing_if = "Option::is_none")]
+    weight: Option<serde_json::Number>,
+    #[serde(rename = "Tp", alias = "tp", default, skip_serializing_if = "Option::is_none")]
+    timestamp: Option<i64>,
+    /// Older form only: the service token lived in the address.
+    #[serde(rename = "Token", alias = "token", default, skip_serializing)]
+    token: Option<String>,
+}
+
+/// Decodes one registry value (bytes, optionally BOM-prefixed) into a route.
+///
+/// The descriptor must be valid (non-empty id); addresses that fail the strict checks are skipped
+/// with a warning so one bad address does not hide the others.
+pub fn decode_route(bytes: &[u8]) -> Result<ServiceRoute> {
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    check_size(bytes.len())?;
+    let wire: WireRoute = serde_json::from_slice(bytes)
+        .map_err(|e| Error::malformed(format!("route JSON does not parse: {e}")).with_source(e))?;
+    from_wire(wire)
+}
+
+/// Decodes a route from an already-parsed JSON value (used by the file backend).
+pub fn decode_route_value(value: Value) -> Result<ServiceRoute> {
+    let wire: WireRoute = serde_json::from_value(value)
+        .map_err(|e| Error::malformed(format!("route JSON has a bad shape: {e}")).with_source(e))?;
+    from_wire(wire)
+}
+
+/// Encodes a route in the current Surging form, refusing values over [`MAX_VALUE_BYTES`].
+pub fn encode_route(route: &ServiceRoute) -> Result<Vec<u8>> {
+    let bytes = serde_json::to_vec(&to_wire(route)?).map_err(|e| {
+        Error::invalid_input(format!("route {} cannot be encoded: {e}", route.id()))
+    })?;
+    check_size(bytes.len())?;
+    Ok(bytes)
+}
+
+/// Encodes a route as a JSON value in the current Surging form.
+pub fn encode_route_value(route: &ServiceRoute) -> Result<Value> {
+    let value = serde_json::to_value(to_wire(route)?).map_err(|e| {
+        Error::invalid_input(format!("route {} cannot be encoded: {e}", route.id()))
+    })?;
+    Ok(value)
+}
+
+/// Decodes a JSON array of descriptors (the CLI's `--routes` file uses this shape).
+pub fn decode_descriptors(bytes: &[u8]) -> Result<Vec<ServiceDescriptor>> {
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    let wire: Vec<WireDescriptor> = serde_json::from_slice(bytes).map_err(|e| {
+        Error::invalid_input(format!("expected a JSON array of ServiceDescriptor objects: {e}"))
+    })?;
+    wire.into_iter().map(descriptor_from_wire).collect()
+}
+
+fn check_size(len: usize) -> Result<()> {
+    if len > MAX_VALUE_BYTES {
+        return Err(Error::invalid_input(format!(
+            "value of {len} bytes is over the {MAX_VALUE_BYTES}-byte limit"
+        )));
+    }
+    Ok(())
+}
+
+fn descriptor_from_wire(wire: WireDescriptor) -> Result<ServiceDescriptor> {
+    let id = wire.id.unwrap_or_default();
+    if id.trim().is_empty() {
+        return Err(Error::malformed("service descriptor has no Id"));
+    }
+    Ok(ServiceDescriptor {
+        id,
+        route_path: wire.route_path.unwrap_or_default(),
+        token: wire.token,
+        metadata: wire.metadata.unwrap_or_default(),
+    })
+}
+
+fn from_wire(wire: WireRoute) -> Result<ServiceRoute> {
+    let mut descriptor = descriptor_from_wire(wire.descriptor)?;
+    let mut addresses = Vec::new();
+    for entry in wire.addresses.unwrap_or_default() {
+        match address_from_value(entry.value) {
+            Ok((address, token)) => {
+                if descriptor.token.is_none() {
+                    descriptor.token = token;
+                }
+                addresses.push(address);
+            }
+            Err(err) => {
+                tracing::warn!(service_id = %descriptor.id, error = %err, "skipping malformed address");
+            }
+        }
+    }
+    Ok(ServiceRoute::new(descriptor, addresses))
+}
+
+fn address_from_value(value: Value) -> Result<(Address, Option<String>)> {
+    let wire: WireAddress = match value {
+        Value::String(text) => serde_json::from_str(&text),
+        other => serde_json::from_value(other),
+    }
+    .map_err(|e| Error::malformed(format!("address value does not parse: {e}")))?;
+    let ip = wire
+        .ip
+        .filter(|ip| !ip.trim().is_empty())
+        .ok_or_else(|| Error::malformed("address has no Ip"))?;
+    let port = match wire.port {
+        Some(port @ 1..=65535) => port as u16,
+        other => {
+            return Err(Error::malformed(format!(
+                "address {ip} has port {other:?} (must be 1-65535)"
+            )))
+        }
+    };
+    let address = Address {
+        ip,
+        port,
+        wan_ip: wire.wan_ip,
+        ws_port: optional_port("WsPort", wire.ws_port)?,
+        mqtt_port: optional_port("MqttPort", wire.mqtt_port)?,
+        http_port: optional_port("HttpPort", wire.http_port)?,
+        processor_time: wire.processor_time,
+        weight: wire
+            .weight
+            .and_then(|w| w.as_f64())
+            .filter(|w| w.is_finite() && *w >= 0.0 && *w <= f64::from(u32::MAX))
+            .map(|w| w.round() as u32),
+        timestamp: wire.timestamp,
+    };
+    Ok((address, wire.token))
+}
+
+fn optional_port(name: &str, port: Option<i64>) -> Result<Option<u16>> {
+    match port {
+        None => Ok(None),
+        Some(p @ 0..=65535) => Ok(Some(p as u16)),
+        Some(p) => Err(Error::malformed(format!("{name} {p} is out of range"))),
+    }
+}
+
+fn to_wire(route: &ServiceRoute) -> Result<WireRoute> {
+    let d = &route.descriptor;
+    if d.id.trim().is_empty() {
+        return Err(Error::invalid_input("service descriptor has an empty id"));
+    }
+    let mut addresses = Vec::with_capacity(route.addresses.len());
+    for address in &route.addresses {
+        address.validate()?;
+        let wire = WireAddress {
+            ip: Some(address.ip.clone()),
+            port: Some(i64::from(address.port)),
+            wan_ip: address.wan_ip.clone(),
+            ws_port: address.ws_port.map(i64::from),
+            mqtt_port: address.mqtt_port.map(i64::from),
+            http_port: address.http_port.map(i64::from),
+            processor_time: address.processor_time,
+            weight: address.weight.map(serde_json::Number::from),
+            timestamp: address.timestamp,
+            token: None,
+        };
+        let text = serde_json::to_string(&wire)
+            .map_err(|e| Error::invalid_input(format!("address {address} cannot be encoded: {e}")))?;
+        addresses.push(WireAddressDescriptor {
+            _type: None,
+            value: Value::String(text),
+        });
+    }
+    Ok(WireRoute {
+        addresses: Some(addresses),
+        descriptor: WireDescriptor {
+            id: Some(d.id.clone()),
+            token: d.token.clone(),
+            route_path: Some(d.route_path.clone()),
+            metadata: Some(d.metadata.clone()),
+        },
+    })
+}

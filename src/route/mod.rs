@@ -1,0 +1,20 @@
+//! Routes: the model, its Surging-compatible wire form, route-path templates, service ids and
+//! the registry key layout.
+
+mod codec;
+mod key;
+mod merge;
+mod model;
+mod template;
+
+pub use codec::{
+    decode_descriptors, decode_route, decode_route_value, encode_route, encode_route_value,
+    MAX_VALUE_BYTES,
+};
+pub use key::{
+    instance_id, parse_instance_id, validate_key, validate_service_id, EntryKey, KeyLayout,
+    DEFAULT_PREFIX,
+};
+pub(crate) use merge::{decode_entry, RouteEntries};
+pub use model::{Address, ServiceDescriptor, ServiceRoute};
+pub use template::{parameter_name, service_id, service_short_name, RouteTemplate};

@@ -1,0 +1,259 @@
+//! Watching routes: [`RouteEvent`], the [`RouteWatch`] stream, and the hub that feeds every
+//! watcher of one manager.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::error::Error;
+use crate::route::ServiceRoute;
+
+/// A change to the routes of a registry, as seen by [`RouteWatch`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteEvent {
+    /// A service id gained its first address (or was present when the watch began).
+    Created(ServiceRoute),
+    /// A route's descriptor or addresses changed; carries the new route.
+    Changed(ServiceRoute),
+    /// A service id lost its last address; carries the route as it was.
+    Removed(ServiceRoute),
+    /// The `Created` events before this one are the registry's state when the watch began;
+    /// everything after is a change. Sent once per watch.
+    Synced,
+}
+
+impl RouteEvent {
+    /// The route the event is about (`None` for [`RouteEvent::Synced`]).
+    pub fn route(&self) -> Option<&ServiceRoute> {
+        match self {
+            RouteEvent::Created(r) | RouteEvent::Changed(r) | RouteEvent::Removed(r) => Some(r),
+            RouteEvent::Synced => None,
+        }
+    }
+
+    /// `created`, `changed`, `removed` or `synced`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RouteEvent::Created(_) => "created",
+            RouteEvent::Changed(_) => "changed",
+            RouteEvent::Removed(_) => "removed",
+            RouteEvent::Synced => "synced",
+        }
+    }
+}
+
+/// How current a watcher's view of the registry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// When the backend last gave an authoritative answer.
+    pub last_sync: Option<SystemTime>,
+    /// Why the view is stale, while the backend cannot be read; `None` when current.
+    pub error: Option<String>,
+}
+
+impl SyncStatus {
+    /// Whether the backend is currently unreadable and the view is the last good one.
+    pub fn is_stale(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// How old the served routes are: zero while current, else the time since the last good read.
+    pub fn age(&self) -> Duration {
+        match (&self.error, self.last_sync) {
+            (None, _) | (_, None) => Duration::ZERO,
+            (Some(_), Some(at)) => at.elapsed().unwrap_or_default(),
+        }
+    }
+}
+
+/// A stream of [`RouteEvent`]s: the current routes as `Created`, then `Synced`, then changes.
+///
+/// Events are never dropped: a slow reader buffers them. Dropping the watch unsubscribes.
+pub struct RouteWatch {
+    events: mpsc::UnboundedReceiver<RouteEvent>,
+    status: watch::Receiver<SyncStatus>,
+    _keep_alive: Option<Arc<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for RouteWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteWatch")
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteWatch {
+    /// The next event; `None` once the manager is gone and every event was read.
+    pub async fn next(&mut self) -> Option<RouteEvent> {
+        self.events.recv().await
+    }
+
+    /// The next event if one is waiting, without blocking.
+    pub fn try_next(&mut self) -> Option<RouteEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// How current the view is (see [`SyncStatus`]).
+    pub fn status(&self) -> SyncStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Keeps `guard` alive as long as this watch (a backend's background reader, say).
+    pub(crate) fn keep_alive(mut self, guard: Arc<dyn Send + Sync>) -> Self {
+        self._keep_alive = Some(guard);
+        self
+    }
+}
+
+impl futures_core::Stream for RouteWatch {
+    type Item = RouteEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RouteEvent>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+#[derive(Default)]
+struct HubState {
+    routes: BTreeMap<String, ServiceRoute>,
+    synced: bool,
+    subscribers: Vec<mpsc::UnboundedSender<RouteEvent>>,
+}
+
+impl HubState {
+    fn broadcast(&mut self, event: RouteEvent) {
+        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+    }
+
+    fn apply(&mut self, id: &str, route: Option<ServiceRoute>) {
+        let event = match (self.routes.get(id), route) {
+            (None, None) => return,
+            (Some(old), Some(new)) if *old == new => return,
+            (None, Some(new)) => {
+                self.routes.insert(id.to_owned(), new.clone());
+                RouteEvent::Created(new)
+            }
+            (Some(_), Some(new)) => {
+                self.routes.insert(id.to_owned(), new.clone());
+                RouteEvent::Changed(new)
+            }
+            (Some(_), None) => match self.routes.remove(id) {
+                Some(old) => RouteEvent::Removed(old),
+                None => return,
+            },
+        };
+        self.broadcast(event);
+    }
+
+    fn mark_synced(&mut self) {
+        if !self.synced {
+            self.synced = true;
+            self.broadcast(RouteEvent::Synced);
+        }
+    }
+}
+
+/// The routes one manager last read, and every watcher subscribed to their changes.
+///
+/// Backends feed it (a whole new set, or one service id at a time); it computes the events.
+/// A failed read is reported with [`WatchHub::mark_error`] and never changes the routes.
+pub(crate) struct WatchHub {
+    state: Mutex<HubState>,
+    status: watch::Sender<SyncStatus>,
+}
+
+impl WatchHub {
+    /// An empty hub, not yet synced.
+    pub fn new() -> Self {
+        let (status, _) = watch::channel(SyncStatus {
+            last_sync: None,
+            error: None,
+        });
+        WatchHub {
+            state: Mutex::new(HubState::default()),
+            status,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new watcher: replays the current routes when synced; otherwise they follow the first sync.
+    pub fn subscribe(&self) -> RouteWatch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = self.lock();
+        if state.synced {
+            for route in state.routes.values() {
+                let _ = tx.send(RouteEvent::Created(route.clone()));
+            }
+            let _ = tx.send(RouteEvent::Synced);
+        }
+        state.subscribers.retain(|s| !s.is_closed());
+        state.subscribers.push(tx);
+        RouteWatch {
+            events: rx,
+            status: self.status.subscribe(),
+            _keep_alive: None,
+        }
+    }
+
+    /// Replaces the whole set after an authoritative read; emits the differences.
+    pub fn replace_all(&self, routes: BTreeMap<String, ServiceRoute>) {
+        let mut state = self.lock();
+        let gone: Vec<String> = state
+            .routes
+            .keys()
+            .filter(|id| !routes.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            state.apply(&id, None);
+        }
+        for (id, route) in routes {
+            state.apply(&id, Some(route));
+        }
+        state.mark_synced();
+        drop(state);
+        self.mark_good();
+    }
+
+    /// Sets (or with `None` removes) one service id's route; emits the difference.
+    pub fn set(&self, service_id: &str, route: Option<ServiceRoute>) {
+        self.lock().apply(service_id, route);
+    }
+
+    /// Marks the hub synced after an initial load done through [`WatchHub::set`].
+    pub fn mark_synced(&self) {
+        self.lock().mark_synced();
+        self.mark_good();
+    }
+
+    /// Records an authoritative read: the view is current.
+    pub fn mark_good(&self) {
+        self.status.send_if_modified(|status| {
+            let first = status.last_sync.is_none();
+            let was_stale = status.error.take().is_some();
+            status.last_sync = Some(SystemTime::now());
+            first || was_stale
+        });
+    }
+
+    /// Records a failed read: the routes stay as they are and the status says why.
+    pub fn mark_error(&self, error: &Error) {
+        let message = error.to_string();
+        self.status.send_if_modified(|status| {
+            if status.error.as_deref() == Some(message.as_str()) {
+                return false;
+            }
+            status.error = Some(message);
+            true
+        });
+    }
+}

@@ -1,1 +1,184 @@
-fn main(){}
+//! `wayfinder`: list, watch, register and deregister routes in any backend from the shell.
+//!
+//! Results go to stdout; logs and errors go to stderr, and errors exit non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use wayfinder::config::{parse_duration, DEFAULT_BACKEND_URL};
+use wayfinder::route::{decode_descriptors, encode_route_value};
+use wayfinder::{connect, Address, Error, Instance, Result, RouteEvent, ServiceRoute};
+
+/// Service discovery from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "wayfinder", version, about)]
+struct Cli {
+    /// Backend URL: file:///path.json, file://./relative.json, memory://, etcd://.., consul://..
+    #[arg(long, global = true, env = "WAYFINDER_BACKEND", default_value = DEFAULT_BACKEND_URL)]
+    backend: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every route: id, path, addresses.
+    List {
+        /// Print the routes as a JSON array in Surging's form.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One route as JSON.
+    Get {
+        /// The service id.
+        id: String,
+    },
+    /// Route events as JSON lines, the current routes first.
+    Watch,
+    /// Register routes at an address and keep them registered until SIGINT or SIGTERM.
+    Register {
+        /// HOST:PORT of the instance.
+        #[arg(long)]
+        address: String,
+        /// JSON file: an array of ServiceDescriptor objects (Id, RoutePath, Token, Metadatas).
+        #[arg(long)]
+        routes: PathBuf,
+        /// Liveness TTL (seconds, or with a unit: 500ms, 10s, 1m).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Remove an address from every route.
+    Deregister {
+        /// HOST:PORT to remove.
+        #[arg(long)]
+        address: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,wayfinder=info".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let registry = connect(&cli.backend).await?;
+    match cli.command {
+        Command::List { json } => {
+            let routes = registry.list().await?;
+            if json {
+                let values = routes
+                    .iter()
+                    .map(encode_route_value)
+                    .collect::<Result<Vec<_>>>()?;
+                println!("{}", to_pretty(&values)?);
+            } else {
+                for route in &routes {
+                    println!("{}\t{}\t{}", route.id(), route.route_path(), joined(route));
+                }
+            }
+        }
+        Command::Get { id } => match registry.get(&id).await? {
+            Some(route) => println!("{}", to_pretty(&encode_route_value(&route)?)?),
+            None => {
+                return Err(Error::new(
+                    wayfinder::ErrorKind::NotFound,
+                    format!("no route with service id {id:?}"),
+                ))
+            }
+        },
+        Command::Watch => {
+            let mut watch = registry.watch().await?;
+            while let Some(event) = watch.next().await {
+                if let Some(route) = event.route() {
+                    println!("{}", event_line(&event, route));
+                }
+            }
+        }
+        Command::Register {
+            address,
+            routes,
+            ttl,
+        } => {
+            let bytes = std::fs::read(&routes)
+                .map_err(|e| Error::from(e).context(format!("read {}", routes.display())))?;
+            let mut instance = Instance::new(Address::parse(&address)?, decode_descriptors(&bytes)?);
+            if let Some(ttl) = ttl {
+                instance = instance.with_ttl(parse_duration(&ttl)?);
+            }
+            let count = instance.routes.len();
+            let registration = registry.register(instance).await?;
+            eprintln!("registered {count} routes at {address}; SIGINT or SIGTERM deregisters");
+            wait_for_stop_signal().await?;
+            registration.shutdown().await?;
+            eprintln!("deregistered {address}");
+        }
+        Command::Deregister { address } => {
+            let removed = registry.deregister(&Address::parse(&address)?).await?;
+            eprintln!("removed {address} from {removed} routes");
+        }
+    }
+    Ok(())
+}
+
+fn joined(route: &ServiceRoute) -> String {
+    route
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn event_line(event: &RouteEvent, route: &ServiceRoute) -> serde_json::Value {
+    json!({
+        "event": event.name(),
+        "id": route.id(),
+        "path": route.route_path(),
+        "addresses": route.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+fn to_pretty(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| Error::invalid_input(format!("cannot print JSON: {e}")))
+}
+
+#[cfg(unix)]
+async fn wait_for_stop_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop_signal() -> Result<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

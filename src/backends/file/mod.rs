@@ -1,6 +1,7 @@
 //! Shared-file backend: one JSON file on a local or network file system; needs no server.
 //!
-//! Layout and locking are described in [`document`] and [`storage`]; the reader side in [`feed`].
+//! The file's layout, the writers' locking and the readers' watch are described in the
+//! `document`, `storage` and `feed` modules.
 
 mod document;
 mod feed;

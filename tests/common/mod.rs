@@ -1,0 +1,95 @@
+//! Shared test support: the backend harness trait, helpers, and the conformance suite.
+#![allow(dead_code)]
+
+pub mod conformance;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wayfinder::{Address, Instance, RouteEvent, RouteManager, RouteWatch, ServiceDescriptor, ServiceRoute};
+
+/// One isolated registry of some backend, and ways to reach around the API into it.
+#[allow(async_fn_in_trait)]
+pub trait Harness: Sized {
+    /// A fresh registry that no other test uses.
+    async fn new() -> Self;
+    /// A new client (manager) of this registry; separate clients model separate processes.
+    async fn client(&self) -> Arc<dyn RouteManager>;
+    /// Writes malformed entries under service ids that start with `Bad.`, bypassing the API.
+    async fn put_malformed(&self);
+    /// Makes the registry unreadable (an outage, a corrupt file).
+    async fn break_backend(&self);
+    /// Undoes `break_backend`, restoring what was there.
+    async fn restore_backend(&self);
+}
+
+/// Installs a log subscriber once, so warnings show in failing tests' output.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "wayfinder=debug".into()),
+        )
+        .try_init();
+}
+
+/// A descriptor for `api/<name>` with a Surging-style id.
+pub fn descriptor(name: &str) -> ServiceDescriptor {
+    ServiceDescriptor::new(format!("Test.IDemoService.{name}"), format!("api/demo/{}", name.to_lowercase()))
+}
+
+/// An instance on 127.0.0.1:`port` serving `names`.
+pub fn instance(port: u16, names: &[&str]) -> Instance {
+    Instance::new(
+        Address::new("127.0.0.1", port),
+        names.iter().map(|n| descriptor(n)).collect(),
+    )
+}
+
+/// Waits for the next event, failing the test after `within`.
+pub async fn next_event(watch: &mut RouteWatch, within: Duration) -> RouteEvent {
+    match tokio::time::timeout(within, watch.next()).await {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("watch ended unexpectedly"),
+        Err(_) => panic!("no watch event within {within:?}"),
+    }
+}
+
+/// Reads events until `Synced`; returns the `Created` routes before it.
+pub async fn initial_routes(watch: &mut RouteWatch) -> Vec<ServiceRoute> {
+    let mut routes = Vec::new();
+    loop {
+        match next_event(watch, Duration::from_secs(10)).await {
+            RouteEvent::Created(route) => routes.push(route),
+            RouteEvent::Synced => return routes,
+            other => panic!("unexpected event before Synced: {other:?}"),
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The sorted `host:port` list of one route in `routes`, empty when absent.
+pub fn addresses_of(routes: &[ServiceRoute], id: &str) -> Vec<String> {
+    let mut found: Vec<String> = routes
+        .iter()
+        .filter(|r| r.id() == id)
+        .flat_map(|r| r.addresses.iter().map(ToString::to_string))
+        .collect();
+    found.sort();
+    found
+}

@@ -128,7 +128,9 @@ impl BackendUrl {
                 )));
             }
             if map.insert(key.clone(), value.clone()).is_some() {
-                return Err(Error::invalid_input(format!("option {key:?} is given twice")));
+                return Err(Error::invalid_input(format!(
+                    "option {key:?} is given twice"
+                )));
             }
         }
         Ok(map)

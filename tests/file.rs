@@ -73,7 +73,12 @@ impl Harness for FileHarness {
     }
 
     async fn restore_backend(&self) {
-        let saved = self.saved.lock().unwrap().take().expect("break_backend first");
+        let saved = self
+            .saved
+            .lock()
+            .unwrap()
+            .take()
+            .expect("break_backend first");
         self.write_atomically(&saved);
     }
 }
@@ -109,7 +114,12 @@ async fn reads_surging_shared_file() {
 async fn writers_leave_a_corrupt_file_alone() {
     let h = FileHarness::new().await;
     std::fs::write(h.path(), b"{ this is being edited").unwrap();
-    let err = h.client().await.register(instance(7311, &["A"])).await.unwrap_err();
+    let err = h
+        .client()
+        .await
+        .register(instance(7311, &["A"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), wayfinder::ErrorKind::Malformed, "{err}");
     assert_eq!(std::fs::read(h.path()).unwrap(), b"{ this is being edited");
 }
@@ -122,7 +132,12 @@ async fn missing_file_is_empty_then_watched() {
     assert!(client.list().await.unwrap().is_empty());
     let mut watch = client.watch().await.unwrap();
     assert!(initial_routes(&mut watch).await.is_empty());
-    let reg = h.client().await.register(instance(7321, &["A"])).await.unwrap();
+    let reg = h
+        .client()
+        .await
+        .register(instance(7321, &["A"]))
+        .await
+        .unwrap();
     match common::next_event(&mut watch, Duration::from_secs(5)).await {
         wayfinder::RouteEvent::Created(route) => assert_eq!(route.id(), "Test.IDemoService.A"),
         other => panic!("unexpected {other:?}"),

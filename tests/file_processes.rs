@@ -1,0 +1,284 @@
+//! The file backend across real OS processes, driven through the `wayfinder` CLI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{eventually, initial_routes, next_event};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use wayfinder::backends::file::{FileConfig, FileRouteManager};
+use wayfinder::{RouteEvent, RouteManager};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wayfinder");
+
+fn backend_url(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+/// Writes a `--routes` file with `count` descriptors for process `process`.
+fn routes_file(dir: &Path, process: usize, count: usize) -> PathBuf {
+    let descriptors: Vec<Value> = (0..count)
+        .map(|j| {
+            json!({"Id": format!("Proc{process}.IWorkService.Method{j}"),
+                   "RoutePath": format!("api/work{process}/method{j}"),
+                   "Metadatas": {"EnableAuthorization": false}})
+        })
+        .collect();
+    let path = dir.join(format!("routes-{process}.json"));
+    std::fs::write(&path, serde_json::to_vec(&descriptors).unwrap()).unwrap();
+    path
+}
+
+fn register_process(routes_path: &Path, address: &str, ttl: &str, routes: &Path) -> Child {
+    Command::new(BIN)
+        .args([
+            "--backend",
+            &backend_url(routes_path),
+            "register",
+            "--address",
+            address,
+            "--ttl",
+            ttl,
+            "--routes",
+        ])
+        .arg(routes)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start wayfinder register")
+}
+
+async fn terminate(child: &mut Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "register exited with {exit}");
+}
+
+fn manager(path: &Path) -> FileRouteManager {
+    FileRouteManager::new(FileConfig::new(path)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_register_400_routes_and_readers_never_see_a_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+
+    // A reader that parses every version of the file it can catch while the writers run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (path, stop, reads) = (path.clone(), stop.clone(), reads.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    if let Err(e) = serde_json::from_slice::<Value>(&bytes) {
+                        panic!("reader saw a partial file ({} bytes): {e}", bytes.len());
+                    }
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let route_files: Vec<PathBuf> = (0..8).map(|p| routes_file(dir.path(), p, 50)).collect();
+    let started = Instant::now();
+    let mut children: Vec<Child> = route_files
+        .iter()
+        .enumerate()
+        .map(|(p, routes)| {
+            register_process(&path, &format!("127.0.0.1:{}", 9100 + p), "10", routes)
+        })
+        .collect();
+
+    let client = manager(&path);
+    eventually(Duration::from_secs(60), "all 400 routes", || async {
+        (client.list().await.ok()?.len() == 400).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    eprintln!("8 processes x 50 routes registered in {took:?}");
+
+    let routes = client.list().await.unwrap();
+    for p in 0..8 {
+        let expected = format!("127.0.0.1:{}", 9100 + p);
+        let mine = routes
+            .iter()
+            .filter(|r| r.id().starts_with(&format!("Proc{p}.")))
+            .count();
+        assert_eq!(mine, 50, "process {p}");
+        assert!(routes
+            .iter()
+            .filter(|r| r.id().starts_with(&format!("Proc{p}.")))
+            .all(|r| r.addresses.len() == 1 && r.addresses[0].to_string() == expected));
+    }
+
+    for child in &mut children {
+        terminate(child).await;
+    }
+    assert!(
+        client.list().await.unwrap().is_empty(),
+        "SIGTERM deregisters"
+    );
+    stop.store(true, Ordering::Relaxed);
+    reader.join().expect("reader saw only whole files");
+    assert!(
+        reads.load(Ordering::Relaxed) > 0,
+        "the reader read the file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_instance_disappears_within_ttl_plus_2s() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    let routes = routes_file(dir.path(), 0, 3);
+    let client = manager(&path);
+    let mut watch = client.watch().await.unwrap();
+    assert!(initial_routes(&mut watch).await.is_empty());
+
+    let ttl = Duration::from_secs(2);
+    let mut child = register_process(&path, "127.0.0.1:9200", "2", &routes);
+    for _ in 0..3 {
+        assert!(matches!(
+            next_event(&mut watch, Duration::from_secs(10)).await,
+            RouteEvent::Created(_)
+        ));
+    }
+    child.start_kill().unwrap();
+    let killed = Instant::now();
+    child.wait().await.unwrap();
+    for _ in 0..3 {
+        let event = next_event(&mut watch, ttl + Duration::from_secs(2)).await;
+        assert!(matches!(event, RouteEvent::Removed(_)), "{event:?}");
+    }
+    let took = killed.elapsed();
+    assert!(
+        took <= ttl + Duration::from_secs(2),
+        "routes took {took:?} to disappear"
+    );
+    assert!(client.list().await.unwrap().is_empty());
+}
+
+async fn cli(path: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--backend")
+        .arg(backend_url(path))
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_list_get_watch_and_deregister() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    let routes = routes_file(dir.path(), 1, 2);
+
+    let mut watcher = Command::new(BIN)
+        .args(["--backend", &backend_url(&path), "watch"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+
+    let mut registrar = register_process(&path, "127.0.0.1:9301", "10", &routes);
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("watch printed a line")
+            .unwrap()
+            .expect("watch still running");
+        events.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    assert!(events
+        .iter()
+        .all(|e| e["event"] == "created" && e["addresses"] == json!(["127.0.0.1:9301"])));
+    assert!(events
+        .iter()
+        .any(|e| e["id"] == "Proc1.IWorkService.Method0" && e["path"] == "api/work1/method0"));
+
+    let out = cli(&path, &["list"]).await;
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains("Proc1.IWorkService.Method1\tapi/work1/method1\t127.0.0.1:9301"),
+        "{text}"
+    );
+
+    let out = cli(&path, &["list", "--json"]).await;
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    let out = cli(&path, &["get", "Proc1.IWorkService.Method0"]).await;
+    let route: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(route["ServiceDescriptor"]["RoutePath"], "api/work1/method0");
+
+    let out = cli(&path, &["get", "Proc1.IWorkService.Nothing"]).await;
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no route"));
+
+    let out = cli(&path, &["deregister", "--address", "127.0.0.1:9301"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&line).unwrap()["event"],
+            "removed"
+        );
+    }
+    terminate(&mut registrar).await;
+    watcher.start_kill().unwrap();
+}
+
+#[tokio::test]
+async fn cli_rejects_bad_backends_clearly() {
+    for (url, expected) in [
+        (
+            "zookeeper://127.0.0.1:2181",
+            "known schemes: file, memory, etcd, consul",
+        ),
+        ("routes.json", "has no scheme"),
+        ("file://./x.json?ttl=abc", "not a duration"),
+        ("file://./x.json?colour=blue", "unknown option"),
+        ("etcd://127.0.0.1:2379", "etcd backend"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--backend", url, "list"])
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{url} was accepted");
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{url}: {stderr}");
+    }
+}

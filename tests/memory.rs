@@ -31,11 +31,16 @@ impl Harness for MemoryHarness {
             r#"{{"AddressDescriptors":[{{"Value":"{{\"Ip\":\"127.0.0.1\",\"Port\":1}}"}}],"ServiceDescriptor":{{"Id":"Bad.Big","RoutePath":"x","Metadatas":{{"b":"{}"}}}}}}"#,
             "x".repeat(2 * 1024 * 1024)
         );
-        self.registry.insert_raw(&format!("{prefix}Bad.Json/127.0.0.1_1"), "{not json");
-        self.registry.insert_raw(&format!("{prefix}Bad.Mismatch/127.0.0.1_1"), other_id);
-        self.registry.insert_raw(&format!("{prefix}Bad.Port/127.0.0.1_1"), port_zero);
-        self.registry.insert_raw(&format!("{prefix}Bad.Big/127.0.0.1_1"), big);
-        self.registry.insert_raw(&format!("{prefix}Bad.Empty/127.0.0.1_1"), "");
+        self.registry
+            .insert_raw(&format!("{prefix}Bad.Json/127.0.0.1_1"), "{not json");
+        self.registry
+            .insert_raw(&format!("{prefix}Bad.Mismatch/127.0.0.1_1"), other_id);
+        self.registry
+            .insert_raw(&format!("{prefix}Bad.Port/127.0.0.1_1"), port_zero);
+        self.registry
+            .insert_raw(&format!("{prefix}Bad.Big/127.0.0.1_1"), big);
+        self.registry
+            .insert_raw(&format!("{prefix}Bad.Empty/127.0.0.1_1"), "");
     }
 
     async fn break_backend(&self) {

@@ -16,7 +16,10 @@ use tokio::time::Instant;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
-use crate::route::{decode_entry, decode_route, encode_route, instance_id, Address, KeyLayout, RouteEntries, ServiceRoute};
+use crate::route::{
+    decode_entry, decode_route, encode_route, instance_id, Address, KeyLayout, RouteEntries,
+    ServiceRoute,
+};
 use crate::watch::{RouteWatch, WatchHub};
 
 /// Options of the memory backend (`memory://?prefix=..&ttl=..`).
@@ -99,7 +102,9 @@ impl MemoryRouteManager {
 
     /// Writes a raw value under `key`, with no liveness, as another tool might.
     pub fn insert_raw(&self, key: &str, value: impl Into<Vec<u8>>) {
-        self.inner.lock().put(&self.inner, key.to_owned(), value.into(), None);
+        self.inner
+            .lock()
+            .put(&self.inner, key.to_owned(), value.into(), None);
     }
 
     /// Simulates an outage: while on, every call fails with [`ErrorKind::Unavailable`] and
@@ -124,7 +129,10 @@ impl MemoryStore {
 
     fn check_available(&self) -> Result<()> {
         if self.outage.load(Ordering::SeqCst) {
-            return Err(Error::new(ErrorKind::Unavailable, "memory registry: simulated outage"));
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "memory registry: simulated outage",
+            ));
         }
         Ok(())
     }
@@ -283,13 +291,18 @@ impl RouteManager for MemoryRouteManager {
 
     async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {
         self.inner.check_available()?;
-        let ids = addresses.iter().map(instance_id).collect::<Result<Vec<_>>>()?;
+        let ids = addresses
+            .iter()
+            .map(instance_id)
+            .collect::<Result<Vec<_>>>()?;
         let layout = &self.inner.config.layout;
         let mut state = self.inner.lock();
         let keys: Vec<String> = state.kv.keys().cloned().collect();
         let mut removed = 0;
         for key in keys {
-            let Some(entry_key) = layout.parse(&key) else { continue };
+            let Some(entry_key) = layout.parse(&key) else {
+                continue;
+            };
             match entry_key.instance_id {
                 Some(instance) if ids.contains(&instance) => {
                     removed += usize::from(state.delete(&self.inner, &key));
@@ -297,9 +310,13 @@ impl RouteManager for MemoryRouteManager {
                 Some(_) => {}
                 // A whole-route value written by Surging: take the addresses out of it.
                 None => {
-                    let Ok(mut route) = decode_route(&state.kv[&key].value) else { continue };
+                    let Ok(mut route) = decode_route(&state.kv[&key].value) else {
+                        continue;
+                    };
                     let before = route.addresses.len();
-                    route.addresses.retain(|a| !addresses.iter().any(|d| d.same_endpoint(a)));
+                    route
+                        .addresses
+                        .retain(|a| !addresses.iter().any(|d| d.same_endpoint(a)));
                     if route.addresses.len() == before {
                         continue;
                     }

@@ -124,7 +124,8 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let bytes = std::fs::read(&routes)
                 .map_err(|e| Error::from(e).context(format!("read {}", routes.display())))?;
-            let mut instance = Instance::new(Address::parse(&address)?, decode_descriptors(&bytes)?);
+            let mut instance =
+                Instance::new(Address::parse(&address)?, decode_descriptors(&bytes)?);
             if let Some(ttl) = ttl {
                 instance = instance.with_ttl(parse_duration(&ttl)?);
             }

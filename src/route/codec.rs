@@ -29,7 +29,7 @@ struct WireAddressDescriptor {
     #[serde(rename = "Type", alias = "type", default, skip_serializing)]
     _type: Option<String>,
     /// The address as a JSON string (Surging's form); an inline object is accepted too.
-    #[serde(rename = "Value", alias = "value")]
+    #[serde(rename = "Value", alias = "value", default)]
     value: Value,
 }
 
@@ -56,19 +56,54 @@ struct WireAddress {
     ip: Option<String>,
     #[serde(rename = "Port", alias = "port", default)]
     port: Option<i64>,
-    #[serde(rename = "WanIp", alias = "wanIp", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "WanIp",
+        alias = "wanIp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     wan_ip: Option<String>,
-    #[serde(rename = "WsPort", alias = "wsPort", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "WsPort",
+        alias = "wsPort",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     ws_port: Option<i64>,
-    #[serde(rename = "MqttPort", alias = "mqttPort", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "MqttPort",
+        alias = "mqttPort",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     mqtt_port: Option<i64>,
-    #[serde(rename = "HttpPort", alias = "httpPort", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "HttpPort",
+        alias = "httpPort",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     http_port: Option<i64>,
-    #[serde(rename = "ProcessorTime", alias = "processorTime", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ProcessorTime",
+        alias = "processorTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     processor_time: Option<f64>,
-    #[serde(rename = "Wt", alias = "wt", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Wt",
+        alias = "wt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     weight: Option<serde_json::Number>,
-    #[serde(rename = "Tp", alias = "tp", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Tp",
+        alias = "tp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     timestamp: Option<i64>,
     /// Older form only: the service token lived in the address.
     #[serde(rename = "Token", alias = "token", default, skip_serializing)]
@@ -103,7 +138,8 @@ pub fn encode_route(route: &ServiceRoute) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Encodes a route as a JSON value in the current Surging form.
+/// Encodes a route as a JSON value in the current Surging form (no size limit: for whole-file
+/// backends, where [`MAX_VALUE_BYTES`] does not apply).
 pub fn encode_route_value(route: &ServiceRoute) -> Result<Value> {
     let value = serde_json::to_value(to_wire(route)?).map_err(|e| {
         Error::invalid_input(format!("route {} cannot be encoded: {e}", route.id()))
@@ -115,7 +151,9 @@ pub fn encode_route_value(route: &ServiceRoute) -> Result<Value> {
 pub fn decode_descriptors(bytes: &[u8]) -> Result<Vec<ServiceDescriptor>> {
     let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     let wire: Vec<WireDescriptor> = serde_json::from_slice(bytes).map_err(|e| {
-        Error::invalid_input(format!("expected a JSON array of ServiceDescriptor objects: {e}"))
+        Error::invalid_input(format!(
+            "expected a JSON array of ServiceDescriptor objects: {e}"
+        ))
     })?;
     wire.into_iter().map(descriptor_from_wire).collect()
 }
@@ -163,6 +201,7 @@ fn from_wire(wire: WireRoute) -> Result<ServiceRoute> {
 
 fn address_from_value(value: Value) -> Result<(Address, Option<String>)> {
     let wire: WireAddress = match value {
+        Value::Null => return Err(Error::malformed("address descriptor has no Value")),
         Value::String(text) => serde_json::from_str(&text),
         other => serde_json::from_value(other),
     }
@@ -225,8 +264,9 @@ fn to_wire(route: &ServiceRoute) -> Result<WireRoute> {
             timestamp: address.timestamp,
             token: None,
         };
-        let text = serde_json::to_string(&wire)
-            .map_err(|e| Error::invalid_input(format!("address {address} cannot be encoded: {e}")))?;
+        let text = serde_json::to_string(&wire).map_err(|e| {
+            Error::invalid_input(format!("address {address} cannot be encoded: {e}"))
+        })?;
         addresses.push(WireAddressDescriptor {
             _type: None,
             value: Value::String(text),

@@ -89,10 +89,13 @@ pub fn parse_instance_id(id: &str) -> Result<Address> {
         };
         addr.parse::<Ipv6Addr>()
             .map_err(|_| bad("is not a valid IPv6 encoding"))?;
-        match zone {
+        let host = match zone {
             Some(zone) => format!("{addr}%{zone}"),
             None => addr.to_owned(),
-        }
+        };
+        // Only what `instance_id` itself would produce decodes.
+        encode_ipv6(&host).map_err(|_| bad("has an IPv6 zone that cannot be encoded"))?;
+        host
     } else {
         validate_host_name(host)?;
         host.to_owned()
@@ -111,6 +114,7 @@ fn encode_ipv6(host: &str) -> Result<String> {
     let mut out = addr.to_string().replace(':', ",");
     if let Some(zone) = zone {
         if zone.is_empty()
+            || zone.contains("..")
             || !zone
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
@@ -164,7 +168,8 @@ impl KeyLayout {
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
-        validate_key(&prefix).map_err(|e| Error::invalid_input(format!("prefix: {}", e.message())))?;
+        validate_key(&prefix)
+            .map_err(|e| Error::invalid_input(format!("prefix: {}", e.message())))?;
         Ok(KeyLayout { prefix })
     }
 

@@ -11,10 +11,16 @@ use super::model::ServiceRoute;
 use crate::error::{Error, Result};
 
 /// Decodes one raw entry, checking that the key and the value agree on the service id.
-pub fn decode_entry(layout: &KeyLayout, key: &str, value: &[u8]) -> Result<(EntryKey, ServiceRoute)> {
-    let entry_key = layout
-        .parse(key)
-        .ok_or_else(|| Error::malformed(format!("key {key:?} is not <prefix><service-id>[/<instance-id>]")))?;
+pub fn decode_entry(
+    layout: &KeyLayout,
+    key: &str,
+    value: &[u8],
+) -> Result<(EntryKey, ServiceRoute)> {
+    let entry_key = layout.parse(key).ok_or_else(|| {
+        Error::malformed(format!(
+            "key {key:?} is not <prefix><service-id>[/<instance-id>]"
+        ))
+    })?;
     let route = decode_route(value)?;
     if route.id() != entry_key.service_id {
         return Err(Error::malformed(format!(
@@ -23,7 +29,9 @@ pub fn decode_entry(layout: &KeyLayout, key: &str, value: &[u8]) -> Result<(Entr
         )));
     }
     if route.addresses.is_empty() {
-        return Err(Error::malformed(format!("key {key:?} holds no valid address")));
+        return Err(Error::malformed(format!(
+            "key {key:?} holds no valid address"
+        )));
     }
     Ok((entry_key, route))
 }
@@ -44,7 +52,12 @@ impl RouteEntries {
     /// Stores (or replaces) one entry; returns the merged route of its service id afterwards.
     ///
     /// `version` orders entries (a backend revision or index): the highest supplies the descriptor.
-    pub fn put(&mut self, key: &EntryKey, version: u64, route: ServiceRoute) -> Option<ServiceRoute> {
+    pub fn put(
+        &mut self,
+        key: &EntryKey,
+        version: u64,
+        route: ServiceRoute,
+    ) -> Option<ServiceRoute> {
         let instance = key.instance_id.clone().unwrap_or_default();
         self.services
             .entry(key.service_id.clone())

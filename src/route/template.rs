@@ -78,7 +78,12 @@ impl RouteTemplate {
             parts.push(method.to_owned());
         }
         if let Some(route) = method_route {
-            parts.extend(route.split('/').filter(|s| !s.is_empty()).map(str::to_owned));
+            parts.extend(
+                route
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
         }
         Ok(parts.join("/").to_lowercase())
     }

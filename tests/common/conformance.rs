@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use wayfinder::{Address, ErrorKind, RouteEvent};
 
-use super::{addresses_of, descriptor, eventually, init_logging, initial_routes, instance, next_event, Harness};
+use super::{
+    addresses_of, descriptor, eventually, init_logging, initial_routes, instance, next_event,
+    Harness,
+};
 
 const SHORT_TTL: Duration = Duration::from_secs(1);
 const EVENT_WAIT: Duration = Duration::from_secs(10);
@@ -38,10 +41,16 @@ pub async fn register_then_list<H: Harness>() {
     init_logging();
     let h = H::new().await;
     let client = h.client().await;
-    let reg = client.register(instance(7001, &["GetUser", "SaveUser"])).await.unwrap();
+    let reg = client
+        .register(instance(7001, &["GetUser", "SaveUser"]))
+        .await
+        .unwrap();
     let routes = h.client().await.list().await.unwrap();
     assert_eq!(routes.len(), 2, "{routes:?}");
-    assert_eq!(addresses_of(&routes, "Test.IDemoService.GetUser"), ["127.0.0.1:7001"]);
+    assert_eq!(
+        addresses_of(&routes, "Test.IDemoService.GetUser"),
+        ["127.0.0.1:7001"]
+    );
     assert_eq!(routes[0].route_path(), "api/demo/getuser");
     reg.shutdown().await.unwrap();
 }
@@ -51,7 +60,11 @@ pub async fn get_by_id<H: Harness>() {
     let h = H::new().await;
     let client = h.client().await;
     let reg = client.register(instance(7002, &["GetUser"])).await.unwrap();
-    let route = client.get("Test.IDemoService.GetUser").await.unwrap().expect("route present");
+    let route = client
+        .get("Test.IDemoService.GetUser")
+        .await
+        .unwrap()
+        .expect("route present");
     assert_eq!(route.descriptor, descriptor("GetUser"));
     assert_eq!(route.addresses, vec![Address::new("127.0.0.1", 7002)]);
     assert_eq!(client.get("Test.IDemoService.Missing").await.unwrap(), None);
@@ -69,7 +82,10 @@ pub async fn watch_replays_then_follows_in_order<H: Harness>() {
     let mut watch = h.client().await.watch().await.unwrap();
     let initial = initial_routes(&mut watch).await;
     assert_eq!(initial.len(), 1);
-    assert_eq!(addresses_of(&initial, "Test.IDemoService.A"), ["127.0.0.1:7011"]);
+    assert_eq!(
+        addresses_of(&initial, "Test.IDemoService.A"),
+        ["127.0.0.1:7011"]
+    );
 
     let second = writer.register(instance(7012, &["A", "B"])).await.unwrap();
     // Both routes change; collect until both are seen, in whichever order the backend wrote them.
@@ -78,7 +94,11 @@ pub async fn watch_replays_then_follows_in_order<H: Harness>() {
         seen.push(next_event(&mut watch, EVENT_WAIT).await);
     }
     assert!(seen.iter().any(|e| matches!(e, RouteEvent::Changed(r) if r.id() == "Test.IDemoService.A" && r.addresses.len() == 2)), "{seen:?}");
-    assert!(seen.iter().any(|e| matches!(e, RouteEvent::Created(r) if r.id() == "Test.IDemoService.B")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, RouteEvent::Created(r) if r.id() == "Test.IDemoService.B")),
+        "{seen:?}"
+    );
 
     second.shutdown().await.unwrap();
     let mut seen = Vec::new();
@@ -86,7 +106,11 @@ pub async fn watch_replays_then_follows_in_order<H: Harness>() {
         seen.push(next_event(&mut watch, EVENT_WAIT).await);
     }
     assert!(seen.iter().any(|e| matches!(e, RouteEvent::Changed(r) if r.id() == "Test.IDemoService.A" && r.addresses.len() == 1)), "{seen:?}");
-    assert!(seen.iter().any(|e| matches!(e, RouteEvent::Removed(r) if r.id() == "Test.IDemoService.B")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, RouteEvent::Removed(r) if r.id() == "Test.IDemoService.B")),
+        "{seen:?}"
+    );
 
     first.shutdown().await.unwrap();
     match next_event(&mut watch, EVENT_WAIT).await {
@@ -104,7 +128,10 @@ pub async fn shutdown_deregisters<H: Harness>() {
     let leave = client.register(instance(7022, &["A", "B"])).await.unwrap();
     leave.shutdown().await.unwrap();
     let routes = client.list().await.unwrap();
-    assert_eq!(addresses_of(&routes, "Test.IDemoService.A"), ["127.0.0.1:7021"]);
+    assert_eq!(
+        addresses_of(&routes, "Test.IDemoService.A"),
+        ["127.0.0.1:7021"]
+    );
     assert!(addresses_of(&routes, "Test.IDemoService.B").is_empty());
     keep.shutdown().await.unwrap();
     assert!(client.list().await.unwrap().is_empty());
@@ -119,17 +146,29 @@ pub async fn deregister_removes_address_and_heartbeat_does_not_restore_it<H: Har
         .await
         .unwrap();
     let other = client.register(instance(7032, &["A"])).await.unwrap();
-    let removed = h.client().await.deregister(&Address::new("127.0.0.1", 7031)).await.unwrap();
+    let removed = h
+        .client()
+        .await
+        .deregister(&Address::new("127.0.0.1", 7031))
+        .await
+        .unwrap();
     assert_eq!(removed, 2);
     let routes = client.list().await.unwrap();
-    assert_eq!(addresses_of(&routes, "Test.IDemoService.A"), ["127.0.0.1:7032"]);
+    assert_eq!(
+        addresses_of(&routes, "Test.IDemoService.A"),
+        ["127.0.0.1:7032"]
+    );
     assert!(addresses_of(&routes, "Test.IDemoService.B").is_empty());
 
     // Several heartbeats (every TTL/3) later the removed entries are still gone.
     let mut watch = client.watch().await.unwrap();
     initial_routes(&mut watch).await;
     tokio::time::sleep(SHORT_TTL * 2).await;
-    assert_eq!(watch.try_next(), None, "a heartbeat brought a deregistered entry back");
+    assert_eq!(
+        watch.try_next(),
+        None,
+        "a heartbeat brought a deregistered entry back"
+    );
     reg.shutdown().await.unwrap();
     other.shutdown().await.unwrap();
 }
@@ -153,8 +192,15 @@ pub async fn abandoned_instance_expires_after_ttl<H: Harness>() {
         seen.push(next_event(&mut watch, SHORT_TTL + Duration::from_secs(2)).await);
     }
     let took = stopped.elapsed();
-    assert!(took <= SHORT_TTL + Duration::from_secs(2), "expiry took {took:?}");
-    assert!(seen.iter().any(|e| matches!(e, RouteEvent::Removed(r) if r.id() == "Test.IDemoService.B")), "{seen:?}");
+    assert!(
+        took <= SHORT_TTL + Duration::from_secs(2),
+        "expiry took {took:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, RouteEvent::Removed(r) if r.id() == "Test.IDemoService.B")),
+        "{seen:?}"
+    );
     assert!(seen.iter().any(|e| matches!(e, RouteEvent::Changed(r) if r.addresses == vec![Address::new("127.0.0.1", 7041)])), "{seen:?}");
     stays.shutdown().await.unwrap();
 }
@@ -168,7 +214,10 @@ pub async fn wiped_instance_registers_again<H: Harness>() {
         .await
         .unwrap();
     h.client().await.clear().await.unwrap();
-    assert!(client.list().await.unwrap().is_empty(), "clear left routes behind");
+    assert!(
+        client.list().await.unwrap().is_empty(),
+        "clear left routes behind"
+    );
     let started = Instant::now();
     let routes = eventually(SHORT_TTL * 2, "re-registration after a wipe", || async {
         let routes = client.list().await.unwrap();
@@ -176,7 +225,10 @@ pub async fn wiped_instance_registers_again<H: Harness>() {
     })
     .await;
     assert!(started.elapsed() <= SHORT_TTL * 2);
-    assert_eq!(addresses_of(&routes, "Test.IDemoService.B"), ["127.0.0.1:7051"]);
+    assert_eq!(
+        addresses_of(&routes, "Test.IDemoService.B"),
+        ["127.0.0.1:7051"]
+    );
     reg.shutdown().await.unwrap();
 }
 
@@ -201,7 +253,9 @@ pub async fn concurrent_registrations_lose_nothing<H: Harness>() {
     assert_eq!(routes.len(), 5 + 16 * 5);
     let expected: BTreeSet<String> = (0..16).map(|i| format!("127.0.0.1:{}", 7100 + i)).collect();
     for shared in ["S0", "S1", "S2", "S3", "S4"] {
-        let found: BTreeSet<String> = addresses_of(&routes, &format!("Test.IDemoService.{shared}")).into_iter().collect();
+        let found: BTreeSet<String> = addresses_of(&routes, &format!("Test.IDemoService.{shared}"))
+            .into_iter()
+            .collect();
         assert_eq!(found, expected, "route {shared} lost addresses");
     }
     for reg in registrations {
@@ -231,7 +285,10 @@ pub async fn malformed_entries_are_skipped<H: Harness>() {
             RouteEvent::Created(route) if route.id() == "Test.IDemoService.Later" => break,
             event => {
                 let id = event.route().map(|r| r.id().to_owned()).unwrap_or_default();
-                assert!(!id.starts_with("Bad."), "malformed route surfaced: {event:?}");
+                assert!(
+                    !id.starts_with("Bad."),
+                    "malformed route surfaced: {event:?}"
+                );
             }
         }
     }
@@ -249,10 +306,14 @@ pub async fn outage_keeps_last_good_routes<H: Harness>() {
     assert!(!watch.status().is_stale());
 
     h.break_backend().await;
-    let status = eventually(Duration::from_secs(10), "the watch to report the outage", || async {
-        let status = watch.status();
-        status.is_stale().then_some(status)
-    })
+    let status = eventually(
+        Duration::from_secs(10),
+        "the watch to report the outage",
+        || async {
+            let status = watch.status();
+            status.is_stale().then_some(status)
+        },
+    )
     .await;
     assert!(status.last_sync.is_some());
     assert_eq!(watch.try_next(), None, "an outage changed the view");
@@ -283,7 +344,10 @@ pub async fn invalid_registrations_are_refused<H: Harness>() {
             Address::new("127.0.0.1", 80),
             vec![wayfinder::ServiceDescriptor::new("has/slash", "api/x")],
         ),
-        wayfinder::Instance::new(Address::new("127.0.0.1", 80), vec![descriptor("A"), descriptor("A")]),
+        wayfinder::Instance::new(
+            Address::new("127.0.0.1", 80),
+            vec![descriptor("A"), descriptor("A")],
+        ),
         wayfinder::Instance::new(
             Address::new("127.0.0.1", 80),
             vec![descriptor("Big").with_metadata("blob", "x".repeat(600 * 1024))],
@@ -291,7 +355,10 @@ pub async fn invalid_registrations_are_refused<H: Harness>() {
         instance(80, &["A"]).with_ttl(Duration::from_millis(10)),
     ];
     for case in cases {
-        let err = client.register(case.clone()).await.expect_err(&format!("{case:?} was accepted"));
+        let err = client
+            .register(case.clone())
+            .await
+            .expect_err(&format!("{case:?} was accepted"));
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     }
     assert!(client.list().await.unwrap().is_empty());

@@ -6,7 +6,9 @@ pub mod conformance;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wayfinder::{Address, Instance, RouteEvent, RouteManager, RouteWatch, ServiceDescriptor, ServiceRoute};
+use wayfinder::{
+    Address, Instance, RouteEvent, RouteManager, RouteWatch, ServiceDescriptor, ServiceRoute,
+};
 
 /// One isolated registry of some backend, and ways to reach around the API into it.
 #[allow(async_fn_in_trait)]
@@ -28,14 +30,18 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "wayfinder=debug".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "wayfinder=debug".into()),
         )
         .try_init();
 }
 
 /// A descriptor for `api/<name>` with a Surging-style id.
 pub fn descriptor(name: &str) -> ServiceDescriptor {
-    ServiceDescriptor::new(format!("Test.IDemoService.{name}"), format!("api/demo/{}", name.to_lowercase()))
+    ServiceDescriptor::new(
+        format!("Test.IDemoService.{name}"),
+        format!("api/demo/{}", name.to_lowercase()),
+    )
 }
 
 /// An instance on 127.0.0.1:`port` serving `names`.
@@ -78,7 +84,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

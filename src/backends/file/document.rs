@@ -58,8 +58,9 @@ impl Document {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(Error::malformed("routes file is empty"));
         }
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::malformed(format!("routes file does not parse: {e}")).with_source(e))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            Error::malformed(format!("routes file does not parse: {e}")).with_source(e)
+        })?;
         match value {
             Value::Array(items) => Ok(Self::from_surging_array(items)),
             Value::Object(_) => serde_json::from_value(value).map_err(|e| {
@@ -82,7 +83,9 @@ impl Document {
                 Some(id) if !id.is_empty() => {
                     doc.routes.insert(id, item);
                 }
-                _ => tracing::warn!("skipping a route without ServiceDescriptor.Id in the routes file"),
+                _ => tracing::warn!(
+                    "skipping a route without ServiceDescriptor.Id in the routes file"
+                ),
             }
         }
         doc
@@ -116,7 +119,8 @@ impl Document {
                     return true;
                 };
                 if record.expires > now_ms {
-                    next_expiry = Some(next_expiry.map_or(record.expires, |n| n.min(record.expires)));
+                    next_expiry =
+                        Some(next_expiry.map_or(record.expires, |n| n.min(record.expires)));
                     true
                 } else {
                     false
@@ -147,7 +151,7 @@ impl Document {
     /// longer serves lose its address.
     pub fn put_instance(&mut self, instance: &Instance, record: InstanceRecord) -> Result<()> {
         let id = instance.id()?;
-        self.remove_instance_addresses(&[id.clone()], |service_id| {
+        self.remove_instance_addresses(std::slice::from_ref(&id), |service_id| {
             !instance.routes.iter().any(|d| d.id == service_id)
         });
         for descriptor in &instance.routes {
@@ -157,7 +161,9 @@ impl Document {
                 .and_then(|value| self.decode(&descriptor.id, value))
                 .unwrap_or_else(|| ServiceRoute::new(descriptor.clone(), Vec::new()));
             route.descriptor = descriptor.clone();
-            route.addresses.retain(|a| !a.same_endpoint(&instance.address));
+            route
+                .addresses
+                .retain(|a| !a.same_endpoint(&instance.address));
             route.addresses.push(instance.address.clone());
             self.routes
                 .insert(descriptor.id.clone(), encode_route_value(&route)?);
@@ -193,7 +199,10 @@ impl Document {
 
     /// Removes these addresses from every route (records stay); returns how many were removed.
     pub fn remove_addresses(&mut self, addresses: &[Address]) -> Result<usize> {
-        let ids = addresses.iter().map(instance_id).collect::<Result<Vec<_>>>()?;
+        let ids = addresses
+            .iter()
+            .map(instance_id)
+            .collect::<Result<Vec<_>>>()?;
         Ok(self.remove_instance_addresses(&ids, |_| true))
     }
 
@@ -222,17 +231,26 @@ impl Document {
     }
 
     /// Removes the addresses of `instance_ids` from the routes `in_route` selects.
-    fn remove_instance_addresses(&mut self, instance_ids: &[String], in_route: impl Fn(&str) -> bool) -> usize {
+    fn remove_instance_addresses(
+        &mut self,
+        instance_ids: &[String],
+        in_route: impl Fn(&str) -> bool,
+    ) -> usize {
         let mut removed = 0;
-        let ids: Vec<String> = self.routes.keys().filter(|id| in_route(id)).cloned().collect();
+        let ids: Vec<String> = self
+            .routes
+            .keys()
+            .filter(|id| in_route(id))
+            .cloned()
+            .collect();
         for id in ids {
             let Some(mut route) = self.routes.get(&id).and_then(|v| self.decode(&id, v)) else {
                 continue;
             };
             let before = route.addresses.len();
-            route.addresses.retain(|a| {
-                instance_id(a).map_or(true, |i| !instance_ids.contains(&i))
-            });
+            route
+                .addresses
+                .retain(|a| instance_id(a).map_or(true, |i| !instance_ids.contains(&i)));
             if route.addresses.len() == before {
                 continue;
             }

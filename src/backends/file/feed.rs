@@ -13,9 +13,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::blocking;
 use super::document::{now_ms, Document};
 use super::storage::{FileStorage, Fingerprint};
-use super::blocking;
 use crate::error::Result;
 use crate::watch::WatchHub;
 
@@ -31,7 +31,11 @@ impl Drop for FeedGuard {
 }
 
 /// Loads the file once (an error here is returned), then starts following it.
-pub(crate) async fn start(storage: FileStorage, hub: Arc<WatchHub>, poll: Duration) -> Result<Arc<FeedGuard>> {
+pub(crate) async fn start(
+    storage: FileStorage,
+    hub: Arc<WatchHub>,
+    poll: Duration,
+) -> Result<Arc<FeedGuard>> {
     let fingerprint = storage.fingerprint();
     let doc = load(&storage).await?;
     let next_expiry = publish(&hub, &doc);
@@ -94,19 +98,28 @@ async fn follow(
 }
 
 /// Watches the file's directory; `None` (polling only) when the platform refuses.
-fn watch_directory(storage: &FileStorage, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+fn watch_directory(
+    storage: &FileStorage,
+    tx: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
     let name = storage.file_name().to_owned();
     let handler = move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
-            Ok(event) => event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())),
+            Ok(event) => event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str())),
             Err(_) => true,
         };
         if relevant {
             let _ = tx.send(());
         }
     };
-    let result = notify::recommended_watcher(handler)
-        .and_then(|mut watcher| watcher.watch(storage.dir(), RecursiveMode::NonRecursive).map(|()| watcher));
+    let result = notify::recommended_watcher(handler).and_then(|mut watcher| {
+        watcher
+            .watch(storage.dir(), RecursiveMode::NonRecursive)
+            .map(|()| watcher)
+    });
     match result {
         Ok(watcher) => Some(watcher),
         Err(err) => {

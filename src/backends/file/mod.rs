@@ -90,7 +90,9 @@ impl FileRouteManager {
 }
 
 /// Runs blocking file work off the async threads.
-pub(crate) async fn blocking<R: Send + 'static>(work: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
+pub(crate) async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> Result<R> + Send + 'static,
+) -> Result<R> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::new(ErrorKind::Closed, "file task ended abnormally").with_source(e))?
@@ -129,7 +131,8 @@ impl LivenessStore for FileStore {
             lease: lease.clone(),
         };
         let instance = instance.clone();
-        self.update(move |doc| doc.put_instance(&instance, record)).await?;
+        self.update(move |doc| doc.put_instance(&instance, record))
+            .await?;
         Ok(lease)
     }
 
@@ -137,8 +140,14 @@ impl LivenessStore for FileStore {
         let id = instance.id()?;
         let lease = lease.clone();
         let expires = expiry(self.ttl_of(instance));
-        let alive = self.update(move |doc| Ok(doc.touch(&id, &lease, expires))).await?;
-        Ok(if alive { Liveness::Alive } else { Liveness::Lost })
+        let alive = self
+            .update(move |doc| Ok(doc.touch(&id, &lease, expires)))
+            .await?;
+        Ok(if alive {
+            Liveness::Alive
+        } else {
+            Liveness::Lost
+        })
     }
 
     async fn remove_instance(&self, instance: &Instance, lease: String) -> Result<()> {
@@ -173,7 +182,9 @@ impl RouteManager for FileRouteManager {
 
     async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {
         let addresses = addresses.to_vec();
-        self.inner.update(move |doc| doc.remove_addresses(&addresses)).await
+        self.inner
+            .update(move |doc| doc.remove_addresses(&addresses))
+            .await
     }
 
     async fn clear(&self) -> Result<()> {

@@ -109,15 +109,14 @@ impl FileStorage {
         lock.lock()
             .map_err(|e| io_error(&self.lock_path, "lock", e))?;
         let mut doc = match self.read()? {
-            Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
-                Document::parse(&bytes).map_err(|e| {
+            Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => Document::parse(&bytes)
+                .map_err(|e| {
                     Error::malformed(format!(
                         "{}: {}; not overwriting it (fix or remove the file)",
                         self.path.display(),
                         e.message()
                     ))
-                })?
-            }
+                })?,
             _ => Document::default(),
         };
         doc.prune(now_ms());

@@ -41,3 +41,8 @@ pub use manager::{Instance, RouteManager, DEFAULT_TTL, MIN_TTL};
 pub use registration::Registration;
 pub use route::{Address, ServiceDescriptor, ServiceRoute};
 pub use watch::{RouteEvent, RouteWatch, SyncStatus};
+
+/// Compiles the README's examples so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

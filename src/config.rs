@@ -164,3 +164,58 @@ fn parse_ttl(text: &str) -> Result<Duration> {
     }
     Ok(ttl)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2.5s").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        for bad in ["", "abc", "5h", "-1", "1e400"] {
+            assert_eq!(
+                parse_duration(bad).unwrap_err().kind(),
+                ErrorKind::InvalidInput,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_ttl("0.5").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn urls_split_into_scheme_location_and_options() {
+        let url = BackendUrl::parse("FILE://./dir/routes.json?ttl=5s&poll=200ms").unwrap();
+        assert_eq!(url.scheme, "file");
+        assert_eq!(url.location, "./dir/routes.json");
+        let options = url.options(&["ttl", "poll"]).unwrap();
+        assert_eq!(options["ttl"], "5s");
+        assert_eq!(options["poll"], "200ms");
+        assert!(url.options(&["ttl"]).is_err(), "poll is not allowed here");
+        let twice = BackendUrl::parse("memory://?ttl=1&ttl=2").unwrap();
+        assert!(twice.options(&["ttl"]).is_err());
+        let encoded = BackendUrl::parse("memory://?prefix=a%2Fb%2F").unwrap();
+        assert_eq!(
+            encoded.query,
+            vec![("prefix".to_owned(), "a/b/".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn connect_explains_what_it_cannot_open() {
+        let unknown = connect("zk://127.0.0.1:2181").await.unwrap_err();
+        assert_eq!(unknown.kind(), ErrorKind::InvalidInput);
+        assert!(unknown.to_string().contains("file, memory, etcd, consul"));
+        let etcd = connect("etcd://127.0.0.1:2379").await.unwrap_err();
+        assert_eq!(etcd.kind(), ErrorKind::Unsupported);
+        let empty = connect("file://").await.unwrap_err();
+        assert_eq!(empty.kind(), ErrorKind::InvalidInput);
+        let memory = connect("memory://?prefix=apps/x&ttl=3s").await.unwrap();
+        assert_eq!(memory.backend(), "memory");
+    }
+}

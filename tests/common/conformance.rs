@@ -9,7 +9,7 @@ use wayfinder::{Address, ErrorKind, RouteEvent};
 
 use super::{
     addresses_of, descriptor, eventually, init_logging, initial_routes, instance, next_event,
-    Harness,
+    next_events, Harness,
 };
 
 const SHORT_TTL: Duration = Duration::from_secs(1);
@@ -89,10 +89,7 @@ pub async fn watch_replays_then_follows_in_order<H: Harness>() {
 
     let second = writer.register(instance(7012, &["A", "B"])).await.unwrap();
     // Both routes change; collect until both are seen, in whichever order the backend wrote them.
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        seen.push(next_event(&mut watch, EVENT_WAIT).await);
-    }
+    let seen = next_events(&mut watch, 2, EVENT_WAIT).await;
     assert!(seen.iter().any(|e| matches!(e, RouteEvent::Changed(r) if r.id() == "Test.IDemoService.A" && r.addresses.len() == 2)), "{seen:?}");
     assert!(
         seen.iter()
@@ -101,10 +98,7 @@ pub async fn watch_replays_then_follows_in_order<H: Harness>() {
     );
 
     second.shutdown().await.unwrap();
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        seen.push(next_event(&mut watch, EVENT_WAIT).await);
-    }
+    let seen = next_events(&mut watch, 2, EVENT_WAIT).await;
     assert!(seen.iter().any(|e| matches!(e, RouteEvent::Changed(r) if r.id() == "Test.IDemoService.A" && r.addresses.len() == 1)), "{seen:?}");
     assert!(
         seen.iter()
@@ -187,10 +181,7 @@ pub async fn abandoned_instance_expires_after_ttl<H: Harness>() {
 
     let stopped = Instant::now();
     crashes.abandon().await;
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        seen.push(next_event(&mut watch, SHORT_TTL + Duration::from_secs(2)).await);
-    }
+    let seen = next_events(&mut watch, 2, SHORT_TTL + Duration::from_secs(2)).await;
     let took = stopped.elapsed();
     assert!(
         took <= SHORT_TTL + Duration::from_secs(2),

@@ -61,6 +61,19 @@ pub async fn next_event(watch: &mut RouteWatch, within: Duration) -> RouteEvent 
     }
 }
 
+/// The next `count` events, each within `within` of the one before.
+pub async fn next_events(
+    watch: &mut RouteWatch,
+    count: usize,
+    within: Duration,
+) -> Vec<RouteEvent> {
+    let mut events = Vec::with_capacity(count);
+    while events.len() < count {
+        events.push(next_event(watch, within).await);
+    }
+    events
+}
+
 /// Reads events until `Synced`; returns the `Created` routes before it.
 pub async fn initial_routes(watch: &mut RouteWatch) -> Vec<ServiceRoute> {
     let mut routes = Vec::new();

@@ -28,10 +28,12 @@
 //! (see [`route`]); every backend implements [`RouteManager`].
 
 pub mod backends;
+mod clock;
 pub mod config;
 mod error;
 mod manager;
 mod registration;
+pub mod resolve;
 pub mod route;
 mod watch;
 
@@ -39,6 +41,7 @@ pub use config::connect;
 pub use error::{Error, ErrorKind, Result};
 pub use manager::{Instance, RouteManager, DEFAULT_TTL, MIN_TTL};
 pub use registration::Registration;
+pub use resolve::{AddressResolver, ResolverConfig};
 pub use route::{Address, ServiceDescriptor, ServiceRoute};
 pub use watch::{RouteEvent, RouteWatch, SyncStatus};
 

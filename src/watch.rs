@@ -104,6 +104,11 @@ impl RouteWatch {
         self.status.borrow().clone()
     }
 
+    /// A handle on the status that outlives borrowing the watch.
+    pub(crate) fn status_receiver(&self) -> watch::Receiver<SyncStatus> {
+        self.status.clone()
+    }
+
     /// Keeps `guard` alive as long as this watch (a backend's background reader, say).
     pub(crate) fn keep_alive(mut self, guard: Arc<dyn Send + Sync>) -> Self {
         self._keep_alive = Some(guard);

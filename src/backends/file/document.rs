@@ -10,7 +10,6 @@
 //! converted on the first write.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,14 +19,6 @@ use crate::manager::Instance;
 use crate::route::{decode_route_value, encode_route_value, instance_id, Address, ServiceRoute};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
-
-/// Milliseconds since the Unix epoch, the clock heartbeat expiries use.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// One instance's liveness record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::blocking;
-use super::document::{now_ms, Document};
+use super::document::Document;
 use super::storage::{FileStorage, Fingerprint};
+use crate::clock::now_ms;
 use crate::error::Result;
 use crate::watch::WatchHub;
 

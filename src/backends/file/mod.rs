@@ -14,9 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use self::document::{now_ms, Document, InstanceRecord};
+use self::document::{Document, InstanceRecord};
 use self::feed::FeedGuard;
 use self::storage::FileStorage;
+use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};

@@ -9,7 +9,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind as IoKind, Write};
 use std::path::{Path, PathBuf};
 
-use super::document::{now_ms, Document};
+use super::document::Document;
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 
 /// A cheap fingerprint of the file, to notice changes when polling.

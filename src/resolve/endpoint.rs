@@ -1,0 +1,89 @@
+//! [`Endpoint`]: one distinct address a client may call, with its local health and load.
+//!
+//! Routes that share an address share one `Endpoint`, so it is probed once and its in-flight
+//! count covers every route's calls.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::route::Address;
+
+/// Identity of an endpoint: lower-cased host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    host: String,
+    port: u16,
+}
+
+impl EndpointKey {
+    /// The key of an address.
+    pub fn of(address: &Address) -> Self {
+        EndpointKey {
+            host: address.ip.to_ascii_lowercase(),
+            port: address.port,
+        }
+    }
+}
+
+/// Consecutive check outcomes, used against the thresholds.
+#[derive(Debug, Default)]
+pub(crate) struct Streak {
+    pub failures: u32,
+    pub successes: u32,
+}
+
+/// A distinct address with its local health and in-flight count.
+#[derive(Debug)]
+pub struct Endpoint {
+    key: EndpointKey,
+    address: Address,
+    healthy: AtomicBool,
+    in_flight: AtomicUsize,
+    pub(crate) streak: Mutex<Streak>,
+}
+
+impl Endpoint {
+    /// A new endpoint, healthy until checks say otherwise.
+    pub fn new(address: Address) -> Self {
+        Endpoint {
+            key: EndpointKey::of(&address),
+            address,
+            healthy: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
+            streak: Mutex::new(Streak::default()),
+        }
+    }
+
+    /// The endpoint's identity.
+    pub fn key(&self) -> &EndpointKey {
+        &self.key
+    }
+
+    /// The address as first published.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Whether local checks consider it healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Sets health; returns whether it changed.
+    pub(crate) fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    /// Calls currently in flight (resolutions whose guard is alive).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn begin_call(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn end_call(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

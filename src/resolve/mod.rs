@@ -1,0 +1,18 @@
+//! Resolution: from a route path or service id to one healthy address.
+//!
+//! [`AddressResolver`] keeps a [`RouteTable`] current from a [`crate::RouteManager::watch`],
+//! [`HealthMonitor`] keeps each distinct address's local health, and a [`select::Selector`] picks
+//! one address per call.
+
+mod endpoint;
+mod health;
+mod resolver;
+pub mod select;
+mod table;
+
+pub use endpoint::{Endpoint, EndpointKey};
+pub use health::{probe, HealthConfig, HealthMonitor};
+pub use resolver::{
+    AddressResolver, Resolved, ResolverConfig, ResolverStats, DEFAULT_NEGATIVE_TTL,
+};
+pub use table::{RouteEntry, RouteTable};

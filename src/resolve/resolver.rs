@@ -1,0 +1,435 @@
+//! [`AddressResolver`]: route path or service id -> one healthy address, fed by a watch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::endpoint::{Endpoint, EndpointKey};
+use super::health::{HealthConfig, HealthMonitor};
+use super::select::{RoundRobin, Selector};
+use super::table::{RouteEntry, RouteTable};
+use crate::error::{Error, ErrorKind, Result};
+use crate::manager::RouteManager;
+use crate::route::{Address, ServiceRoute};
+use crate::watch::{RouteEvent, RouteWatch, SyncStatus};
+
+/// Default time an unknown path or id is remembered as unknown.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(2);
+
+/// Settings of an [`AddressResolver`].
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    /// The selector for routes without their own.
+    pub selector: Arc<dyn Selector>,
+    /// Selectors for particular service ids.
+    pub route_selectors: HashMap<String, Arc<dyn Selector>>,
+    /// Health checks.
+    pub health: HealthConfig,
+    /// How long an unknown path or id is answered from memory before the backend is asked again.
+    pub negative_ttl: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            selector: Arc::new(RoundRobin),
+            route_selectors: HashMap::new(),
+            health: HealthConfig::default(),
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+        }
+    }
+}
+
+impl ResolverConfig {
+    fn selector_for(&self, service_id: &str) -> &dyn Selector {
+        self.route_selectors
+            .get(service_id)
+            .unwrap_or(&self.selector)
+            .as_ref()
+    }
+}
+
+/// One chosen address. Holding it counts as a call in flight to that address (for least
+/// connections and power of two choices); drop it when the call ends.
+#[derive(Debug)]
+pub struct Resolved {
+    endpoint: Arc<Endpoint>,
+    fail_open: bool,
+}
+
+impl Resolved {
+    fn new(endpoint: Arc<Endpoint>, fail_open: bool) -> Self {
+        endpoint.begin_call();
+        Resolved {
+            endpoint,
+            fail_open,
+        }
+    }
+
+    /// The chosen address.
+    pub fn address(&self) -> &Address {
+        self.endpoint.address()
+    }
+
+    /// Whether every address of the route was unhealthy and this one was chosen anyway.
+    pub fn is_fail_open(&self) -> bool {
+        self.fail_open
+    }
+}
+
+impl Drop for Resolved {
+    fn drop(&mut self) {
+        self.endpoint.end_call();
+    }
+}
+
+/// A snapshot of a resolver's counters and freshness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverStats {
+    /// Routes in the table.
+    pub routes: usize,
+    /// Distinct endpoints in the table.
+    pub endpoints: usize,
+    /// Lookups answered `NotFound`.
+    pub not_found: u64,
+    /// Selections that failed open (every address unhealthy).
+    pub fail_open: u64,
+    /// Health flips seen by the monitor or reported by callers.
+    pub health_flips: u64,
+    /// Health probes sent.
+    pub probes: u64,
+    /// Whether the backend is currently unreadable (routes are the last good ones).
+    pub stale: bool,
+    /// Age of the routes: zero while current, else the time since the last good read.
+    pub age: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    not_found: AtomicU64,
+    fail_open: AtomicU64,
+}
+
+struct Shared {
+    manager: Arc<dyn RouteManager>,
+    config: ResolverConfig,
+    table: ArcSwap<RouteTable>,
+    not_found: moka::sync::Cache<String, ()>,
+    health: HealthMonitor,
+    status: watch::Receiver<SyncStatus>,
+    counters: Counters,
+}
+
+/// Resolves route paths and service ids to addresses, from a table kept current by a watch.
+///
+/// Resolution reads an immutable snapshot: no lock, no allocation, no backend call. A backend
+/// outage leaves the last good table in place ([`AddressResolver::stats`] reports its age).
+pub struct AddressResolver {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for AddressResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressResolver")
+            .field("backend", &self.shared.manager.backend())
+            .field("routes", &self.shared.table.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for AddressResolver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AddressResolver {
+    /// A resolver with the default settings (round robin, default health checks).
+    pub async fn new(manager: Arc<dyn RouteManager>) -> Result<Self> {
+        Self::with_config(manager, ResolverConfig::default()).await
+    }
+
+    /// A resolver with `config`. Returns once the current routes are loaded.
+    pub async fn with_config(
+        manager: Arc<dyn RouteManager>,
+        config: ResolverConfig,
+    ) -> Result<Self> {
+        let mut watch = manager.watch().await?;
+        let mut follower = Follower::default();
+        loop {
+            match watch.next().await {
+                Some(RouteEvent::Synced) => break,
+                Some(event) => follower.apply(event, &config),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Closed,
+                        "the route watch ended before the initial routes arrived",
+                    ))
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            table: ArcSwap::from_pointee(follower.table()),
+            not_found: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(config.negative_ttl.max(Duration::from_millis(1)))
+                .build(),
+            health: HealthMonitor::start(config.health.clone()),
+            status: watch.status_receiver(),
+            counters: Counters::default(),
+            manager,
+            config,
+        });
+        shared
+            .health
+            .set_targets(shared.table.load().endpoints().cloned().collect());
+        let task = tokio::spawn(follow(watch, follower, Arc::downgrade(&shared)));
+        Ok(AddressResolver { shared, task })
+    }
+
+    /// One address for a route path (exact, case-insensitive; then templates). `key` is the
+    /// affinity key for consistent hashing.
+    pub async fn resolve_path(&self, path: &str, key: Option<&[u8]>) -> Result<Resolved> {
+        {
+            let table = self.shared.table.load();
+            if let Some(entry) = table.by_path(path) {
+                return self.choose(entry, key);
+            }
+        }
+        let entry = self.miss(Lookup::Path(path)).await?;
+        self.choose(&entry, key)
+    }
+
+    /// One address for a service id.
+    pub async fn resolve_id(&self, service_id: &str, key: Option<&[u8]>) -> Result<Resolved> {
+        {
+            let table = self.shared.table.load();
+            if let Some(entry) = table.by_id(service_id) {
+                return self.choose(entry, key);
+            }
+        }
+        let entry = self.miss(Lookup::Id(service_id)).await?;
+        self.choose(&entry, key)
+    }
+
+    /// Every healthy address of a route path, for broadcast (all of them when none is healthy).
+    pub async fn resolve_all(&self, path: &str) -> Result<Vec<Address>> {
+        let entry = {
+            let table = self.shared.table.load();
+            table.by_path(path).cloned()
+        };
+        let entry = match entry {
+            Some(entry) => entry,
+            None => self.miss(Lookup::Path(path)).await?,
+        };
+        let healthy: Vec<Address> = entry
+            .endpoints()
+            .iter()
+            .filter(|e| e.is_healthy())
+            .map(|e| e.address().clone())
+            .collect();
+        if healthy.is_empty() {
+            self.shared
+                .counters
+                .fail_open
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(entry.route().addresses.clone());
+        }
+        Ok(healthy)
+    }
+
+    fn choose(&self, entry: &Arc<RouteEntry>, key: Option<&[u8]>) -> Result<Resolved> {
+        match entry.select(key) {
+            Some(choice) => {
+                if choice.fail_open {
+                    self.shared
+                        .counters
+                        .fail_open
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Resolved::new(
+                    entry.endpoints()[choice.index].clone(),
+                    choice.fail_open,
+                ))
+            }
+            None => {
+                self.shared
+                    .counters
+                    .not_found
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("route {} has no address", entry.route().id()),
+                ))
+            }
+        }
+    }
+
+    /// A lookup the table could not answer: ask the backend once, then remember the answer.
+    async fn miss(&self, lookup: Lookup<'_>) -> Result<Arc<RouteEntry>> {
+        let cache_key = lookup.cache_key();
+        if self.shared.not_found.contains_key(&cache_key) {
+            self.shared
+                .counters
+                .not_found
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(lookup.not_found());
+        }
+        let listed = match self.shared.manager.list().await {
+            Ok(routes) => RouteTable::from_routes(routes, self.shared.config.selector.as_ref()),
+            Err(err) => {
+                tracing::debug!(error = %err, "backend lookup for an unknown route failed");
+                RouteTable::default()
+            }
+        };
+        let found = match lookup {
+            Lookup::Path(path) => listed.by_path(path).cloned(),
+            Lookup::Id(id) => listed.by_id(id).cloned(),
+        };
+        found.ok_or_else(|| {
+            self.shared.not_found.insert(cache_key, ());
+            self.shared
+                .counters
+                .not_found
+                .fetch_add(1, Ordering::Relaxed);
+            lookup.not_found()
+        })
+    }
+
+    /// The current table snapshot.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.shared.table.load_full()
+    }
+
+    /// The health monitor, for passive signals.
+    pub fn health(&self) -> &HealthMonitor {
+        &self.shared.health
+    }
+
+    /// A caller's call to `address` failed; counts against its health.
+    pub fn report_failure(&self, address: &Address) {
+        if let Some(endpoint) = self.shared.table.load().endpoint(&EndpointKey::of(address)) {
+            self.shared.health.report_failure(endpoint);
+        }
+    }
+
+    /// A caller's call to `address` succeeded; counts toward its health.
+    pub fn report_success(&self, address: &Address) {
+        if let Some(endpoint) = self.shared.table.load().endpoint(&EndpointKey::of(address)) {
+            self.shared.health.report_success(endpoint);
+        }
+    }
+
+    /// Whether local checks consider `address` healthy (`None` if no route has it).
+    pub fn is_healthy(&self, address: &Address) -> Option<bool> {
+        self.shared
+            .table
+            .load()
+            .endpoint(&EndpointKey::of(address))
+            .map(|e| e.is_healthy())
+    }
+
+    /// Counters and freshness.
+    pub fn stats(&self) -> ResolverStats {
+        let table = self.shared.table.load();
+        let status = self.shared.status.borrow().clone();
+        ResolverStats {
+            routes: table.len(),
+            endpoints: table.endpoints().count(),
+            not_found: self.shared.counters.not_found.load(Ordering::Relaxed),
+            fail_open: self.shared.counters.fail_open.load(Ordering::Relaxed),
+            health_flips: self.shared.health.health_flips(),
+            probes: self.shared.health.probes_sent(),
+            stale: status.is_stale(),
+            age: status.age(),
+        }
+    }
+}
+
+enum Lookup<'a> {
+    Path(&'a str),
+    Id(&'a str),
+}
+
+impl Lookup<'_> {
+    fn cache_key(&self) -> String {
+        match self {
+            Lookup::Path(path) => format!("path:{}", path.trim_matches('/').to_ascii_lowercase()),
+            Lookup::Id(id) => format!("id:{id}"),
+        }
+    }
+
+    fn not_found(&self) -> Error {
+        match self {
+            Lookup::Path(path) => {
+                Error::new(ErrorKind::NotFound, format!("no route for path {path:?}"))
+            }
+            Lookup::Id(id) => Error::new(
+                ErrorKind::NotFound,
+                format!("no route with service id {id:?}"),
+            ),
+        }
+    }
+}
+
+/// The resolver task's state: prepared entries by service id and the endpoints they share.
+#[derive(Default)]
+struct Follower {
+    entries: BTreeMap<String, Arc<RouteEntry>>,
+    endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
+}
+
+impl Follower {
+    fn apply(&mut self, event: RouteEvent, config: &ResolverConfig) {
+        match event {
+            RouteEvent::Created(route) | RouteEvent::Changed(route) => self.upsert(route, config),
+            RouteEvent::Removed(route) => {
+                self.entries.remove(route.id());
+            }
+            _ => {}
+        }
+    }
+
+    fn upsert(&mut self, route: ServiceRoute, config: &ResolverConfig) {
+        let id = route.id().to_owned();
+        let endpoints = &mut self.endpoints;
+        let entry = RouteEntry::new(route, config.selector_for(&id), |address| {
+            endpoints
+                .entry(EndpointKey::of(address))
+                .or_insert_with(|| Arc::new(Endpoint::new(address.clone())))
+                .clone()
+        });
+        self.entries.insert(id, Arc::new(entry));
+    }
+
+    /// Indexes the entries; forgets endpoints no route uses any more.
+    fn table(&mut self) -> RouteTable {
+        let table = RouteTable::index(self.entries.values());
+        self.endpoints
+            .retain(|key, _| table.endpoint(key).is_some());
+        table
+    }
+}
+
+async fn follow(mut watch: RouteWatch, mut follower: Follower, shared: std::sync::Weak<Shared>) {
+    while let Some(event) = watch.next().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        follower.apply(event, &shared.config);
+        while let Some(event) = watch.try_next() {
+            follower.apply(event, &shared.config);
+        }
+        let table = follower.table();
+        shared
+            .health
+            .set_targets(table.endpoints().cloned().collect());
+        shared.table.store(Arc::new(table));
+    }
+}

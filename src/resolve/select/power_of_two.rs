@@ -1,0 +1,41 @@
+//! Power of two choices: two random usable addresses, the less loaded wins.
+
+use super::{Candidates, Pick, Selector};
+use crate::route::Address;
+
+/// Draws two distinct addresses at random and takes the one with fewer calls in flight.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PowerOfTwoChoices;
+
+impl Selector for PowerOfTwoChoices {
+    fn name(&self) -> &'static str {
+        "p2c"
+    }
+
+    fn build(&self, _addresses: &[Address]) -> Box<dyn Pick> {
+        Box::new(PowerOfTwoPick)
+    }
+}
+
+#[derive(Debug)]
+struct PowerOfTwoPick;
+
+impl Pick for PowerOfTwoPick {
+    fn pick(&self, candidates: &Candidates<'_>, _key: Option<&[u8]>) -> Option<usize> {
+        let n = candidates.len();
+        match n {
+            0 => None,
+            1 => candidates.first_usable_from(0),
+            _ => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                match (candidates.is_usable(a), candidates.is_usable(b)) {
+                    (true, true) if candidates.in_flight(b) < candidates.in_flight(a) => Some(b),
+                    (true, _) => Some(a),
+                    (false, true) => Some(b),
+                    (false, false) => candidates.first_usable_from(a),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! [`RouteTable`]: an immutable snapshot of every route, indexed for resolution.
+//!
+//! Exact route paths (case-insensitive) and service ids resolve with one hash lookup; templated
+//! paths (`api/user/get/{id}`) are tried after that, fewest parameters first. Lookups take no lock
+//! and allocate nothing for paths of up to 256 bytes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::endpoint::{Endpoint, EndpointKey};
+use super::select::{Candidates, Pick, Selector};
+use crate::route::{parameter_name, ServiceRoute};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One route ready for selection: its endpoints and its selector's state.
+#[derive(Debug)]
+pub struct RouteEntry {
+    route: ServiceRoute,
+    endpoints: Box<[Arc<Endpoint>]>,
+    pick: Box<dyn Pick>,
+    last_fail_open_log_ms: AtomicU64,
+}
+
+/// What [`RouteEntry::select`] chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Choice {
+    pub index: usize,
+    pub fail_open: bool,
+}
+
+impl RouteEntry {
+    /// Prepares a route: one endpoint per address (from `endpoint_of`), and the selector's state.
+    pub(crate) fn new(
+        route: ServiceRoute,
+        selector: &dyn Selector,
+        mut endpoint_of: impl FnMut(&crate::route::Address) -> Arc<Endpoint>,
+    ) -> Self {
+        let endpoints = route.addresses.iter().map(&mut endpoint_of).collect();
+        let pick = selector.build(&route.addresses);
+        RouteEntry {
+            route,
+            endpoints,
+            pick,
+            last_fail_open_log_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The route.
+    pub fn route(&self) -> &ServiceRoute {
+        &self.route
+    }
+
+    /// Its endpoints, in the route's address order.
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// Picks among healthy endpoints, or among all of them when none is healthy (fail-open).
+    /// The selector is asked once, so its own state (a round-robin position) advances once.
+    pub(crate) fn select(&self, key: Option<&[u8]>) -> Option<Choice> {
+        let fail_open = !self.endpoints.iter().any(|e| e.is_healthy());
+        let index = self
+            .pick
+            .pick(&Candidates::new(&self.endpoints, fail_open), key)?;
+        if fail_open {
+            self.log_fail_open();
+        }
+        Some(Choice { index, fail_open })
+    }
+
+    /// Logs a fail-open selection, at most once a second per route.
+    fn log_fail_open(&self) {
+        let now = crate::clock::now_ms();
+        let last = self.last_fail_open_log_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .last_fail_open_log_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                service_id = %self.route.id(),
+                addresses = self.endpoints.len(),
+                "every address of the route is unhealthy; failing open over all of them"
+            );
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Segment {
+    Literal(Box<str>),
+    Parameter,
+}
+
+#[derive(Debug)]
+struct Template {
+    segments: Box<[Segment]>,
+    parameters: usize,
+    entry: Arc<RouteEntry>,
+}
+
+impl Template {
+    fn matches(&self, path: &str) -> bool {
+        let mut parts = path.split('/');
+        for segment in self.segments.iter() {
+            match (segment, parts.next()) {
+                (_, None) => return false,
+                (Segment::Parameter, Some(part)) => {
+                    if part.is_empty() {
+                        return false;
+                    }
+                }
+                (Segment::Literal(literal), Some(part)) => {
+                    if !literal.eq_ignore_ascii_case(part) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// Every route, indexed by service id, exact path and path template.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    by_id: FastMap<Box<str>, Arc<RouteEntry>>,
+    by_path: FastMap<Box<str>, Arc<RouteEntry>>,
+    /// Templates grouped by segment count, each group ordered by parameter count.
+    templates: FastMap<usize, Vec<Template>>,
+    endpoints: FastMap<EndpointKey, Arc<Endpoint>>,
+}
+
+/// A route path as stored and compared: no leading or trailing `/`.
+fn trim_path(path: &str) -> &str {
+    path.trim_matches('/')
+}
+
+impl RouteTable {
+    /// Indexes prepared entries. When two ids claim one path, the first by id wins (and a warning
+    /// says so).
+    pub(crate) fn index<'a>(entries: impl IntoIterator<Item = &'a Arc<RouteEntry>>) -> Self {
+        let mut table = RouteTable::default();
+        for entry in entries {
+            let route = entry.route();
+            table.by_id.insert(route.id().into(), entry.clone());
+            for endpoint in entry.endpoints() {
+                table
+                    .endpoints
+                    .entry(endpoint.key().clone())
+                    .or_insert_with(|| endpoint.clone());
+            }
+            let path = trim_path(route.route_path()).to_ascii_lowercase();
+            if path.contains('{') {
+                let segments: Box<[Segment]> = path
+                    .split('/')
+                    .map(|s| match parameter_name(s) {
+                        Some(_) => Segment::Parameter,
+                        None => Segment::Literal(s.into()),
+                    })
+                    .collect();
+                let parameters = segments
+                    .iter()
+                    .filter(|s| matches!(s, Segment::Parameter))
+                    .count();
+                table
+                    .templates
+                    .entry(segments.len())
+                    .or_default()
+                    .push(Template {
+                        segments,
+                        parameters,
+                        entry: entry.clone(),
+                    });
+            } else if let Some(existing) = table.by_path.get(path.as_str()) {
+                tracing::warn!(
+                    path = %path,
+                    kept = %existing.route().id(),
+                    ignored = %route.id(),
+                    "two service ids publish the same route path"
+                );
+            } else {
+                table.by_path.insert(path.into(), entry.clone());
+            }
+        }
+        for group in table.templates.values_mut() {
+            group.sort_by_key(|t| t.parameters);
+        }
+        table
+    }
+
+    /// Builds a table straight from routes, every route with `selector` (for tests and tools).
+    pub fn from_routes(
+        routes: impl IntoIterator<Item = ServiceRoute>,
+        selector: &dyn Selector,
+    ) -> Self {
+        let mut endpoints: FastMap<EndpointKey, Arc<Endpoint>> = FastMap::default();
+        let entries: Vec<Arc<RouteEntry>> = routes
+            .into_iter()
+            .map(|route| {
+                Arc::new(RouteEntry::new(route, selector, |address| {
+                    endpoints
+                        .entry(EndpointKey::of(address))
+                        .or_insert_with(|| Arc::new(Endpoint::new(address.clone())))
+                        .clone()
+                }))
+            })
+            .collect();
+        RouteTable::index(&entries)
+    }
+
+    /// How many routes (service ids) the table holds.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The route entry of a service id.
+    pub fn by_id(&self, service_id: &str) -> Option<&Arc<RouteEntry>> {
+        self.by_id.get(service_id)
+    }
+
+    /// The route entry for a path: exact match first (case-insensitive), then templates.
+    pub fn by_path(&self, path: &str) -> Option<&Arc<RouteEntry>> {
+        let path = trim_path(path);
+        with_lowercase(path, |lower| self.by_path.get(lower)).or_else(|| self.by_template(path))
+    }
+
+    fn by_template(&self, path: &str) -> Option<&Arc<RouteEntry>> {
+        if self.templates.is_empty() {
+            return None;
+        }
+        let count = path.split('/').count();
+        self.templates
+            .get(&count)?
+            .iter()
+            .find(|t| t.matches(path))
+            .map(|t| &t.entry)
+    }
+
+    /// The shared endpoint for an address, if any route has it.
+    pub fn endpoint(&self, key: &EndpointKey) -> Option<&Arc<Endpoint>> {
+        self.endpoints.get(key)
+    }
+
+    /// Every distinct endpoint.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.endpoints.values()
+    }
+
+    /// Every route entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<RouteEntry>> {
+        self.by_id.values()
+    }
+}
+
+/// Calls `f` with `text` lower-cased, without allocating unless it is long and has capitals.
+fn with_lowercase<R>(text: &str, f: impl FnOnce(&str) -> R) -> R {
+    if !text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return f(text);
+    }
+    let mut buffer = [0u8; 256];
+    match buffer.get_mut(..text.len()) {
+        Some(lower) => {
+            lower.copy_from_slice(text.as_bytes());
+            lower.make_ascii_lowercase();
+            // ASCII lower-casing keeps UTF-8 valid.
+            f(std::str::from_utf8(lower).unwrap_or_default())
+        }
+        None => f(&text.to_ascii_lowercase()),
+    }
+}

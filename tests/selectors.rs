@@ -1,0 +1,250 @@
+//! Selector behaviour: exact cycles, statistical bounds, key stability, load awareness.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::descriptor;
+use wayfinder::backends::memory::MemoryRouteManager;
+use wayfinder::resolve::select::{
+    Candidates, ConsistentHash, LeastConnections, Pick, PowerOfTwoChoices, Random, RoundRobin,
+    Selector, Weighted,
+};
+use wayfinder::resolve::{Endpoint, HealthConfig, HealthMonitor, ResolverConfig};
+use wayfinder::{Address, AddressResolver, Instance, RouteManager};
+
+const PICKS: usize = 100_000;
+
+fn addresses(n: u16) -> Vec<Address> {
+    (1..=n)
+        .map(|i| Address::new("10.0.0.1", 9000 + i))
+        .collect()
+}
+
+fn endpoints(addresses: &[Address]) -> Vec<Arc<Endpoint>> {
+    addresses
+        .iter()
+        .map(|a| Arc::new(Endpoint::new(a.clone())))
+        .collect()
+}
+
+fn counts(pick: &dyn Pick, endpoints: &[Arc<Endpoint>], picks: usize) -> Vec<usize> {
+    let candidates = Candidates::new(endpoints, false);
+    let mut counts = vec![0; endpoints.len()];
+    for _ in 0..picks {
+        counts[pick.pick(&candidates, None).unwrap()] += 1;
+    }
+    counts
+}
+
+/// Marks an endpoint unhealthy through the monitor's passive path (threshold 1).
+fn mark_unhealthy(endpoint: &Endpoint) {
+    let monitor = HealthMonitor::start(HealthConfig {
+        enabled: false,
+        failure_threshold: 1,
+        ..HealthConfig::default()
+    });
+    monitor.report_failure(endpoint);
+    assert!(!endpoint.is_healthy());
+}
+
+#[test]
+fn round_robin_is_exact_over_each_cycle_and_skips_unhealthy_addresses() {
+    let addresses = addresses(8);
+    let endpoints = endpoints(&addresses);
+    let pick = RoundRobin.build(&addresses);
+    let candidates = Candidates::new(&endpoints, false);
+    for cycle in 0..100 {
+        for expected in 0..8 {
+            assert_eq!(
+                pick.pick(&candidates, None),
+                Some(expected),
+                "cycle {cycle}"
+            );
+        }
+    }
+    mark_unhealthy(&endpoints[3]);
+    let counts = counts(pick.as_ref(), &endpoints, 7_000);
+    assert_eq!(counts[3], 0);
+    assert_eq!(counts.iter().sum::<usize>(), 7_000);
+}
+
+#[test]
+fn random_stays_within_statistical_bounds() {
+    let addresses = addresses(8);
+    let endpoints = endpoints(&addresses);
+    let counts = counts(Random.build(&addresses).as_ref(), &endpoints, PICKS);
+    // Expected 12,500 each; one standard deviation is about 105, so 700 is beyond 6 sigma.
+    for count in &counts {
+        assert!(count.abs_diff(PICKS / 8) < 700, "{counts:?}");
+    }
+    mark_unhealthy(&endpoints[0]);
+    let counts = self::counts(Random.build(&addresses).as_ref(), &endpoints, PICKS);
+    assert_eq!(counts[0], 0);
+    for count in &counts[1..] {
+        assert!(
+            count.abs_diff(PICKS / 7) < 700,
+            "uniform over the healthy: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn weighted_follows_the_weights_within_statistical_bounds() {
+    let mut addresses = addresses(5);
+    for (i, address) in addresses.iter_mut().enumerate() {
+        address.weight = Some(i as u32); // 0, 1, 2, 3, 4
+    }
+    let endpoints = endpoints(&addresses);
+    let counts = counts(Weighted.build(&addresses).as_ref(), &endpoints, PICKS);
+    assert_eq!(counts[0], 0, "weight 0 is never chosen");
+    for (i, count) in counts.iter().enumerate().skip(1) {
+        let expected = PICKS * i / 10;
+        assert!(count.abs_diff(expected) < 900, "address {i}: {counts:?}");
+    }
+}
+
+#[test]
+fn consistent_hash_keeps_keys_and_moves_about_one_nth_when_one_leaves() {
+    let addresses = addresses(8);
+    let endpoints = endpoints(&addresses);
+    let ring = ConsistentHash::default().build(&addresses);
+    let candidates = Candidates::new(&endpoints, false);
+    let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
+    let place = |pick: &dyn Pick, candidates: &Candidates<'_>, key: &str| {
+        candidates
+            .address(pick.pick(candidates, Some(key.as_bytes())).unwrap())
+            .clone()
+    };
+    let before: Vec<Address> = keys
+        .iter()
+        .map(|k| place(ring.as_ref(), &candidates, k))
+        .collect();
+    for (key, address) in keys.iter().zip(&before) {
+        assert_eq!(
+            &place(ring.as_ref(), &candidates, key),
+            address,
+            "key {key} moved without a change"
+        );
+    }
+    let per_address: HashMap<u16, usize> = before.iter().fold(HashMap::new(), |mut m, a| {
+        *m.entry(a.port).or_default() += 1;
+        m
+    });
+    assert_eq!(per_address.len(), 8, "every address owns keys");
+
+    let remaining: Vec<Address> = addresses
+        .iter()
+        .filter(|a| a.port != 9003)
+        .cloned()
+        .collect();
+    let remaining_endpoints = self::endpoints(&remaining);
+    let smaller = ConsistentHash::default().build(&remaining);
+    let candidates = Candidates::new(&remaining_endpoints, false);
+    let mut moved = 0;
+    for (key, old) in keys.iter().zip(&before) {
+        let new = place(smaller.as_ref(), &candidates, key);
+        if old.port == 9003 {
+            moved += 1;
+        } else {
+            assert_eq!(&new, old, "key {key} moved although its address stayed");
+        }
+    }
+    let fraction = moved as f64 / keys.len() as f64;
+    assert!(fraction < 1.5 / 8.0, "{fraction} of keys moved");
+}
+
+async fn resolver_with(
+    selector: Arc<dyn Selector>,
+    n: u16,
+) -> (
+    AddressResolver,
+    MemoryRouteManager,
+    Vec<wayfinder::Registration>,
+) {
+    let registry = MemoryRouteManager::default();
+    let mut registrations = Vec::new();
+    for address in addresses(n) {
+        registrations.push(
+            registry
+                .register(Instance::new(address, vec![descriptor("Work")]))
+                .await
+                .unwrap(),
+        );
+    }
+    let config = ResolverConfig {
+        selector,
+        health: HealthConfig {
+            enabled: false,
+            ..HealthConfig::default()
+        },
+        ..ResolverConfig::default()
+    };
+    let resolver = AddressResolver::with_config(Arc::new(registry.clone()), config)
+        .await
+        .unwrap();
+    (resolver, registry, registrations)
+}
+
+#[tokio::test]
+async fn least_connections_prefers_the_least_loaded() {
+    let (resolver, _registry, _regs) = resolver_with(Arc::new(LeastConnections), 8).await;
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(resolver.resolve_path("api/demo/work", None).await.unwrap());
+    }
+    let load = |held: &[wayfinder::resolve::Resolved]| {
+        let mut load: HashMap<u16, usize> = HashMap::new();
+        for r in held {
+            *load.entry(r.address().port).or_default() += 1;
+        }
+        load
+    };
+    assert!(load(&held).values().all(|&n| n == 10), "{:?}", load(&held));
+    // Finish every call to one address: the next ten go there.
+    held.retain(|r| r.address().port != 9005);
+    for _ in 0..10 {
+        let r = resolver.resolve_path("api/demo/work", None).await.unwrap();
+        assert_eq!(r.address().port, 9005);
+        held.push(r);
+    }
+}
+
+#[tokio::test]
+async fn power_of_two_choices_keeps_the_load_even() {
+    let (resolver, _registry, _regs) = resolver_with(Arc::new(PowerOfTwoChoices), 8).await;
+    let mut held = Vec::new();
+    for _ in 0..800 {
+        held.push(resolver.resolve_path("api/demo/work", None).await.unwrap());
+    }
+    let mut load: HashMap<u16, usize> = HashMap::new();
+    for r in &held {
+        *load.entry(r.address().port).or_default() += 1;
+    }
+    let (min, max) = (load.values().min().unwrap(), load.values().max().unwrap());
+    // Random placement of 800 calls on 8 addresses spreads by about +-30; two choices by a few.
+    assert!(max - min <= 8, "{load:?}");
+
+    // With two addresses, p2c always compares both: the loads never differ by more than one.
+    let (resolver, _registry, _regs) = resolver_with(Arc::new(PowerOfTwoChoices), 2).await;
+    let mut held = Vec::new();
+    for _ in 0..101 {
+        held.push(resolver.resolve_path("api/demo/work", None).await.unwrap());
+        let first = held.iter().filter(|r| r.address().port == 9001).count();
+        assert!(first.abs_diff(held.len() - first) <= 1);
+    }
+}
+
+#[test]
+fn selectors_are_found_by_name() {
+    for name in wayfinder::resolve::select::SELECTOR_NAMES {
+        assert_eq!(
+            wayfinder::resolve::select::selector_by_name(name)
+                .unwrap()
+                .name(),
+            *name
+        );
+    }
+    assert!(wayfinder::resolve::select::selector_by_name("fastest").is_err());
+}

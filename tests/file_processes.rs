@@ -282,3 +282,74 @@ async fn cli_rejects_bad_backends_clearly() {
         assert!(stderr.contains(expected), "{url}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_resolve_spreads_round_robin_and_health_probes_each_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    let registry = manager(&path);
+    let listening = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open_port = listening.local_addr().unwrap().port();
+    let closed_port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut registrations = Vec::new();
+    for port in [open_port, closed_port, 9403] {
+        let instance = wayfinder::Instance::new(
+            wayfinder::Address::new("127.0.0.1", port),
+            vec![wayfinder::ServiceDescriptor::new(
+                "Svc.IUserService.GetUserName",
+                "api/user/getusername",
+            )],
+        );
+        registrations.push(registry.register(instance).await.unwrap());
+    }
+
+    let out = cli(&path, &["resolve", "Api/User/GetUserName", "--count", "6"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let picks: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(picks.len(), 6);
+    assert_eq!(picks[..3], picks[3..], "round robin repeats its cycle");
+    let mut distinct = picks[..3].to_vec();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{picks:?}");
+
+    let out = cli(&path, &["resolve", "api/user/nothing"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no route"));
+
+    let out = cli(
+        &path,
+        &["health", "api/user/getusername", "--timeout", "500ms"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("127.0.0.1:{open_port} healthy\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("127.0.0.1:{closed_port} unhealthy\n")),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 3);
+    for registration in registrations {
+        registration.shutdown().await.unwrap();
+    }
+    drop(listening);
+}

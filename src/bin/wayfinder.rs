@@ -8,8 +8,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use wayfinder::config::{parse_duration, DEFAULT_BACKEND_URL};
+use wayfinder::resolve::select::{selector_by_name, RoundRobin};
+use wayfinder::resolve::{probe, HealthConfig, RouteTable};
 use wayfinder::route::{decode_descriptors, encode_route_value};
-use wayfinder::{connect, Address, Error, Instance, Result, RouteEvent, ServiceRoute};
+use wayfinder::{
+    connect, Address, AddressResolver, Error, ErrorKind, Instance, ResolverConfig, Result,
+    RouteEvent, ServiceRoute,
+};
 
 /// Service discovery from the command line.
 #[derive(Debug, Parser)]
@@ -49,6 +54,28 @@ enum Command {
         /// Liveness TTL (seconds, or with a unit: 500ms, 10s, 1m).
         #[arg(long)]
         ttl: Option<String>,
+    },
+    /// Resolve a route path to addresses, one line per pick.
+    Resolve {
+        /// The route path, e.g. api/user/getusername.
+        path: String,
+        /// Affinity key (for the consistent_hash selector).
+        #[arg(long)]
+        key: Option<String>,
+        /// How many successive picks to print.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Selector: round_robin, random, consistent_hash, least_connections, p2c, weighted.
+        #[arg(long, default_value = "round_robin")]
+        selector: String,
+    },
+    /// Probe each address of a route now and print whether it is healthy.
+    Health {
+        /// The route path.
+        path: String,
+        /// Time allowed for each TCP connect.
+        #[arg(long, default_value = "1s")]
+        timeout: String,
     },
     /// Remove an address from every route.
     Deregister {
@@ -105,7 +132,7 @@ async fn run(cli: Cli) -> Result<()> {
             Some(route) => println!("{}", to_pretty(&encode_route_value(&route)?)?),
             None => {
                 return Err(Error::new(
-                    wayfinder::ErrorKind::NotFound,
+                    ErrorKind::NotFound,
                     format!("no route with service id {id:?}"),
                 ))
             }
@@ -136,6 +163,45 @@ async fn run(cli: Cli) -> Result<()> {
             wait_for_stop_signal().await?;
             registration.shutdown().await?;
             eprintln!("deregistered {address}");
+        }
+        Command::Resolve {
+            path,
+            key,
+            count,
+            selector,
+        } => {
+            let config = ResolverConfig {
+                selector: selector_by_name(&selector)?,
+                health: HealthConfig {
+                    enabled: false,
+                    ..HealthConfig::default()
+                },
+                ..ResolverConfig::default()
+            };
+            let resolver = AddressResolver::with_config(registry, config).await?;
+            for _ in 0..count {
+                let resolved = resolver
+                    .resolve_path(&path, key.as_deref().map(str::as_bytes))
+                    .await?;
+                println!("{}", resolved.address());
+            }
+        }
+        Command::Health { path, timeout } => {
+            let timeout = parse_duration(&timeout)?;
+            let table = RouteTable::from_routes(registry.list().await?, &RoundRobin);
+            let route = table.by_path(&path).ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, format!("no route for path {path:?}"))
+            })?;
+            let mut probes = tokio::task::JoinSet::new();
+            for (index, address) in route.route().addresses.iter().cloned().enumerate() {
+                probes.spawn(async move { (index, probe(&address, timeout).await, address) });
+            }
+            let mut results = probes.join_all().await;
+            results.sort_by_key(|(index, _, _)| *index);
+            for (_, healthy, address) in results {
+                let verdict = if healthy { "healthy" } else { "unhealthy" };
+                println!("{address} {verdict}");
+            }
         }
         Command::Deregister { address } => {
             let removed = registry.deregister(&Address::parse(&address)?).await?;

@@ -1,4 +1,7 @@
 //! Round robin: each route cycles through its usable addresses in order.
+//!
+//! When some addresses are unusable, the survivors share the load evenly (plain skip-to-next
+//! would give the address after a dead one a double share).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -31,7 +34,21 @@ impl Pick for RoundRobinPick {
         if candidates.is_empty() {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-        candidates.first_usable_from(start)
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let index = turn % candidates.len();
+        if candidates.is_usable(index) {
+            return Some(index);
+        }
+        // Some are unusable: cycle over the usable ones only, so the one after a dead address
+        // does not take its share as well.
+        let usable = (0..candidates.len())
+            .filter(|&i| candidates.is_usable(i))
+            .count();
+        if usable == 0 {
+            return None;
+        }
+        (0..candidates.len())
+            .filter(|&i| candidates.is_usable(i))
+            .nth(turn % usable)
     }
 }

@@ -74,7 +74,7 @@ impl Endpoint {
         self.healthy.swap(healthy, Ordering::Relaxed) != healthy
     }
 
-    /// Calls currently in flight (resolutions whose guard is alive).
+    /// Calls in flight: live resolutions through routes whose selector balances by load.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }

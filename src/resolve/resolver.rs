@@ -54,20 +54,25 @@ impl ResolverConfig {
     }
 }
 
-/// One chosen address. Holding it counts as a call in flight to that address (for least
-/// connections and power of two choices); drop it when the call ends.
+/// One chosen address. On routes whose selector balances by load (least connections, power of
+/// two choices), holding it counts as a call in flight to that address; drop it when the call
+/// ends.
 #[derive(Debug)]
 pub struct Resolved {
     endpoint: Arc<Endpoint>,
     fail_open: bool,
+    counted: bool,
 }
 
 impl Resolved {
-    fn new(endpoint: Arc<Endpoint>, fail_open: bool) -> Self {
-        endpoint.begin_call();
+    fn new(endpoint: Arc<Endpoint>, fail_open: bool, counted: bool) -> Self {
+        if counted {
+            endpoint.begin_call();
+        }
         Resolved {
             endpoint,
             fail_open,
+            counted,
         }
     }
 
@@ -84,7 +89,9 @@ impl Resolved {
 
 impl Drop for Resolved {
     fn drop(&mut self) {
-        self.endpoint.end_call();
+        if self.counted {
+            self.endpoint.end_call();
+        }
     }
 }
 
@@ -256,6 +263,7 @@ impl AddressResolver {
                 Ok(Resolved::new(
                     entry.endpoints()[choice.index].clone(),
                     choice.fail_open,
+                    entry.counts_calls(),
                 ))
             }
             None => {

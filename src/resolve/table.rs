@@ -1,8 +1,10 @@
 //! [`RouteTable`]: an immutable snapshot of every route, indexed for resolution.
 //!
 //! Exact route paths (case-insensitive) and service ids resolve with one hash lookup; templated
-//! paths (`api/user/get/{id}`) are tried after that, fewest parameters first. Lookups take no lock
-//! and allocate nothing for paths of up to 256 bytes.
+//! paths (`api/user/get/{id}`) are tried after that, fewest parameters first. Templates are
+//! grouped by segment count and by the literal segments before their first parameter, so a
+//! lookup costs one hash probe per segment of the path, not a scan of every template. Lookups
+//! take no lock and allocate nothing for paths of up to 256 bytes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +22,7 @@ pub struct RouteEntry {
     route: ServiceRoute,
     endpoints: Box<[Arc<Endpoint>]>,
     pick: Box<dyn Pick>,
+    counts_calls: bool,
     last_fail_open_log_ms: AtomicU64,
 }
 
@@ -43,6 +46,7 @@ impl RouteEntry {
             route,
             endpoints,
             pick,
+            counts_calls: selector.uses_load(),
             last_fail_open_log_ms: AtomicU64::new(0),
         }
     }
@@ -55,6 +59,11 @@ impl RouteEntry {
     /// Its endpoints, in the route's address order.
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
+    }
+
+    /// Whether resolutions of this route count as calls in flight (its selector reads them).
+    pub fn counts_calls(&self) -> bool {
+        self.counts_calls
     }
 
     /// Picks among healthy endpoints, or among all of them when none is healthy (fail-open).
@@ -129,14 +138,28 @@ impl Template {
 pub struct RouteTable {
     by_id: FastMap<Box<str>, Arc<RouteEntry>>,
     by_path: FastMap<Box<str>, Arc<RouteEntry>>,
-    /// Templates grouped by segment count, each group ordered by parameter count.
-    templates: FastMap<usize, Vec<Template>>,
+    /// Templates by segment count, then by their literal prefix (the lower-cased segments
+    /// before the first parameter, without a trailing `/`); each group by parameter count.
+    templates: FastMap<usize, FastMap<Box<str>, Vec<Template>>>,
     endpoints: FastMap<EndpointKey, Arc<Endpoint>>,
 }
 
 /// A route path as stored and compared: no leading or trailing `/`.
+/// (A byte loop: `trim_matches` costs several times more on this hot path.)
 fn trim_path(path: &str) -> &str {
-    path.trim_matches('/')
+    let bytes = path.as_bytes();
+    if !matches!(bytes, [b'/', ..] | [.., b'/']) {
+        return path;
+    }
+    let mut start = 0;
+    let mut end = bytes.len();
+    while start < end && bytes[start] == b'/' {
+        start += 1;
+    }
+    while end > start && bytes[end - 1] == b'/' {
+        end -= 1;
+    }
+    &path[start..end]
 }
 
 impl RouteTable {
@@ -166,9 +189,15 @@ impl RouteTable {
                     .iter()
                     .filter(|s| matches!(s, Segment::Parameter))
                     .count();
+                let literal_prefix: Vec<&str> = path
+                    .split('/')
+                    .take_while(|s| parameter_name(s).is_none())
+                    .collect();
                 table
                     .templates
                     .entry(segments.len())
+                    .or_default()
+                    .entry(literal_prefix.join("/").into())
                     .or_default()
                     .push(Template {
                         segments,
@@ -186,7 +215,7 @@ impl RouteTable {
                 table.by_path.insert(path.into(), entry.clone());
             }
         }
-        for group in table.templates.values_mut() {
+        for group in table.templates.values_mut().flat_map(|g| g.values_mut()) {
             group.sort_by_key(|t| t.parameters);
         }
         table
@@ -230,19 +259,40 @@ impl RouteTable {
     /// The route entry for a path: exact match first (case-insensitive), then templates.
     pub fn by_path(&self, path: &str) -> Option<&Arc<RouteEntry>> {
         let path = trim_path(path);
-        with_lowercase(path, |lower| self.by_path.get(lower)).or_else(|| self.by_template(path))
+        // Keys are lower-case, so a hit on the path as given is exact; only a miss pays for
+        // lower-casing.
+        self.by_path
+            .get(path)
+            .or_else(|| with_lowercase(path, |lower| self.by_path.get(lower)))
+            .or_else(|| self.by_template(path))
     }
 
     fn by_template(&self, path: &str) -> Option<&Arc<RouteEntry>> {
         if self.templates.is_empty() {
             return None;
         }
-        let count = path.split('/').count();
-        self.templates
-            .get(&count)?
-            .iter()
-            .find(|t| t.matches(path))
-            .map(|t| &t.entry)
+        let groups = self.templates.get(&path.split('/').count())?;
+        with_lowercase(path, |lower| {
+            // Every literal prefix of the path, the empty one first: "", "api", "api/user", ...
+            let prefix_ends = std::iter::once(0).chain(
+                lower
+                    .match_indices('/')
+                    .map(|(at, _)| at)
+                    .chain(std::iter::once(lower.len())),
+            );
+            let mut best: Option<&Template> = None;
+            for end in prefix_ends {
+                let Some(group) = groups.get(&lower[..end]) else {
+                    continue;
+                };
+                if let Some(found) = group.iter().find(|t| t.matches(lower)) {
+                    if best.is_none_or(|b| found.parameters <= b.parameters) {
+                        best = Some(found);
+                    }
+                }
+            }
+            best.map(|t| &t.entry)
+        })
     }
 
     /// The shared endpoint for an address, if any route has it.

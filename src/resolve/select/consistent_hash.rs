@@ -68,9 +68,11 @@ impl Pick for RingPick {
             None => fastrand::u64(..),
         };
         let start = self.ring.partition_point(|(point, _)| *point < hash);
-        let len = self.ring.len();
-        (0..len)
-            .map(|step| self.ring[(start + step) % len].1 as usize)
+        let (after, before) = self.ring.split_at(start);
+        before
+            .iter()
+            .chain(after)
+            .map(|&(_, index)| index as usize)
             .find(|&index| index < candidates.len() && candidates.is_usable(index))
     }
 }

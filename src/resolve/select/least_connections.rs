@@ -20,6 +20,10 @@ impl Selector for LeastConnections {
             rotation: AtomicUsize::new(0),
         })
     }
+
+    fn uses_load(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -34,8 +38,8 @@ impl Pick for LeastConnectionsPick {
             return None;
         }
         let start = self.rotation.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|i| (start + i) % n)
+        (start..n)
+            .chain(0..start)
             .filter(|&i| candidates.is_usable(i))
             .min_by_key(|&i| candidates.in_flight(i))
     }

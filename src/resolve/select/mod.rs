@@ -32,6 +32,12 @@ pub trait Selector: Send + Sync + fmt::Debug {
 
     /// Builds the picking state for a route with these addresses (in this order).
     fn build(&self, addresses: &[Address]) -> Box<dyn Pick>;
+
+    /// Whether picks read in-flight counts. Only then does a resolution count its call (two
+    /// atomic updates that selectors blind to load are spared).
+    fn uses_load(&self) -> bool {
+        false
+    }
 }
 
 /// Per-route picking state, built by a [`Selector`].
@@ -85,7 +91,8 @@ impl<'a> Candidates<'a> {
     /// The first usable candidate at or after `start`, wrapping around.
     pub fn first_usable_from(&self, start: usize) -> Option<usize> {
         let n = self.len();
-        (0..n).map(|i| (start + i) % n).find(|&i| self.is_usable(i))
+        let start = if n == 0 { 0 } else { start % n };
+        (start..n).chain(0..start).find(|&i| self.is_usable(i))
     }
 }
 

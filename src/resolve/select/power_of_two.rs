@@ -15,6 +15,10 @@ impl Selector for PowerOfTwoChoices {
     fn build(&self, _addresses: &[Address]) -> Box<dyn Pick> {
         Box::new(PowerOfTwoPick)
     }
+
+    fn uses_load(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug)]

@@ -474,3 +474,32 @@ async fn selection_fails_open_when_every_address_is_unhealthy() {
     assert_eq!(resolver.stats().fail_open, 4);
     assert_eq!(resolver.resolve_all("api/demo/a").await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn resolutions_carry_the_address_details_the_route_publishes_now() {
+    let registry = MemoryRouteManager::default();
+    let mut address = Address::new("127.0.0.1", 7501);
+    address.ws_port = Some(1);
+    let _first = register(&registry, address.clone(), vec![descriptor("A")]).await;
+    let resolver = AddressResolver::with_config(Arc::new(registry.clone()), no_health())
+        .await
+        .unwrap();
+    assert_eq!(
+        resolver
+            .resolve_path("api/demo/a", None)
+            .await
+            .unwrap()
+            .address()
+            .ws_port,
+        Some(1)
+    );
+
+    // The same instance publishes again with another WebSocket port.
+    address.ws_port = Some(2);
+    let _second = register(&registry, address, vec![descriptor("A")]).await;
+    eventually(Duration::from_secs(5), "the new details", || async {
+        let resolved = resolver.resolve_path("api/demo/a", None).await.unwrap();
+        (resolved.address().ws_port == Some(2)).then_some(())
+    })
+    .await;
+}

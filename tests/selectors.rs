@@ -55,19 +55,18 @@ fn round_robin_is_exact_over_each_cycle_and_skips_unhealthy_addresses() {
     let endpoints = endpoints(&addresses);
     let pick = RoundRobin.build(&addresses);
     let candidates = Candidates::new(&endpoints, false);
-    for cycle in 0..100 {
-        for expected in 0..8 {
-            assert_eq!(
-                pick.pick(&candidates, None),
-                Some(expected),
-                "cycle {cycle}"
-            );
-        }
+    // From a random start, then strictly in order.
+    let start = pick.pick(&candidates, None).unwrap();
+    for turn in 1..800 {
+        assert_eq!(
+            pick.pick(&candidates, None),
+            Some((start + turn) % 8),
+            "turn {turn}"
+        );
     }
     mark_unhealthy(&endpoints[3]);
     // 7,000 picks are whole cycles of 8 turns x 7 survivors: each survivor gets exactly 1,000.
-    let fresh = RoundRobin.build(&addresses);
-    let counts = counts(fresh.as_ref(), &endpoints, 7_000);
+    let counts = counts(pick.as_ref(), &endpoints, 7_000);
     assert_eq!(counts, [1000, 1000, 1000, 0, 1000, 1000, 1000, 1000]);
 }
 
@@ -98,10 +97,19 @@ fn weighted_follows_the_weights_within_statistical_bounds() {
         address.weight = Some(i as u32); // 0, 1, 2, 3, 4
     }
     let endpoints = endpoints(&addresses);
-    let counts = counts(Weighted.build(&addresses).as_ref(), &endpoints, PICKS);
+    let pick = Weighted.build(&addresses);
+    let counts = counts(pick.as_ref(), &endpoints, PICKS);
     assert_eq!(counts[0], 0, "weight 0 is never chosen");
     for (i, count) in counts.iter().enumerate().skip(1) {
         let expected = PICKS * i / 10;
+        assert!(count.abs_diff(expected) < 900, "address {i}: {counts:?}");
+    }
+    // The heaviest address down: the others keep their proportions (1:2:3).
+    mark_unhealthy(&endpoints[4]);
+    let counts = self::counts(pick.as_ref(), &endpoints, PICKS);
+    assert_eq!((counts[0], counts[4]), (0, 0));
+    for (i, count) in counts.iter().enumerate().take(4).skip(1) {
+        let expected = PICKS * i / 6;
         assert!(count.abs_diff(expected) < 900, "address {i}: {counts:?}");
     }
 }

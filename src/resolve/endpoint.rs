@@ -16,10 +16,11 @@ pub struct EndpointKey {
 }
 
 impl EndpointKey {
-    /// The key of an address.
+    /// The key of an address (`[::1]` and `::1` are one endpoint).
     pub fn of(address: &Address) -> Self {
+        let host = address.ip.trim_start_matches('[').trim_end_matches(']');
         EndpointKey {
-            host: address.ip.to_ascii_lowercase(),
+            host: host.to_ascii_lowercase(),
             port: address.port,
         }
     }
@@ -59,7 +60,8 @@ impl Endpoint {
         &self.key
     }
 
-    /// The address as first published.
+    /// The address as first published (its host and port are what is probed; a route's
+    /// current details are in the route).
     pub fn address(&self) -> &Address {
         &self.address
     }

@@ -84,9 +84,35 @@ impl Drop for HealthMonitor {
     }
 }
 
+impl HealthConfig {
+    /// The settings with out-of-range values brought into range (zero intervals, NaN jitter,
+    /// zero thresholds), each correction logged.
+    pub fn sanitized(&self) -> HealthConfig {
+        let mut fixed = self.clone();
+        let floor = Duration::from_millis(10);
+        let ceiling = Duration::from_secs(24 * 3600);
+        fixed.interval = self.interval.clamp(floor, ceiling);
+        fixed.timeout = self.timeout.clamp(Duration::from_millis(1), ceiling);
+        fixed.jitter = if self.jitter.is_finite() {
+            self.jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        fixed.failure_threshold = self.failure_threshold.max(1);
+        fixed.success_threshold = self.success_threshold.max(1);
+        fixed.max_concurrency = self.max_concurrency.max(1);
+        if fixed != *self {
+            tracing::warn!(given = ?self, used = ?fixed, "health settings out of range; adjusted");
+        }
+        fixed
+    }
+}
+
 impl HealthMonitor {
-    /// Starts the monitor (its task starts only when checks are enabled).
+    /// Starts the monitor (its task starts only when checks are enabled). Out-of-range settings
+    /// are adjusted (see [`HealthConfig::sanitized`]).
     pub fn start(config: HealthConfig) -> Self {
+        let config = config.sanitized();
         let (targets, receiver) = watch::channel(Vec::new());
         let counters = Arc::new(Counters::default());
         let task = config
@@ -163,11 +189,12 @@ fn record(config: &HealthConfig, counters: &Counters, endpoint: &Endpoint, ok: b
 struct Scheduled {
     endpoint: Arc<Endpoint>,
     due: Instant,
-    probing: bool,
+    /// The probe in flight for this entry, if any.
+    probing: Option<tokio::task::Id>,
 }
 
 fn jittered(config: &HealthConfig) -> Duration {
-    let spread = config.jitter.clamp(0.0, 1.0);
+    let spread = config.jitter;
     config
         .interval
         .mul_f64(1.0 - spread + 2.0 * spread * fastrand::f64())
@@ -179,31 +206,40 @@ async fn run(
     mut targets: watch::Receiver<Vec<Arc<Endpoint>>>,
 ) {
     let mut schedule: HashMap<EndpointKey, Scheduled> = HashMap::new();
-    let mut probes: JoinSet<(EndpointKey, bool)> = JoinSet::new();
-    let max = config.max_concurrency.max(1);
+    let mut probes: JoinSet<bool> = JoinSet::new();
+    let mut probing: HashMap<tokio::task::Id, EndpointKey> = HashMap::new();
     loop {
         let now = Instant::now();
-        for (key, entry) in schedule.iter_mut() {
-            if probes.len() >= max {
-                break;
-            }
-            if !entry.probing && entry.due <= now {
-                entry.probing = true;
+        if probes.len() < config.max_concurrency {
+            // Most overdue first, so no address is starved when probes are slow.
+            let mut due: Vec<(Instant, &EndpointKey)> = schedule
+                .iter()
+                .filter(|(_, e)| e.probing.is_none() && e.due <= now)
+                .map(|(key, e)| (e.due, key))
+                .collect();
+            due.sort_unstable();
+            let launch: Vec<EndpointKey> = due
+                .into_iter()
+                .take(config.max_concurrency - probes.len())
+                .map(|(_, key)| key.clone())
+                .collect();
+            for key in launch {
+                let Some(entry) = schedule.get_mut(&key) else {
+                    continue;
+                };
                 counters.probes.fetch_add(1, Ordering::Relaxed);
-                let (key, address, timeout) = (
-                    key.clone(),
-                    entry.endpoint.address().clone(),
-                    config.timeout,
-                );
-                probes.spawn(async move { (key, probe(&address, timeout).await) });
+                let (address, timeout) = (entry.endpoint.address().clone(), config.timeout);
+                let task = probes.spawn(async move { probe(&address, timeout).await });
+                entry.probing = Some(task.id());
+                probing.insert(task.id(), key);
             }
         }
         let next_due = schedule
             .values()
-            .filter(|e| !e.probing)
+            .filter(|e| e.probing.is_none())
             .map(|e| e.due)
             .min()
-            .filter(|_| probes.len() < max)
+            .filter(|_| probes.len() < config.max_concurrency)
             .unwrap_or_else(|| now + config.interval);
         tokio::select! {
             changed = targets.changed() => {
@@ -215,16 +251,32 @@ async fn run(
                     current.into_iter().map(|e| (e.key().clone(), e)).collect();
                 schedule.retain(|key, _| keep.contains_key(key));
                 for (key, endpoint) in keep.drain() {
-                    schedule.entry(key).or_insert(Scheduled { endpoint, due: Instant::now(), probing: false });
+                    match schedule.get_mut(&key) {
+                        // An address that left and came back has a new endpoint: follow it.
+                        Some(entry) if !Arc::ptr_eq(&entry.endpoint, &endpoint) => {
+                            entry.endpoint = endpoint;
+                            entry.due = Instant::now();
+                        }
+                        Some(_) => {}
+                        None => {
+                            schedule.insert(key, Scheduled { endpoint, due: Instant::now(), probing: None });
+                        }
+                    }
                 }
             }
-            Some(done) = probes.join_next(), if !probes.is_empty() => {
-                if let Ok((key, ok)) = done {
-                    if let Some(entry) = schedule.get_mut(&key) {
+            Some(done) = probes.join_next_with_id(), if !probes.is_empty() => {
+                let (id, ok) = match done {
+                    Ok((id, ok)) => (id, Some(ok)),
+                    Err(err) => (err.id(), None),
+                };
+                let Some(key) = probing.remove(&id) else { continue };
+                // Only the entry's own probe counts (not one from before it left and came back).
+                if let Some(entry) = schedule.get_mut(&key).filter(|e| e.probing == Some(id)) {
+                    if let Some(ok) = ok {
                         record(&config, &counters, &entry.endpoint, ok);
-                        entry.probing = false;
-                        entry.due = Instant::now() + jittered(&config);
                     }
+                    entry.probing = None;
+                    entry.due = Instant::now() + jittered(&config);
                 }
             }
             _ = tokio::time::sleep_until(next_due) => {}

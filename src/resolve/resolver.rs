@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use super::endpoint::{Endpoint, EndpointKey};
 use super::health::{HealthConfig, HealthMonitor};
 use super::select::{RoundRobin, Selector};
-use super::table::{RouteEntry, RouteTable};
+use super::table::{Choice, RouteEntry, RouteTable};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::RouteManager;
 use crate::route::{Address, ServiceRoute};
@@ -59,26 +59,31 @@ impl ResolverConfig {
 /// ends.
 #[derive(Debug)]
 pub struct Resolved {
-    endpoint: Arc<Endpoint>,
+    entry: Arc<RouteEntry>,
+    index: usize,
     fail_open: bool,
-    counted: bool,
 }
 
 impl Resolved {
-    fn new(endpoint: Arc<Endpoint>, fail_open: bool, counted: bool) -> Self {
-        if counted {
-            endpoint.begin_call();
+    fn new(entry: Arc<RouteEntry>, choice: Choice) -> Self {
+        if entry.counts_calls() {
+            entry.endpoints()[choice.index].begin_call();
         }
         Resolved {
-            endpoint,
-            fail_open,
-            counted,
+            entry,
+            index: choice.index,
+            fail_open: choice.fail_open,
         }
     }
 
-    /// The chosen address.
+    /// The chosen address, with the details the route currently publishes for it.
     pub fn address(&self) -> &Address {
-        self.endpoint.address()
+        &self.entry.route().addresses[self.index]
+    }
+
+    /// The route it was chosen from.
+    pub fn route(&self) -> &ServiceRoute {
+        self.entry.route()
     }
 
     /// Whether every address of the route was unhealthy and this one was chosen anyway.
@@ -89,8 +94,8 @@ impl Resolved {
 
 impl Drop for Resolved {
     fn drop(&mut self) {
-        if self.counted {
-            self.endpoint.end_call();
+        if self.entry.counts_calls() {
+            self.entry.endpoints()[self.index].end_call();
         }
     }
 }
@@ -127,6 +132,7 @@ struct Shared {
     config: ResolverConfig,
     table: ArcSwap<RouteTable>,
     not_found: moka::sync::Cache<String, ()>,
+    last_listing: tokio::sync::Mutex<Option<(std::time::Instant, Arc<RouteTable>)>>,
     health: HealthMonitor,
     status: watch::Receiver<SyncStatus>,
     counters: Counters,
@@ -187,6 +193,7 @@ impl AddressResolver {
                 .max_capacity(10_000)
                 .time_to_live(config.negative_ttl.max(Duration::from_millis(1)))
                 .build(),
+            last_listing: tokio::sync::Mutex::new(None),
             health: HealthMonitor::start(config.health.clone()),
             status: watch.status_receiver(),
             counters: Counters::default(),
@@ -203,50 +210,50 @@ impl AddressResolver {
     /// One address for a route path (exact, case-insensitive; then templates). `key` is the
     /// affinity key for consistent hashing.
     pub async fn resolve_path(&self, path: &str, key: Option<&[u8]>) -> Result<Resolved> {
-        {
-            let table = self.shared.table.load();
-            if let Some(entry) = table.by_path(path) {
-                return self.choose(entry, key);
-            }
-        }
-        let entry = self.miss(Lookup::Path(path)).await?;
-        self.choose(&entry, key)
+        self.resolve(Lookup::Path(path), key).await
     }
 
     /// One address for a service id.
     pub async fn resolve_id(&self, service_id: &str, key: Option<&[u8]>) -> Result<Resolved> {
-        {
+        self.resolve(Lookup::Id(service_id), key).await
+    }
+
+    async fn resolve(&self, lookup: Lookup<'_>, key: Option<&[u8]>) -> Result<Resolved> {
+        let hit = {
             let table = self.shared.table.load();
-            if let Some(entry) = table.by_id(service_id) {
-                return self.choose(entry, key);
+            lookup.find(&table).map(|entry| self.choose(entry, key))
+        };
+        match hit {
+            Some(resolved) => resolved,
+            None => {
+                let entry = self.miss(lookup).await?;
+                self.choose(&entry, key)
             }
         }
-        let entry = self.miss(Lookup::Id(service_id)).await?;
-        self.choose(&entry, key)
     }
 
     /// Every healthy address of a route path, for broadcast (all of them when none is healthy).
     pub async fn resolve_all(&self, path: &str) -> Result<Vec<Address>> {
-        let entry = {
-            let table = self.shared.table.load();
-            table.by_path(path).cloned()
-        };
+        let entry = self.shared.table.load().by_path(path).cloned();
         let entry = match entry {
             Some(entry) => entry,
             None => self.miss(Lookup::Path(path)).await?,
         };
+        let addresses = &entry.route().addresses;
         let healthy: Vec<Address> = entry
             .endpoints()
             .iter()
-            .filter(|e| e.is_healthy())
-            .map(|e| e.address().clone())
+            .zip(addresses)
+            .filter(|(endpoint, _)| endpoint.is_healthy())
+            .map(|(_, address)| address.clone())
             .collect();
         if healthy.is_empty() {
             self.shared
                 .counters
                 .fail_open
                 .fetch_add(1, Ordering::Relaxed);
-            return Ok(entry.route().addresses.clone());
+            tracing::warn!(service_id = %entry.route().id(), "every address of the route is unhealthy; returning all of them");
+            return Ok(addresses.clone());
         }
         Ok(healthy)
     }
@@ -260,11 +267,7 @@ impl AddressResolver {
                         .fail_open
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Resolved::new(
-                    entry.endpoints()[choice.index].clone(),
-                    choice.fail_open,
-                    entry.counts_calls(),
-                ))
+                Ok(Resolved::new(entry.clone(), choice))
             }
             None => {
                 self.shared
@@ -279,7 +282,10 @@ impl AddressResolver {
         }
     }
 
-    /// A lookup the table could not answer: ask the backend once, then remember the answer.
+    /// A lookup the table could not answer (an unknown route, or one registered a moment ago
+    /// whose event is on its way). Known-unknown keys answer from the negative cache; otherwise
+    /// one fresh listing of the backend, shared by every miss for `negative_ttl`, decides. A
+    /// backend error is returned as it is and not remembered.
     async fn miss(&self, lookup: Lookup<'_>) -> Result<Arc<RouteEntry>> {
         let cache_key = lookup.cache_key();
         if self.shared.not_found.contains_key(&cache_key) {
@@ -289,25 +295,42 @@ impl AddressResolver {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(lookup.not_found());
         }
-        let listed = match self.shared.manager.list().await {
-            Ok(routes) => RouteTable::from_routes(routes, self.shared.config.selector.as_ref()),
-            Err(err) => {
-                tracing::debug!(error = %err, "backend lookup for an unknown route failed");
-                RouteTable::default()
+        let listing = self.fresh_listing().await?;
+        match lookup.find(&listing) {
+            Some(entry) => Ok(entry.clone()),
+            None => {
+                self.shared.not_found.insert(cache_key, ());
+                self.shared
+                    .counters
+                    .not_found
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(lookup.not_found())
             }
-        };
-        let found = match lookup {
-            Lookup::Path(path) => listed.by_path(path).cloned(),
-            Lookup::Id(id) => listed.by_id(id).cloned(),
-        };
-        found.ok_or_else(|| {
-            self.shared.not_found.insert(cache_key, ());
-            self.shared
-                .counters
-                .not_found
-                .fetch_add(1, Ordering::Relaxed);
-            lookup.not_found()
-        })
+        }
+    }
+
+    /// The backend's routes as a table, listed at most once per `negative_ttl`; concurrent
+    /// callers wait for one listing. Addresses already in the table keep their endpoints.
+    async fn fresh_listing(&self) -> Result<Arc<RouteTable>> {
+        let mut last = self.shared.last_listing.lock().await;
+        if let Some((at, table)) = last.as_ref() {
+            if at.elapsed() < self.shared.config.negative_ttl {
+                return Ok(table.clone());
+            }
+        }
+        let routes = self.shared.manager.list().await?;
+        let mut follower = Follower::default();
+        for endpoint in self.shared.table.load().endpoints() {
+            follower
+                .endpoints
+                .insert(endpoint.key().clone(), endpoint.clone());
+        }
+        for route in routes {
+            follower.upsert(route, &self.shared.config);
+        }
+        let table = Arc::new(follower.table());
+        *last = Some((std::time::Instant::now(), table.clone()));
+        Ok(table)
     }
 
     /// The current table snapshot.
@@ -366,6 +389,13 @@ enum Lookup<'a> {
 }
 
 impl Lookup<'_> {
+    fn find<'t>(&self, table: &'t RouteTable) -> Option<&'t Arc<RouteEntry>> {
+        match self {
+            Lookup::Path(path) => table.by_path(path),
+            Lookup::Id(id) => table.by_id(id),
+        }
+    }
+
     fn cache_key(&self) -> String {
         match self {
             Lookup::Path(path) => format!("path:{}", path.trim_matches('/').to_ascii_lowercase()),

@@ -69,14 +69,19 @@ impl RouteEntry {
     /// Picks among healthy endpoints, or among all of them when none is healthy (fail-open).
     /// The selector is asked once, so its own state (a round-robin position) advances once.
     pub(crate) fn select(&self, key: Option<&[u8]>) -> Option<Choice> {
-        let fail_open = !self.endpoints.iter().any(|e| e.is_healthy());
-        let index = self
+        let mut fail_open = !self.endpoints.iter().any(|e| e.is_healthy());
+        let mut index = self
             .pick
-            .pick(&Candidates::new(&self.endpoints, fail_open), key)?;
+            .pick(&Candidates::new(&self.endpoints, fail_open), key);
+        if index.is_none() && !fail_open {
+            // The last healthy address flipped between the check and the pick.
+            fail_open = true;
+            index = self.pick.pick(&Candidates::new(&self.endpoints, true), key);
+        }
         if fail_open {
             self.log_fail_open();
         }
-        Some(Choice { index, fail_open })
+        index.map(|index| Choice { index, fail_open })
     }
 
     /// Logs a fail-open selection, at most once a second per route.
@@ -106,6 +111,7 @@ enum Segment {
 
 #[derive(Debug)]
 struct Template {
+    path: Box<str>,
     segments: Box<[Segment]>,
     parameters: usize,
     entry: Arc<RouteEntry>,
@@ -193,17 +199,27 @@ impl RouteTable {
                     .split('/')
                     .take_while(|s| parameter_name(s).is_none())
                     .collect();
-                table
+                let group = table
                     .templates
                     .entry(segments.len())
                     .or_default()
                     .entry(literal_prefix.join("/").into())
-                    .or_default()
-                    .push(Template {
-                        segments,
-                        parameters,
-                        entry: entry.clone(),
-                    });
+                    .or_default();
+                if let Some(existing) = group.iter().find(|t| *t.path == *path) {
+                    tracing::warn!(
+                        path = %path,
+                        kept = %existing.entry.route().id(),
+                        ignored = %route.id(),
+                        "two service ids publish the same route path"
+                    );
+                    continue;
+                }
+                group.push(Template {
+                    path: path.clone().into(),
+                    segments,
+                    parameters,
+                    entry: entry.clone(),
+                });
             } else if let Some(existing) = table.by_path.get(path.as_str()) {
                 tracing::warn!(
                     path = %path,

@@ -1,4 +1,4 @@
-//! Round robin: each route cycles through its usable addresses in order.
+//! Round robin: each route cycles through its usable addresses in order, from a random start.
 //!
 //! When some addresses are unusable, the survivors share the load evenly (plain skip-to-next
 //! would give the address after a dead one a double share).
@@ -18,8 +18,10 @@ impl Selector for RoundRobin {
     }
 
     fn build(&self, addresses: &[Address]) -> Box<dyn Pick> {
+        // A random start, so clients that rebuild at the same moment do not all begin with
+        // the first address.
         Box::new(RoundRobinPick {
-            next: AtomicU32::new(0),
+            next: AtomicU32::new(fastrand::u32(..)),
             modulo: FastModulo::new(addresses.len() as u32),
         })
     }

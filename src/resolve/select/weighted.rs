@@ -27,12 +27,22 @@ impl Selector for Weighted {
                 total
             })
             .collect();
-        Box::new(WeightedPick { cumulative, total })
+        let weights = weights
+            .iter()
+            .map(|w| if all_zero { 1 } else { *w })
+            .collect();
+        Box::new(WeightedPick {
+            weights,
+            cumulative,
+            total,
+        })
     }
 }
 
 #[derive(Debug)]
 struct WeightedPick {
+    /// Each address's weight (after the all-zero rule).
+    weights: Vec<u64>,
     /// Running sums of the weights: address `i` owns `[cumulative[i-1], cumulative[i])`.
     cumulative: Vec<u64>,
     total: u64,
@@ -54,10 +64,27 @@ impl Pick for WeightedPick {
         if candidates.is_usable(first) {
             return Some(first);
         }
-        // Redraw a few times before walking to the next usable address.
-        (0..4)
-            .map(|_| self.draw())
-            .find(|&i| candidates.is_usable(i))
-            .or_else(|| candidates.first_usable_from(first))
+        // Some are unusable: draw again over the usable addresses' weights only.
+        let usable_weight = |i: usize| {
+            if candidates.is_usable(i) {
+                self.weights[i]
+            } else {
+                0
+            }
+        };
+        let total: u64 = (0..candidates.len()).map(usable_weight).sum();
+        if total == 0 {
+            // Only zero-weight addresses are usable: take any of them.
+            return candidates.first_usable_from(first);
+        }
+        let mut ticket = fastrand::u64(..total);
+        (0..candidates.len()).find(|&i| {
+            let weight = usable_weight(i);
+            if ticket < weight {
+                return true;
+            }
+            ticket -= weight;
+            false
+        })
     }
 }

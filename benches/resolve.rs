@@ -104,6 +104,15 @@ fn exact_path(c: &mut Criterion) {
                     black_box(resolved.address().port)
                 })
             });
+            if *selector == "round_robin" {
+                let id = BenchmarkId::new("round_robin_sync", size);
+                group.bench_with_input(id, &path, |b, path| {
+                    b.iter(|| {
+                        let resolved = resolver.try_resolve_path(black_box(path), Some(key));
+                        black_box(resolved.unwrap().unwrap().address().port)
+                    })
+                });
+            }
         }
     }
     group.finish();

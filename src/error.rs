@@ -50,34 +50,56 @@ impl fmt::Display for ErrorKind {
 }
 
 /// The error returned by every fallible operation of the crate.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind}: {message}")]
+///
+/// One pointer wide, so `Result`s stay small on hot paths.
+#[derive(Debug)]
 pub struct Error {
+    inner: Box<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     kind: ErrorKind,
     message: String,
-    #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.inner.kind, self.inner.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl Error {
     /// Creates an error of `kind` with a human-readable message.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
-            kind,
-            message: message.into(),
-            source: None,
+            inner: Box::new(Inner {
+                kind,
+                message: message.into(),
+                source: None,
+            }),
         }
     }
 
     /// Attaches the underlying cause, kept in the `source()` chain.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+        self.inner.source = Some(Box::new(source));
         self
     }
 
     /// Prefixes the message with what was being done (`"read /x: "`).
     pub fn context(mut self, context: impl std::fmt::Display) -> Self {
-        self.message = format!("{context}: {}", self.message);
+        self.inner.message = format!("{context}: {}", self.inner.message);
         self
     }
 
@@ -93,18 +115,18 @@ impl Error {
 
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.inner.kind
     }
 
     /// The message, without the kind prefix or the source.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 
     /// Whether retrying the same operation later may succeed.
     pub fn is_temporary(&self) -> bool {
         matches!(
-            self.kind,
+            self.inner.kind,
             ErrorKind::Unavailable | ErrorKind::Io | ErrorKind::Malformed
         )
     }

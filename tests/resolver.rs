@@ -503,3 +503,39 @@ async fn resolutions_carry_the_address_details_the_route_publishes_now() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn try_resolve_answers_from_the_table_alone() {
+    let registry = MemoryRouteManager::default();
+    let counting = Arc::new(CountingLists {
+        inner: registry.clone(),
+        lists: AtomicUsize::new(0),
+    });
+    let _reg = register(
+        &registry,
+        Address::new("127.0.0.1", 7601),
+        vec![descriptor("A")],
+    )
+    .await;
+    let resolver = AddressResolver::with_config(counting.clone(), no_health())
+        .await
+        .unwrap();
+    let resolved = resolver
+        .try_resolve_path("Api/Demo/A", None)
+        .expect("in the table")
+        .unwrap();
+    assert_eq!(resolved.address().port, 7601);
+    let by_id = resolver
+        .try_resolve_id("Test.IDemoService.A", None)
+        .expect("in the table")
+        .unwrap();
+    assert_eq!(by_id.route().route_path(), "api/demo/a");
+    assert!(resolver
+        .try_resolve_path("api/demo/missing", None)
+        .is_none());
+    assert_eq!(
+        counting.lists.load(Ordering::Relaxed),
+        0,
+        "the backend was never asked"
+    );
+}

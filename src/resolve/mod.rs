@@ -13,6 +13,6 @@ mod table;
 pub use endpoint::{Endpoint, EndpointKey};
 pub use health::{probe, HealthConfig, HealthMonitor};
 pub use resolver::{
-    AddressResolver, Resolved, ResolverConfig, ResolverStats, DEFAULT_NEGATIVE_TTL,
+    AddressResolver, ResolveFuture, Resolved, ResolverConfig, ResolverStats, DEFAULT_NEGATIVE_TTL,
 };
 pub use table::{RouteEntry, RouteTable};

@@ -5,7 +5,8 @@
 //! | `file:///var/lib/app/routes.json?ttl=10s&poll=1s` | shared file (absolute path) |
 //! | `file://./routes.json` | shared file (relative to the working directory) |
 //! | `memory://?prefix=services/serviceRoutes/&ttl=10s` | in-process registry (tests) |
-//! | `etcd://127.0.0.1:2379` | etcd (feature `etcd`) |
+//! | `etcd://127.0.0.1:2379,127.0.0.1:22379?prefix=app/&ttl=10s` | etcd (feature `etcd`) |
+//! | `etcd://user:password@127.0.0.1:2379` | etcd with authentication |
 //! | `consul://127.0.0.1:8500` | Consul KV (feature `consul`) |
 
 use std::collections::BTreeMap;
@@ -39,7 +40,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn RouteManager>> {
             Ok(Arc::new(MemoryRouteManager::new(config)))
         }
         "file" => connect_file(&parsed),
-        "etcd" => not_yet(&parsed, cfg!(feature = "etcd")),
+        "etcd" => connect_etcd(&parsed).await,
         "consul" => not_yet(&parsed, cfg!(feature = "consul")),
         other => Err(Error::invalid_input(format!(
             "unknown backend scheme {other:?} in {url:?}; known schemes: {}",
@@ -69,6 +70,51 @@ fn connect_file(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
 
 #[cfg(not(feature = "file"))]
 fn connect_file(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
+    not_yet(parsed, false)
+}
+
+#[cfg(feature = "etcd")]
+async fn connect_etcd(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
+    use crate::backends::etcd::{EtcdConfig, EtcdRouteManager};
+    let (credentials, hosts) = match parsed.location.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            let decode = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            (Some((decode(user), decode(password))), hosts)
+        }
+        None => (None, parsed.location.as_str()),
+    };
+    let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
+    if hosts.is_empty() {
+        return Err(Error::invalid_input(
+            "etcd URL names no endpoint (etcd://host:port[,host:port])",
+        ));
+    }
+    let mut options = parsed.options(&["prefix", "ttl", "user", "password", "timeout"])?;
+    let mut config = EtcdConfig::new(hosts);
+    if let Some(prefix) = options.remove("prefix") {
+        config.layout = KeyLayout::new(&prefix)?;
+    }
+    if let Some(ttl) = options.remove("ttl") {
+        config.ttl = parse_ttl(&ttl)?;
+    }
+    if let Some(timeout) = options.remove("timeout") {
+        config.timeout = parse_duration(&timeout)?;
+    }
+    config.credentials = match (options.remove("user"), options.remove("password")) {
+        (Some(user), password) => Some((user, password.unwrap_or_default())),
+        (None, _) => credentials,
+    };
+    Ok(Arc::new(EtcdRouteManager::connect(config).await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
     not_yet(parsed, false)
 }
 
@@ -211,8 +257,13 @@ mod tests {
         let unknown = connect("zk://127.0.0.1:2181").await.unwrap_err();
         assert_eq!(unknown.kind(), ErrorKind::InvalidInput);
         assert!(unknown.to_string().contains("file, memory, etcd, consul"));
-        let etcd = connect("etcd://127.0.0.1:2379").await.unwrap_err();
-        assert_eq!(etcd.kind(), ErrorKind::Unsupported);
+        let consul = connect("consul://127.0.0.1:8500").await.unwrap_err();
+        assert_eq!(consul.kind(), ErrorKind::Unsupported);
+        let no_hosts = connect("etcd://?ttl=5").await.unwrap_err();
+        assert!(matches!(
+            no_hosts.kind(),
+            ErrorKind::InvalidInput | ErrorKind::Unsupported
+        ));
         let empty = connect("file://").await.unwrap_err();
         assert_eq!(empty.kind(), ErrorKind::InvalidInput);
         let memory = connect("memory://?prefix=apps/x&ttl=3s").await.unwrap();

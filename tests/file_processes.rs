@@ -269,7 +269,8 @@ async fn cli_rejects_bad_backends_clearly() {
         ("routes.json", "has no scheme"),
         ("file://./x.json?ttl=abc", "not a duration"),
         ("file://./x.json?colour=blue", "unknown option"),
-        ("etcd://127.0.0.1:2379", "etcd backend"),
+        ("consul://127.0.0.1:8500", "consul backend"),
+        ("etcd://127.0.0.1:1?ttl=5&timeout=1s", "etcd"),
     ] {
         let out = Command::new(BIN)
             .args(["--backend", url, "list"])

@@ -1,5 +1,7 @@
 //! Registry backends, one module each.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod memory;

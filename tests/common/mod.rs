@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod etcd_server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,0 +1,220 @@
+//! The reader side of the etcd backend: one task per manager that keeps the [`WatchHub`] current.
+//!
+//! It lists the prefix (pinned to one revision), then watches from that revision + 1 on a client
+//! that sends `hasleader`, so a member cut off from the cluster does not keep a silent stream.
+//! Every response advances the revision (progress notifications too), so a reconnect resumes
+//! where the stream stopped. A compacted revision means events were lost: it lists again and
+//! the hub emits whatever changed meanwhile, deletions included. An idle stream is probed with a
+//! progress request; no answer within the deadline counts as a stall and the stream is replaced.
+//! Failures back off exponentially (capped, with jitter) and leave the last good routes in place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{entries_of, etcd_error, is_compacted, read_prefix, EtcdConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::route::{decode_entry, RouteEntries};
+use crate::watch::WatchHub;
+
+/// Idle time after which the stream is asked for a progress notification.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// Time a progress request has to be answered before the stream counts as stalled.
+const PROGRESS_DEADLINE: Duration = Duration::from_secs(5);
+/// First and largest reconnect delays.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Keeps the reader task running; the task stops when the last holder drops it.
+pub(crate) struct FeedGuard {
+    task: JoinHandle<()>,
+}
+
+impl Drop for FeedGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Lists once (an error here is returned), then follows the prefix in the background.
+pub(crate) async fn start(
+    config: EtcdConfig,
+    client: Client,
+    hub: Arc<WatchHub>,
+) -> Result<Arc<FeedGuard>> {
+    let (raw, revision) = read_prefix(&client, config.layout.prefix()).await?;
+    let entries = entries_of(&config.layout, &raw);
+    hub.replace_all(entries.all_merged());
+    let options = config.connect_options().with_require_leader(true);
+    let watch_client = Client::connect(&config.endpoints, Some(options))
+        .await
+        .map_err(|e| etcd_error("connect", e))?;
+    let follower = Follower {
+        config,
+        client,
+        watch_client,
+        hub,
+        entries,
+        revision,
+    };
+    Ok(Arc::new(FeedGuard {
+        task: tokio::spawn(follower.run()),
+    }))
+}
+
+enum Interruption {
+    /// Events between our revision and now are gone: list again.
+    Compacted,
+    /// The stream failed or stalled: reconnect after a delay.
+    Failed(Error),
+}
+
+struct Follower {
+    config: EtcdConfig,
+    client: Client,
+    watch_client: Client,
+    hub: Arc<WatchHub>,
+    entries: RouteEntries,
+    /// Every event up to and including this revision has been applied.
+    revision: i64,
+}
+
+impl Follower {
+    async fn run(mut self) {
+        let mut delay = BACKOFF_FIRST;
+        loop {
+            let interruption = self.watch().await;
+            let result = match interruption {
+                Interruption::Compacted => {
+                    tracing::warn!(
+                        revision = self.revision,
+                        "etcd history compacted past our revision; listing again"
+                    );
+                    self.relist().await
+                }
+                Interruption::Failed(err) => Err(err),
+            };
+            match result {
+                Ok(()) => delay = BACKOFF_FIRST,
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?delay, "etcd watch interrupted; keeping the last good routes");
+                    self.hub.mark_error(&err);
+                    tokio::time::sleep(delay.mul_f64(0.8 + 0.4 * fastrand::f64())).await;
+                    delay = (delay * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn relist(&mut self) -> Result<()> {
+        let (raw, revision) = read_prefix(&self.client, self.config.layout.prefix()).await?;
+        self.entries = entries_of(&self.config.layout, &raw);
+        self.revision = revision;
+        self.hub.replace_all(self.entries.all_merged());
+        Ok(())
+    }
+
+    /// Follows one watch stream until it is interrupted.
+    async fn watch(&mut self) -> Interruption {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.revision + 1)
+            .with_progress_notify();
+        let prefix = self.config.layout.prefix().to_owned();
+        let mut stream = match self.watch_client.watch(prefix, Some(options)).await {
+            Ok(stream) => stream,
+            Err(err) if is_compacted(&err) => return Interruption::Compacted,
+            Err(err) => return Interruption::Failed(etcd_error("watch", err)),
+        };
+        let mut quiet_until = Instant::now() + PROGRESS_INTERVAL;
+        let mut progress_asked = false;
+        loop {
+            tokio::select! {
+                message = stream.message() => match message {
+                    Ok(Some(response)) => {
+                        if let Some(interruption) = self.apply(response) {
+                            return interruption;
+                        }
+                        // A reply after an outage: the view is current again.
+                        self.hub.mark_good();
+                        quiet_until = Instant::now() + PROGRESS_INTERVAL;
+                        progress_asked = false;
+                    }
+                    Ok(None) => {
+                        return Interruption::Failed(Error::new(ErrorKind::Unavailable, "etcd watch stream ended"))
+                    }
+                    Err(err) if is_compacted(&err) => return Interruption::Compacted,
+                    Err(err) => return Interruption::Failed(etcd_error("watch", err)),
+                },
+                _ = tokio::time::sleep_until(quiet_until) => {
+                    if progress_asked {
+                        return Interruption::Failed(Error::new(
+                            ErrorKind::Unavailable,
+                            "etcd watch stalled: no answer to a progress request",
+                        ));
+                    }
+                    if let Err(err) = stream.request_progress().await {
+                        return Interruption::Failed(etcd_error("watch progress request", err));
+                    }
+                    progress_asked = true;
+                    quiet_until = Instant::now() + PROGRESS_DEADLINE;
+                }
+            }
+        }
+    }
+
+    /// Applies one watch response; returns why the stream must end, if it must.
+    fn apply(&mut self, response: WatchResponse) -> Option<Interruption> {
+        if response.compact_revision() > 0 {
+            return Some(Interruption::Compacted);
+        }
+        if response.canceled() {
+            let reason = response.cancel_reason().to_owned();
+            if reason.contains("compacted") {
+                return Some(Interruption::Compacted);
+            }
+            return Some(Interruption::Failed(Error::new(
+                ErrorKind::Unavailable,
+                format!("etcd canceled the watch: {reason}"),
+            )));
+        }
+        let layout = &self.config.layout;
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            self.revision = self.revision.max(kv.mod_revision());
+            let Ok(key) = kv.key_str() else { continue };
+            match event.event_type() {
+                EventType::Put => match decode_entry(layout, key, kv.value()) {
+                    Ok((entry_key, route)) => {
+                        let merged = self
+                            .entries
+                            .put(&entry_key, kv.mod_revision() as u64, route);
+                        self.hub.set(&entry_key.service_id, merged);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%key, error = %err, "skipping malformed registry entry")
+                    }
+                },
+                EventType::Delete => {
+                    if let Some(entry_key) = layout.parse(key) {
+                        if self.entries.contains(&entry_key) {
+                            let merged = self.entries.remove(&entry_key);
+                            self.hub.set(&entry_key.service_id, merged);
+                        }
+                    }
+                }
+            }
+        }
+        // A progress notification (no events, not the creation reply) means every event up
+        // to its header revision has been delivered.
+        if response.events().is_empty() && !response.created() {
+            if let Some(header) = response.header() {
+                self.revision = self.revision.max(header.revision());
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,461 @@
+//! etcd v3 backend.
+//!
+//! Each instance's copy of a route is one key, `<prefix><service-id>/<instance-id>`, attached to
+//! the instance's lease: a crashed instance's keys vanish when its lease expires. Listings read
+//! the prefix in pages pinned to one revision; the watch (in `feed`) resumes from the last seen
+//! revision and re-lists after a compaction, so deletions made meanwhile are not missed.
+
+mod feed;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, ConnectOptions, DeleteOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp,
+};
+use tokio::sync::Mutex;
+
+use self::feed::FeedGuard;
+use crate::error::{Error, ErrorKind, Result};
+use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
+use crate::registration::{Liveness, LivenessStore, Registration};
+use crate::route::{
+    decode_entry, encode_route, instance_id, Address, KeyLayout, RouteEntries, ServiceRoute,
+};
+use crate::watch::{RouteWatch, WatchHub};
+
+/// Most operations in one etcd transaction (etcd's default `--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Keys read per page of a listing.
+pub const PAGE_SIZE: i64 = 2000;
+
+/// Options of the etcd backend (`etcd://[user:password@]host:port[,host:port]?prefix=..&ttl=..`).
+#[derive(Clone)]
+pub struct EtcdConfig {
+    /// Client endpoints, `http://host:port` (or `https://` with TLS).
+    pub endpoints: Vec<String>,
+    /// Key layout (prefix).
+    pub layout: KeyLayout,
+    /// Default registration TTL (whole seconds; at least 2, etcd's floor for leases).
+    pub ttl: Duration,
+    /// User name and password, when etcd has authentication on.
+    pub credentials: Option<(String, String)>,
+    /// Time allowed to connect and for each request.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("layout", &self.layout)
+            .field("ttl", &self.ttl)
+            .field(
+                "credentials",
+                &self
+                    .credentials
+                    .as_ref()
+                    .map(|(user, _)| (user, "<redacted>")),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl EtcdConfig {
+    /// Defaults for these endpoints (`host:port` or full URLs).
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        EtcdConfig {
+            endpoints: endpoints
+                .into_iter()
+                .map(|e| {
+                    let e = e.into();
+                    if e.contains("://") {
+                        e
+                    } else {
+                        format!("http://{e}")
+                    }
+                })
+                .collect(),
+            layout: KeyLayout::default(),
+            ttl: DEFAULT_TTL,
+            credentials: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn connect_options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.timeout)
+            .with_timeout(self.timeout)
+            .with_keep_alive(Duration::from_secs(10), self.timeout);
+        if let Some((user, password)) = &self.credentials {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        options
+    }
+}
+
+/// A registry kept in etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdRouteManager {
+    inner: Arc<EtcdStore>,
+}
+
+struct EtcdStore {
+    config: EtcdConfig,
+    client: Client,
+    hub: Arc<WatchHub>,
+    feed: Mutex<Weak<FeedGuard>>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// gRPC status codes used here (etcd-client does not re-export tonic's `Code`).
+const NOT_FOUND: i32 = 5;
+const INVALID_ARGUMENT: i32 = 3;
+const PERMISSION_DENIED: i32 = 7;
+const OUT_OF_RANGE: i32 = 11;
+const UNAUTHENTICATED: i32 = 16;
+
+fn status_code(err: &etcd_client::Error) -> Option<i32> {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => Some(status.code() as i32),
+        _ => None,
+    }
+}
+
+/// Whether the error says the requested revision was compacted away.
+pub(crate) fn is_compacted(err: &etcd_client::Error) -> bool {
+    status_code(err) == Some(OUT_OF_RANGE) || err.to_string().contains("compacted")
+}
+
+/// Whether a keep-alive error says the lease no longer exists.
+fn is_lease_gone(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("not found"),
+        other => status_code(other) == Some(NOT_FOUND),
+    }
+}
+
+/// Maps an etcd client error to the crate's error kinds.
+pub(crate) fn etcd_error(action: &str, err: etcd_client::Error) -> Error {
+    let kind = match (status_code(&err), &err) {
+        (Some(PERMISSION_DENIED | UNAUTHENTICATED), _) => ErrorKind::PermissionDenied,
+        (Some(INVALID_ARGUMENT), _) => ErrorKind::InvalidInput,
+        (Some(NOT_FOUND), _) => ErrorKind::NotFound,
+        (None, etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)) => {
+            ErrorKind::InvalidInput
+        }
+        _ => ErrorKind::Unavailable,
+    };
+    Error::new(kind, format!("etcd {action}: {err}")).with_source(err)
+}
+
+/// The key just past every key that starts with `prefix` (etcd's prefix range end).
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// One key read from etcd.
+pub(crate) struct RawEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+/// Reads every key under `prefix` in pages pinned to one revision; returns them and the revision.
+/// A compaction in the middle restarts the read at the newest revision.
+pub(crate) async fn read_prefix(client: &Client, prefix: &str) -> Result<(Vec<RawEntry>, i64)> {
+    'restart: loop {
+        let mut client = client.clone();
+        let end = prefix_end(prefix);
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut entries = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE_SIZE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = match client.get(from.clone(), Some(options)).await {
+                Ok(response) => response,
+                Err(err) if revision > 0 && is_compacted(&err) => continue 'restart,
+                Err(err) => return Err(etcd_error("range read", err)),
+            };
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            for kv in response.kvs() {
+                let Ok(key) = kv.key_str() else {
+                    tracing::warn!("skipping an etcd key that is not UTF-8");
+                    continue;
+                };
+                entries.push(RawEntry {
+                    key: key.to_owned(),
+                    value: kv.value().to_vec(),
+                    mod_revision: kv.mod_revision(),
+                    lease: kv.lease(),
+                });
+            }
+            match (response.more(), response.kvs().last()) {
+                (true, Some(last)) => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((entries, revision)),
+            }
+        }
+    }
+}
+
+/// Decodes raw entries into per-instance entries; malformed ones are skipped with a warning.
+pub(crate) fn entries_of(layout: &KeyLayout, raw: &[RawEntry]) -> RouteEntries {
+    let mut entries = RouteEntries::default();
+    for entry in raw {
+        match decode_entry(layout, &entry.key, &entry.value) {
+            Ok((key, route)) => {
+                entries.put(&key, entry.mod_revision as u64, route);
+            }
+            Err(err) => {
+                tracing::warn!(key = %entry.key, error = %err, "skipping malformed registry entry")
+            }
+        }
+    }
+    entries
+}
+
+impl EtcdRouteManager {
+    /// Connects to etcd (the connection is established lazily by the client on first use).
+    pub async fn connect(config: EtcdConfig) -> Result<Self> {
+        if config.endpoints.is_empty() {
+            return Err(Error::invalid_input("etcd URL names no endpoint"));
+        }
+        let client = Client::connect(&config.endpoints, Some(config.connect_options()))
+            .await
+            .map_err(|e| etcd_error("connect", e))?;
+        Ok(EtcdRouteManager {
+            inner: Arc::new(EtcdStore {
+                config,
+                client,
+                hub: Arc::new(WatchHub::new()),
+                feed: Mutex::new(Weak::new()),
+            }),
+        })
+    }
+
+    /// The underlying etcd client (for tools and tests).
+    pub fn client(&self) -> Client {
+        self.inner.client.clone()
+    }
+}
+
+/// Runs operations in transactions of at most [`MAX_TXN_OPS`].
+async fn run_batched(client: &Client, ops: Vec<TxnOp>, action: &str) -> Result<()> {
+    let mut client = client.clone();
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let batch: Vec<TxnOp> = ops.by_ref().take(MAX_TXN_OPS).collect();
+        client
+            .txn(Txn::new().and_then(batch))
+            .await
+            .map_err(|e| etcd_error(action, e))?;
+    }
+    Ok(())
+}
+
+/// One registration's lease and its keep-alive stream.
+pub(crate) struct EtcdLease {
+    id: i64,
+    stream: Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
+}
+
+fn lease_seconds(ttl: Duration) -> i64 {
+    (ttl.as_secs_f64().ceil() as i64).max(2)
+}
+
+impl EtcdStore {
+    fn instance_keys(&self, instance: &Instance) -> Result<Vec<String>> {
+        let id = instance.id()?;
+        instance
+            .routes
+            .iter()
+            .map(|d| self.config.layout.instance_key(&d.id, &id))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl LivenessStore for EtcdStore {
+    type Lease = EtcdLease;
+
+    async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<EtcdLease> {
+        let keys = self.instance_keys(instance)?;
+        let mut client = self.client.clone();
+        let lease = client
+            .lease_grant(lease_seconds(ttl), None)
+            .await
+            .map_err(|e| etcd_error("lease grant", e))?
+            .id();
+        let mut ops = Vec::with_capacity(keys.len());
+        for (key, descriptor) in keys.into_iter().zip(&instance.routes) {
+            let value = encode_route(&instance.route(descriptor))?;
+            ops.push(TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+        }
+        run_batched(&self.client, ops, "register").await?;
+        Ok(EtcdLease {
+            id: lease,
+            stream: Mutex::new(None),
+        })
+    }
+
+    async fn keep_alive(&self, _instance: &Instance, lease: &EtcdLease) -> Result<Liveness> {
+        let mut slot = lease.stream.lock().await;
+        if slot.is_none() {
+            let mut client = self.client.clone();
+            // Opening the stream already sends one keep-alive.
+            match client.lease_keep_alive(lease.id).await {
+                Ok(stream) => *slot = Some(stream),
+                Err(err) if is_lease_gone(&err) => return Ok(Liveness::Lost),
+                Err(err) => return Err(etcd_error("lease keep-alive", err)),
+            }
+        }
+        let Some((keeper, stream)) = slot.as_mut() else {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "etcd keep-alive stream missing",
+            ));
+        };
+        let answer = match keeper.keep_alive().await {
+            Ok(()) => stream.message().await,
+            Err(err) => Err(err),
+        };
+        match answer {
+            Ok(Some(response)) if response.ttl() > 0 => Ok(Liveness::Alive),
+            // A TTL of 0, or (as etcd-client reports it) "lease not found": expired or revoked.
+            Ok(_) => {
+                *slot = None;
+                Ok(Liveness::Lost)
+            }
+            Err(err) if is_lease_gone(&err) => {
+                *slot = None;
+                Ok(Liveness::Lost)
+            }
+            Err(err) => {
+                *slot = None;
+                Err(etcd_error("lease keep-alive", err))
+            }
+        }
+    }
+
+    async fn remove_instance(&self, _instance: &Instance, lease: EtcdLease) -> Result<()> {
+        drop(lease.stream.lock().await.take());
+        let mut client = self.client.clone();
+        match client.lease_revoke(lease.id).await {
+            Ok(_) => Ok(()),
+            // Already gone: its keys went with it.
+            Err(err) if status_code(&err) == Some(NOT_FOUND) => Ok(()),
+            Err(err) => Err(etcd_error("lease revoke", err)),
+        }
+    }
+}
+
+#[async_trait]
+impl RouteManager for EtcdRouteManager {
+    fn backend(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn list(&self) -> Result<Vec<ServiceRoute>> {
+        let (raw, _) = read_prefix(&self.inner.client, self.inner.config.layout.prefix()).await?;
+        let entries = entries_of(&self.inner.config.layout, &raw);
+        Ok(entries.all_merged().into_values().collect())
+    }
+
+    async fn register(&self, instance: Instance) -> Result<Registration> {
+        Registration::start(self.inner.clone(), instance, self.inner.config.ttl).await
+    }
+
+    async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {
+        let ids = addresses
+            .iter()
+            .map(instance_id)
+            .collect::<Result<Vec<_>>>()?;
+        let layout = &self.inner.config.layout;
+        let (raw, _) = read_prefix(&self.inner.client, layout.prefix()).await?;
+        let doomed: Vec<TxnOp> = raw
+            .iter()
+            .filter(|e| {
+                layout
+                    .parse(&e.key)
+                    .and_then(|k| k.instance_id)
+                    .is_some_and(|instance| ids.contains(&instance))
+            })
+            .map(|e| TxnOp::delete(e.key.clone(), None))
+            .collect();
+        let count = doomed.len();
+        run_batched(&self.inner.client, doomed, "deregister").await?;
+        Ok(count)
+    }
+
+    async fn clear(&self) -> Result<()> {
+        let prefix = self.inner.config.layout.prefix();
+        let (raw, _) = read_prefix(&self.inner.client, prefix).await?;
+        let mut client = self.inner.client.clone();
+        let mut leases: Vec<i64> = raw.iter().map(|e| e.lease).filter(|l| *l != 0).collect();
+        leases.sort_unstable();
+        leases.dedup();
+        // Revoking the leases tells running instances their liveness is gone.
+        for lease in leases {
+            if let Err(err) = client.lease_revoke(lease).await {
+                tracing::debug!(lease, error = %err, "lease already gone");
+            }
+        }
+        client
+            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+            .await
+            .map_err(|e| etcd_error("delete prefix", e))?;
+        Ok(())
+    }
+
+    async fn watch(&self) -> Result<RouteWatch> {
+        let mut slot = self.inner.feed.lock().await;
+        let guard = match slot.upgrade() {
+            Some(guard) => guard,
+            None => {
+                let guard = feed::start(
+                    self.inner.config.clone(),
+                    self.inner.client.clone(),
+                    self.inner.hub.clone(),
+                )
+                .await?;
+                *slot = Arc::downgrade(&guard);
+                guard
+            }
+        };
+        Ok(self.inner.hub.subscribe().keep_alive(guard))
+    }
+}

@@ -1,0 +1,291 @@
+//! The conformance suite and fault tests against real etcd servers (from backends/install.sh).
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::etcd_server::{EtcdCluster, EtcdServer};
+use common::{eventually, init_logging, initial_routes, instance, next_event, Harness};
+use wayfinder::resolve::HealthConfig;
+use wayfinder::{connect, AddressResolver, ResolverConfig, RouteEvent, RouteManager};
+
+struct EtcdHarness {
+    server: Arc<Mutex<EtcdServer>>,
+    prefix: String,
+}
+
+fn unique_prefix() -> String {
+    format!("wayfinder-test/{:016x}/", fastrand::u64(..))
+}
+
+/// Runs blocking server control off the async threads.
+async fn control<R: Send + 'static>(
+    server: &Arc<Mutex<EtcdServer>>,
+    f: impl FnOnce(&mut EtcdServer) -> R + Send + 'static,
+) -> R {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || f(&mut server.lock().unwrap()))
+        .await
+        .unwrap()
+}
+
+impl Harness for EtcdHarness {
+    async fn new() -> Self {
+        let server = tokio::task::spawn_blocking(EtcdServer::start)
+            .await
+            .unwrap();
+        EtcdHarness {
+            server: Arc::new(Mutex::new(server)),
+            prefix: unique_prefix(),
+        }
+    }
+
+    async fn client(&self) -> Arc<dyn RouteManager> {
+        let url = self.server.lock().unwrap().url(&self.prefix, "10s");
+        connect(&url).await.unwrap()
+    }
+
+    async fn put_malformed(&self) {
+        let prefix = self.prefix.clone();
+        control(&self.server, move |server| {
+            let put = |key: &str, value: &[u8]| {
+                let mut child = std::process::Command::new(
+                    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("backends/.local/bin/etcdctl"),
+                )
+                .args(["--endpoints", &server.endpoint(), "put", &format!("{prefix}{key}")])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(value).unwrap();
+                assert!(child.wait().unwrap().success(), "etcdctl put {key}");
+            };
+            put("Bad.Json/127.0.0.1_1", b"{not json");
+            put(
+                "Bad.Mismatch/127.0.0.1_1",
+                br#"{"AddressDescriptors":[{"Value":"{\"Ip\":\"127.0.0.1\",\"Port\":1}"}],"ServiceDescriptor":{"Id":"Someone.Else","RoutePath":"x"}}"#,
+            );
+            put(
+                "Bad.Port/127.0.0.1_1",
+                br#"{"AddressDescriptors":[{"Value":"{\"Ip\":\"127.0.0.1\",\"Port\":0}"}],"ServiceDescriptor":{"Id":"Bad.Port","RoutePath":"x"}}"#,
+            );
+            // Just under etcdctl's own 2 MiB message cap; four times wayfinder's 512 KiB limit.
+            let big = format!(
+                r#"{{"AddressDescriptors":[{{"Value":"{{\"Ip\":\"127.0.0.1\",\"Port\":1}}"}}],"ServiceDescriptor":{{"Id":"Bad.Big","RoutePath":"x","Metadatas":{{"b":"{}"}}}}}}"#,
+                "x".repeat(2 * 1024 * 1024 - 4096)
+            );
+            put("Bad.Big/127.0.0.1_1", big.as_bytes());
+        })
+        .await;
+    }
+
+    async fn break_backend(&self) {
+        control(&self.server, EtcdServer::kill).await;
+    }
+
+    async fn restore_backend(&self) {
+        control(&self.server, EtcdServer::restart).await;
+    }
+}
+
+conformance_suite!(EtcdHarness);
+
+fn resolver_config() -> ResolverConfig {
+    ResolverConfig {
+        health: HealthConfig {
+            enabled: false,
+            ..HealthConfig::default()
+        },
+        negative_ttl: Duration::from_millis(1),
+        ..ResolverConfig::default()
+    }
+}
+
+/// kill -9 etcd: the resolver keeps serving the last good routes and reports their age; after a
+/// restart on the same data directory the watch resumes and later changes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_etcd_keeps_last_good_routes_and_resumes_after_restart() {
+    init_logging();
+    let h = EtcdHarness::new().await;
+    let writer = h.client().await;
+    let _a = writer.register(instance(7701, &["A"])).await.unwrap();
+    let resolver = AddressResolver::with_config(h.client().await, resolver_config())
+        .await
+        .unwrap();
+    assert_eq!(
+        resolver
+            .resolve_path("api/demo/a", None)
+            .await
+            .unwrap()
+            .address()
+            .port,
+        7701
+    );
+
+    h.break_backend().await;
+    eventually(Duration::from_secs(10), "a stale view", || async {
+        resolver.stats().stale.then_some(())
+    })
+    .await;
+    let served = resolver.resolve_path("api/demo/a", None).await.unwrap();
+    assert_eq!(
+        served.address().port,
+        7701,
+        "last good route served during the outage"
+    );
+    eventually(Duration::from_secs(5), "a non-zero age", || async {
+        (resolver.stats().age > Duration::ZERO).then_some(())
+    })
+    .await;
+
+    h.restore_backend().await;
+    let _b = writer.register(instance(7702, &["B"])).await.unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the route registered after the restart",
+        || async { resolver.table().by_path("api/demo/b").map(|_| ()) },
+    )
+    .await;
+    assert!(!resolver.stats().stale);
+    assert_eq!(
+        resolver
+            .resolve_path("api/demo/a", None)
+            .await
+            .unwrap()
+            .address()
+            .port,
+        7701
+    );
+}
+
+/// `etcdctl lease revoke` of an instance's lease: it registers again within 2 x TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_lease_is_replaced_within_two_ttls() {
+    init_logging();
+    let h = EtcdHarness::new().await;
+    let client = h.client().await;
+    let ttl = Duration::from_secs(2);
+    let _reg = client
+        .register(instance(7711, &["A"]).with_ttl(ttl))
+        .await
+        .unwrap();
+    let prefix = h.prefix.clone();
+    let lease = control(&h.server, move |server| {
+        let out = server.etcdctl(&["get", &prefix, "--prefix", "-w", "json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["kvs"][0]["lease"]
+            .as_i64()
+            .expect("the key has a lease")
+    })
+    .await;
+    let revoked = control(&h.server, move |server| {
+        server.etcdctl(&["lease", "revoke", &format!("{lease:x}")])
+    })
+    .await;
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let started = Instant::now();
+    assert!(
+        client.list().await.unwrap().is_empty(),
+        "revoking the lease removed the keys"
+    );
+    eventually(ttl * 2, "re-registration", || async {
+        (client.list().await.unwrap().len() == 1).then_some(())
+    })
+    .await;
+    assert!(started.elapsed() <= ttl * 2);
+}
+
+/// An instance process killed with SIGKILL: its routes disappear within TTL + 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_instance_disappears_within_ttl_plus_2s() {
+    init_logging();
+    let h = EtcdHarness::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.json");
+    std::fs::write(
+        &routes,
+        br#"[{"Id":"Svc.IWorkService.Run","RoutePath":"api/work/run"}]"#,
+    )
+    .unwrap();
+    let url = h.server.lock().unwrap().url(&h.prefix, "10s");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayfinder"))
+        .args([
+            "--backend",
+            &url,
+            "register",
+            "--address",
+            "127.0.0.1:7721",
+            "--ttl",
+            "2",
+            "--routes",
+        ])
+        .arg(&routes)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut watch = h.client().await.watch().await.unwrap();
+    let mut seen = initial_routes(&mut watch).await;
+    if seen.is_empty() {
+        match next_event(&mut watch, Duration::from_secs(10)).await {
+            RouteEvent::Created(route) => seen.push(route),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    child.start_kill().unwrap();
+    let killed = Instant::now();
+    child.wait().await.unwrap();
+    match next_event(&mut watch, Duration::from_secs(4)).await {
+        RouteEvent::Removed(route) => assert_eq!(route.id(), "Svc.IWorkService.Run"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        killed.elapsed() <= Duration::from_secs(4),
+        "took {:?}",
+        killed.elapsed()
+    );
+}
+
+/// A three-member cluster: stopping one member leaves watching and registration working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_member_stopping_does_not_stop_watching_or_registering() {
+    init_logging();
+    let cluster = tokio::task::spawn_blocking(EtcdCluster::start)
+        .await
+        .unwrap();
+    let url = format!(
+        "etcd://{}?prefix={}&timeout=2s",
+        cluster.endpoints(),
+        unique_prefix()
+    );
+    let client = connect(&url).await.unwrap();
+    let _a = client.register(instance(7731, &["A"])).await.unwrap();
+    let mut watch = client.watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 1);
+
+    let cluster = Arc::new(Mutex::new(cluster));
+    let stopper = cluster.clone();
+    tokio::task::spawn_blocking(move || stopper.lock().unwrap().members[0].kill())
+        .await
+        .unwrap();
+
+    let other = connect(&url).await.unwrap();
+    let _b = eventually(
+        Duration::from_secs(20),
+        "a registration with one member down",
+        || async { other.register(instance(7732, &["B"])).await.ok() },
+    )
+    .await;
+    loop {
+        match next_event(&mut watch, Duration::from_secs(20)).await {
+            RouteEvent::Created(route) if route.id() == "Test.IDemoService.B" => break,
+            _ => {}
+        }
+    }
+}

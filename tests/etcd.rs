@@ -289,3 +289,66 @@ async fn a_cluster_member_stopping_does_not_stop_watching_or_registering() {
         }
     }
 }
+
+/// The client cut off by a proxy while a route is deleted and the history compacted: after the
+/// connection returns, the watch learns its revision was compacted, lists again, and the deleted
+/// route is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_deleted_and_compacted_while_cut_off_is_gone_after_reconnection() {
+    init_logging();
+    let h = EtcdHarness::new().await;
+    let direct = h.client().await;
+    let keep = direct.register(instance(7741, &["Keep"])).await.unwrap();
+    let doomed = direct.register(instance(7742, &["Doomed"])).await.unwrap();
+
+    let proxy = common::proxy::CutProxy::start(h.server.lock().unwrap().endpoint()).await;
+    let url = format!("etcd://{}?prefix={}&timeout=1s", proxy.endpoint(), h.prefix);
+    let behind_proxy = connect(&url).await.unwrap();
+    let mut watch = behind_proxy.watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 2);
+
+    proxy.cut();
+    eventually(
+        Duration::from_secs(20),
+        "the watch to notice the cut",
+        || async { watch.status().is_stale().then_some(()) },
+    )
+    .await;
+    doomed.shutdown().await.unwrap();
+    let _churn = direct.register(instance(7743, &["Churn"])).await.unwrap();
+    let compacted = control(&h.server, |server| {
+        let out = server.etcdctl(&["endpoint", "status", "-w", "json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let revision = doc[0]["Status"]["header"]["revision"].as_i64().unwrap();
+        server.etcdctl(&["compact", &revision.to_string()])
+    })
+    .await;
+    assert!(
+        compacted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compacted.stderr)
+    );
+
+    proxy.restore();
+    let mut removed = false;
+    let mut created = false;
+    while !(removed && created) {
+        match next_event(&mut watch, Duration::from_secs(20)).await {
+            RouteEvent::Removed(route) if route.id() == "Test.IDemoService.Doomed" => {
+                removed = true
+            }
+            RouteEvent::Created(route) if route.id() == "Test.IDemoService.Churn" => created = true,
+            RouteEvent::Removed(route) => panic!("{} removed wrongly", route.id()),
+            _ => {}
+        }
+    }
+    let ids: Vec<String> = behind_proxy
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
+    assert_eq!(ids, ["Test.IDemoService.Churn", "Test.IDemoService.Keep"]);
+    keep.shutdown().await.unwrap();
+}

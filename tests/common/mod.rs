@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod etcd_server;
+pub mod proxy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -301,7 +301,8 @@ async fn a_route_deleted_and_compacted_while_cut_off_is_gone_after_reconnection(
     let keep = direct.register(instance(7741, &["Keep"])).await.unwrap();
     let doomed = direct.register(instance(7742, &["Doomed"])).await.unwrap();
 
-    let proxy = common::proxy::CutProxy::start(h.server.lock().unwrap().endpoint()).await;
+    let endpoint = h.server.lock().unwrap().endpoint();
+    let proxy = common::proxy::CutProxy::start(endpoint).await;
     let url = format!("etcd://{}?prefix={}&timeout=1s", proxy.endpoint(), h.prefix);
     let behind_proxy = connect(&url).await.unwrap();
     let mut watch = behind_proxy.watch().await.unwrap();

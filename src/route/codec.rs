@@ -6,6 +6,7 @@
 //! address), with or without a leading UTF-8 BOM. Unknown fields are ignored.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::model::{Address, ServiceDescriptor, ServiceRoute};
@@ -16,21 +17,27 @@ pub const MAX_VALUE_BYTES: usize = 512 * 1024;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-#[derive(Serialize, Deserialize)]
-struct WireRoute {
-    #[serde(rename = "AddressDescriptors", alias = "addressDescriptors", default)]
-    addresses: Option<Vec<WireAddressDescriptor>>,
+#[derive(Deserialize)]
+struct WireRoute<'a> {
+    #[serde(
+        rename = "AddressDescriptors",
+        alias = "addressDescriptors",
+        default,
+        borrow
+    )]
+    addresses: Option<Vec<WireAddressDescriptor<'a>>>,
     #[serde(rename = "ServiceDescriptor", alias = "serviceDescriptor")]
     descriptor: WireDescriptor,
 }
 
-#[derive(Serialize, Deserialize)]
-struct WireAddressDescriptor {
-    #[serde(rename = "Type", alias = "type", default, skip_serializing)]
-    _type: Option<String>,
-    /// The address as a JSON string (Surging's form); an inline object is accepted too.
-    #[serde(rename = "Value", alias = "value", default)]
-    value: Value,
+#[derive(Deserialize)]
+struct WireAddressDescriptor<'a> {
+    #[serde(rename = "Type", alias = "type", default)]
+    _type: Option<&'a RawValue>,
+    /// The address as a JSON string (Surging's form); an inline object is accepted too. Kept as
+    /// raw JSON text here and parsed once, straight into the address.
+    #[serde(rename = "Value", alias = "value", default, borrow)]
+    value: Option<&'a RawValue>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,7 +131,8 @@ pub fn decode_route(bytes: &[u8]) -> Result<ServiceRoute> {
 
 /// Decodes a route from an already-parsed JSON value (used by the file backend).
 pub fn decode_route_value(value: Value) -> Result<ServiceRoute> {
-    let wire: WireRoute = serde_json::from_value(value)
+    let text = value.to_string();
+    let wire: WireRoute = serde_json::from_str(&text)
         .map_err(|e| Error::malformed(format!("route JSON has a bad shape: {e}")).with_source(e))?;
     from_wire(wire)
 }
@@ -199,13 +207,19 @@ fn from_wire(wire: WireRoute) -> Result<ServiceRoute> {
     Ok(ServiceRoute::new(descriptor, addresses))
 }
 
-fn address_from_value(value: Value) -> Result<(Address, Option<String>)> {
-    let wire: WireAddress = match value {
-        Value::Null => return Err(Error::malformed("address descriptor has no Value")),
-        Value::String(text) => serde_json::from_str(&text),
-        other => serde_json::from_value(other),
-    }
-    .map_err(|e| Error::malformed(format!("address value does not parse: {e}")))?;
+fn address_from_value(value: Option<&RawValue>) -> Result<(Address, Option<String>)> {
+    let raw = value
+        .map(RawValue::get)
+        .filter(|text| *text != "null")
+        .ok_or_else(|| Error::malformed("address descriptor has no Value"))?;
+    let parsed = if raw.starts_with('"') {
+        serde_json::from_str::<std::borrow::Cow<'_, str>>(raw)
+            .and_then(|text| serde_json::from_str::<WireAddress>(&text))
+    } else {
+        serde_json::from_str::<WireAddress>(raw)
+    };
+    let wire =
+        parsed.map_err(|e| Error::malformed(format!("address value does not parse: {e}")))?;
     let ip = wire
         .ip
         .filter(|ip| !ip.trim().is_empty())
@@ -244,7 +258,22 @@ fn optional_port(name: &str, port: Option<i64>) -> Result<Option<u16>> {
     }
 }
 
-fn to_wire(route: &ServiceRoute) -> Result<WireRoute> {
+/// The current form, for writing: each address as its own JSON string under `Value`.
+#[derive(Serialize)]
+struct WireRouteOut {
+    #[serde(rename = "AddressDescriptors")]
+    addresses: Vec<WireAddressOut>,
+    #[serde(rename = "ServiceDescriptor")]
+    descriptor: WireDescriptor,
+}
+
+#[derive(Serialize)]
+struct WireAddressOut {
+    #[serde(rename = "Value")]
+    value: String,
+}
+
+fn to_wire(route: &ServiceRoute) -> Result<WireRouteOut> {
     let d = &route.descriptor;
     if d.id.trim().is_empty() {
         return Err(Error::invalid_input("service descriptor has an empty id"));
@@ -264,16 +293,13 @@ fn to_wire(route: &ServiceRoute) -> Result<WireRoute> {
             timestamp: address.timestamp,
             token: None,
         };
-        let text = serde_json::to_string(&wire).map_err(|e| {
+        let value = serde_json::to_string(&wire).map_err(|e| {
             Error::invalid_input(format!("address {address} cannot be encoded: {e}"))
         })?;
-        addresses.push(WireAddressDescriptor {
-            _type: None,
-            value: Value::String(text),
-        });
+        addresses.push(WireAddressOut { value });
     }
-    Ok(WireRoute {
-        addresses: Some(addresses),
+    Ok(WireRouteOut {
+        addresses,
         descriptor: WireDescriptor {
             id: Some(d.id.clone()),
             token: d.token.clone(),

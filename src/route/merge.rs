@@ -49,6 +49,15 @@ pub struct RouteEntries {
 }
 
 impl RouteEntries {
+    /// Stores (or replaces) one entry, without merging (for bulk loads).
+    pub fn insert(&mut self, key: &EntryKey, version: u64, route: ServiceRoute) {
+        let instance = key.instance_id.clone().unwrap_or_default();
+        self.services
+            .entry(key.service_id.clone())
+            .or_default()
+            .insert(instance, Entry { version, route });
+    }
+
     /// Stores (or replaces) one entry; returns the merged route of its service id afterwards.
     ///
     /// `version` orders entries (a backend revision or index): the highest supplies the descriptor.
@@ -99,6 +108,38 @@ impl RouteEntries {
             }
         }
         (!route.addresses.is_empty()).then_some(route)
+    }
+
+    /// Every merged route, by service id, consuming the entries (no copies).
+    pub fn into_merged(self) -> BTreeMap<String, ServiceRoute> {
+        let mut merged = BTreeMap::new();
+        for (id, entries) in self.services {
+            let newest = entries
+                .iter()
+                .max_by_key(|(_, e)| e.version)
+                .map(|(instance, _)| instance.clone());
+            let mut route: Option<ServiceRoute> = None;
+            let mut addresses: Vec<crate::route::Address> = Vec::new();
+            for (instance, entry) in entries {
+                let ServiceRoute {
+                    descriptor,
+                    addresses: own,
+                } = entry.route;
+                for address in own {
+                    if !addresses.iter().any(|a| a.same_endpoint(&address)) {
+                        addresses.push(address);
+                    }
+                }
+                if Some(&instance) == newest.as_ref() {
+                    route = Some(ServiceRoute::new(descriptor, Vec::new()));
+                }
+            }
+            if let Some(mut route) = route.filter(|_| !addresses.is_empty()) {
+                route.addresses = addresses;
+                merged.insert(id, route);
+            }
+        }
+        merged
     }
 
     /// Every merged route, by service id.

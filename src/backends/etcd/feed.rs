@@ -47,6 +47,7 @@ pub(crate) async fn start(
 ) -> Result<Arc<FeedGuard>> {
     let (raw, revision) = read_prefix(&client, config.layout.prefix()).await?;
     let entries = entries_of(&config.layout, &raw);
+    drop(raw);
     hub.replace_all(entries.all_merged());
     let options = config.connect_options().with_require_leader(true);
     let watch_client = Client::connect(&config.endpoints, Some(options))

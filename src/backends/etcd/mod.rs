@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    Client, ConnectOptions, DeleteOptions, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, Txn, TxnOp,
 };
 use tokio::sync::Mutex;
@@ -173,17 +173,9 @@ pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
-/// One key read from etcd.
-pub(crate) struct RawEntry {
-    pub key: String,
-    pub value: Vec<u8>,
-    pub mod_revision: i64,
-    pub lease: i64,
-}
-
 /// Reads every key under `prefix` in pages pinned to one revision; returns them and the revision.
 /// A compaction in the middle restarts the read at the newest revision.
-pub(crate) async fn read_prefix(client: &Client, prefix: &str) -> Result<(Vec<RawEntry>, i64)> {
+pub(crate) async fn read_prefix(client: &Client, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
     'restart: loop {
         let mut client = client.clone();
         let end = prefix_end(prefix);
@@ -197,7 +189,7 @@ pub(crate) async fn read_prefix(client: &Client, prefix: &str) -> Result<(Vec<Ra
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let response = match client.get(from.clone(), Some(options)).await {
+            let mut response = match client.get(from.clone(), Some(options)).await {
                 Ok(response) => response,
                 Err(err) if revision > 0 && is_compacted(&err) => continue 'restart,
                 Err(err) => return Err(etcd_error("range read", err)),
@@ -205,40 +197,34 @@ pub(crate) async fn read_prefix(client: &Client, prefix: &str) -> Result<(Vec<Ra
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
             }
-            for kv in response.kvs() {
-                let Ok(key) = kv.key_str() else {
-                    tracing::warn!("skipping an etcd key that is not UTF-8");
-                    continue;
-                };
-                entries.push(RawEntry {
-                    key: key.to_owned(),
-                    value: kv.value().to_vec(),
-                    mod_revision: kv.mod_revision(),
-                    lease: kv.lease(),
-                });
-            }
-            match (response.more(), response.kvs().last()) {
+            let more = response.more();
+            let page = response.take_kvs();
+            match (more, page.last()) {
                 (true, Some(last)) => {
                     from = last.key().to_vec();
                     from.push(0);
+                    entries.extend(page);
                 }
-                _ => return Ok((entries, revision)),
+                _ => {
+                    entries.extend(page);
+                    return Ok((entries, revision));
+                }
             }
         }
     }
 }
 
-/// Decodes raw entries into per-instance entries; malformed ones are skipped with a warning.
-pub(crate) fn entries_of(layout: &KeyLayout, raw: &[RawEntry]) -> RouteEntries {
+/// Decodes keys into per-instance entries; malformed ones are skipped with a warning.
+pub(crate) fn entries_of(layout: &KeyLayout, kvs: &[KeyValue]) -> RouteEntries {
     let mut entries = RouteEntries::default();
-    for entry in raw {
-        match decode_entry(layout, &entry.key, &entry.value) {
-            Ok((key, route)) => {
-                entries.put(&key, entry.mod_revision as u64, route);
-            }
-            Err(err) => {
-                tracing::warn!(key = %entry.key, error = %err, "skipping malformed registry entry")
-            }
+    for kv in kvs {
+        let Ok(key) = kv.key_str() else {
+            tracing::warn!("skipping an etcd key that is not UTF-8");
+            continue;
+        };
+        match decode_entry(layout, key, kv.value()) {
+            Ok((entry_key, route)) => entries.insert(&entry_key, kv.mod_revision() as u64, route),
+            Err(err) => tracing::warn!(%key, error = %err, "skipping malformed registry entry"),
         }
     }
     entries
@@ -392,7 +378,8 @@ impl RouteManager for EtcdRouteManager {
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
         let (raw, _) = read_prefix(&self.inner.client, self.inner.config.layout.prefix()).await?;
         let entries = entries_of(&self.inner.config.layout, &raw);
-        Ok(entries.all_merged().into_values().collect())
+        drop(raw);
+        Ok(entries.into_merged().into_values().collect())
     }
 
     async fn register(&self, instance: Instance) -> Result<Registration> {
@@ -408,13 +395,14 @@ impl RouteManager for EtcdRouteManager {
         let (raw, _) = read_prefix(&self.inner.client, layout.prefix()).await?;
         let doomed: Vec<TxnOp> = raw
             .iter()
-            .filter(|e| {
-                layout
-                    .parse(&e.key)
+            .filter(|kv| {
+                kv.key_str()
+                    .ok()
+                    .and_then(|key| layout.parse(key))
                     .and_then(|k| k.instance_id)
                     .is_some_and(|instance| ids.contains(&instance))
             })
-            .map(|e| TxnOp::delete(e.key.clone(), None))
+            .map(|kv| TxnOp::delete(kv.key(), None))
             .collect();
         let count = doomed.len();
         run_batched(&self.inner.client, doomed, "deregister").await?;
@@ -425,7 +413,11 @@ impl RouteManager for EtcdRouteManager {
         let prefix = self.inner.config.layout.prefix();
         let (raw, _) = read_prefix(&self.inner.client, prefix).await?;
         let mut client = self.inner.client.clone();
-        let mut leases: Vec<i64> = raw.iter().map(|e| e.lease).filter(|l| *l != 0).collect();
+        let mut leases: Vec<i64> = raw
+            .iter()
+            .map(|kv| kv.lease())
+            .filter(|l| *l != 0)
+            .collect();
         leases.sort_unstable();
         leases.dedup();
         // Revoking the leases tells running instances their liveness is gone.

@@ -75,7 +75,7 @@ fn connect_file(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
 
 #[cfg(feature = "etcd")]
 async fn connect_etcd(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
-    use crate::backends::etcd::{EtcdConfig, EtcdRouteManager};
+    use crate::backends::etcd::{EtcdConfig, EtcdRouteManager, EtcdTls};
     let (credentials, hosts) = match parsed.location.rsplit_once('@') {
         Some((userinfo, hosts)) => {
             let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
@@ -95,7 +95,9 @@ async fn connect_etcd(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
             "etcd URL names no endpoint (etcd://host:port[,host:port])",
         ));
     }
-    let mut options = parsed.options(&["prefix", "ttl", "user", "password", "timeout"])?;
+    let mut options = parsed.options(&[
+        "prefix", "ttl", "user", "password", "timeout", "ca", "cert", "key",
+    ])?;
     let mut config = EtcdConfig::new(hosts);
     if let Some(prefix) = options.remove("prefix") {
         config.layout = KeyLayout::new(&prefix)?;
@@ -110,6 +112,23 @@ async fn connect_etcd(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
         (Some(user), password) => Some((user, password.unwrap_or_default())),
         (None, _) => credentials,
     };
+    let identity = match (options.remove("cert"), options.remove("key")) {
+        (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+        (None, None) => None,
+        _ => return Err(Error::invalid_input("etcd URL: cert and key go together")),
+    };
+    match options.remove("ca") {
+        Some(ca) => {
+            config = config.with_tls(EtcdTls {
+                ca: ca.into(),
+                identity,
+            })
+        }
+        None if identity.is_some() => {
+            return Err(Error::invalid_input("etcd URL: cert and key need ca"))
+        }
+        None => {}
+    }
     Ok(Arc::new(EtcdRouteManager::connect(config).await?))
 }
 

@@ -353,3 +353,208 @@ async fn a_route_deleted_and_compacted_while_cut_off_is_gone_after_reconnection(
     assert_eq!(ids, ["Test.IDemoService.Churn", "Test.IDemoService.Keep"]);
     keep.shutdown().await.unwrap();
 }
+
+/// Authentication: a read-write user works across token expiry (tokens live 1 s here), a
+/// read-only user can read but not register, and a wrong password is refused clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_users_work_across_token_expiry_and_are_refused_clearly() {
+    init_logging();
+    let server = tokio::task::spawn_blocking(|| {
+        let server = EtcdServer::start_with(&["--auth-token", "simple", "--auth-token-ttl", "1"]);
+        for args in [
+            &[
+                "user",
+                "add",
+                "root",
+                "--new-user-password=rootpw",
+                "--interactive=false",
+            ][..],
+            &["user", "grant-role", "root", "root"],
+            &["role", "add", "writer"],
+            &[
+                "role",
+                "grant-permission",
+                "writer",
+                "--prefix=true",
+                "readwrite",
+                "app/",
+            ],
+            &[
+                "user",
+                "add",
+                "svc",
+                "--new-user-password=svcpw",
+                "--interactive=false",
+            ],
+            &["user", "grant-role", "svc", "writer"],
+            &["role", "add", "reader"],
+            &[
+                "role",
+                "grant-permission",
+                "reader",
+                "--prefix=true",
+                "read",
+                "app/",
+            ],
+            &[
+                "user",
+                "add",
+                "viewer",
+                "--new-user-password=viewpw",
+                "--interactive=false",
+            ],
+            &["user", "grant-role", "viewer", "reader"],
+            &["auth", "enable"],
+        ] {
+            server.etcdctl_ok(args);
+        }
+        server
+    })
+    .await
+    .unwrap();
+    let url = |user: &str| {
+        format!(
+            "etcd://{user}@{}?prefix=app/&ttl=3s&timeout=2s",
+            server.endpoint()
+        )
+    };
+
+    let writer = connect(&url("svc:svcpw")).await.unwrap();
+    let _a = writer.register(instance(7751, &["A"])).await.unwrap();
+    let mut watch = writer.watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 1);
+    // Past the token's lifetime: the client authenticates again by itself.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let _b = writer.register(instance(7752, &["B"])).await.unwrap();
+    assert_eq!(writer.list().await.unwrap().len(), 2);
+    match next_event(&mut watch, Duration::from_secs(10)).await {
+        RouteEvent::Created(route) => assert_eq!(route.id(), "Test.IDemoService.B"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let viewer = connect(&url("viewer:viewpw")).await.unwrap();
+    assert_eq!(
+        viewer.list().await.unwrap().len(),
+        2,
+        "a read-only user can read"
+    );
+    let refused = viewer.register(instance(7753, &["C"])).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        wayfinder::ErrorKind::PermissionDenied,
+        "{refused}"
+    );
+
+    let wrong = match connect(&url("svc:wrong")).await {
+        Err(err) => err,
+        Ok(manager) => manager.list().await.unwrap_err(),
+    };
+    assert_eq!(
+        wrong.kind(),
+        wayfinder::ErrorKind::PermissionDenied,
+        "{wrong}"
+    );
+    assert!(
+        !format!("{wrong:?}").contains("wrong"),
+        "the password leaked: {wrong:?}"
+    );
+}
+
+/// TLS with client certificates (generated here with rcgen): wayfinder registers and watches
+/// over TLS; without the client certificate it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair, KeyUsagePurpose,
+    };
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: with rcgen's shared default name a leaf looks self-issued to Go.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "wayfinder test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str, purposes: Vec<ExtendedKeyUsagePurpose>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        ));
+        params.extended_key_usages = purposes;
+        (
+            params.signed_by(&key, &ca).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    };
+    // etcd's gateway dials etcd itself with the server certificate: it needs client use too.
+    let (server_cert, server_key) = leaf(
+        "etcd server",
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    );
+    let (client_cert, client_key) = leaf(
+        "wayfinder client",
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    );
+    let ca_path = write("ca.pem", ca.pem());
+    let server = (
+        write("server.pem", server_cert),
+        write("server-key.pem", server_key),
+    );
+    let client = (
+        write("client.pem", client_cert),
+        write("client-key.pem", client_key),
+    );
+
+    let (ca_arg, server_arg, client_arg) = (ca_path.clone(), server.clone(), client.clone());
+    let etcd = tokio::task::spawn_blocking(move || {
+        EtcdServer::start_tls(
+            &ca_arg,
+            (&server_arg.0, &server_arg.1),
+            (&client_arg.0, &client_arg.1),
+        )
+    })
+    .await
+    .unwrap();
+    let url = format!(
+        "etcd://{}?prefix=tls/&timeout=2s&ca={ca_path}&cert={}&key={}",
+        etcd.endpoint(),
+        client.0,
+        client.1
+    );
+    let manager = connect(&url).await.unwrap();
+    let _reg = manager.register(instance(7761, &["Secure"])).await.unwrap();
+    let mut watch = manager.watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 1);
+
+    let without_identity = format!(
+        "etcd://{}?prefix=tls/&timeout=2s&ca={ca_path}",
+        etcd.endpoint()
+    );
+    let refused = match connect(&without_identity).await {
+        Err(err) => err,
+        Ok(manager) => manager.list().await.unwrap_err(),
+    };
+    assert_eq!(
+        refused.kind(),
+        wayfinder::ErrorKind::Unavailable,
+        "{refused}"
+    );
+}

@@ -35,16 +35,70 @@ pub struct EtcdServer {
     peer_port: u16,
     initial_cluster: String,
     data_dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+    /// `--cacert/--cert/--key` for etcdctl when the client port speaks TLS.
+    etcdctl_tls: Vec<String>,
+    log: tempfile::NamedTempFile,
     child: Option<Child>,
 }
 
 impl EtcdServer {
     /// A single-member cluster, started and ready.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A single-member cluster whose client port requires TLS with client certificates
+    /// (PEM files: CA, server certificate and key, client certificate and key).
+    pub fn start_tls(ca: &str, server: (&str, &str), client: (&str, &str)) -> Self {
+        let (client_port, peer_port) = (free_port(), free_port());
+        let name = format!("m{client_port}");
+        let initial_cluster = format!("{name}=http://127.0.0.1:{peer_port}");
+        let mut server_ = EtcdServer::new(name, client_port, peer_port, initial_cluster);
+        server_.extra_args = [
+            "--cert-file",
+            server.0,
+            "--key-file",
+            server.1,
+            "--trusted-ca-file",
+            ca,
+            "--client-cert-auth",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        server_.etcdctl_tls = [
+            "--insecure-transport=false",
+            "--cacert",
+            ca,
+            "--cert",
+            client.0,
+            "--key",
+            client.1,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        server_.spawn();
+        server_.wait_ready();
+        server_
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.etcdctl_tls.is_empty() {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    /// A single-member cluster started with extra command-line flags.
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let (client_port, peer_port) = (free_port(), free_port());
         let name = format!("m{client_port}");
         let initial_cluster = format!("{name}=http://127.0.0.1:{peer_port}");
         let mut server = EtcdServer::new(name, client_port, peer_port, initial_cluster);
+        server.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
         server.spawn();
         server.wait_ready();
         server
@@ -57,12 +111,15 @@ impl EtcdServer {
             peer_port,
             initial_cluster,
             data_dir: tempfile::tempdir().unwrap(),
+            extra_args: Vec::new(),
+            etcdctl_tls: Vec::new(),
+            log: tempfile::NamedTempFile::new().unwrap(),
             child: None,
         }
     }
 
     fn spawn(&mut self) {
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let client_url = format!("{}://127.0.0.1:{}", self.scheme(), self.client_port);
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(server_bin("etcd"))
             .args(["--name", &self.name])
@@ -88,8 +145,9 @@ impl EtcdServer {
                 "wayfinder-test",
             ])
             .args(["--max-request-bytes", "8388608", "--log-level", "error"])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log.reopen().unwrap())
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
@@ -102,12 +160,12 @@ impl EtcdServer {
             let out = Command::new(server_bin("etcdctl"))
                 .args([
                     "--endpoints",
-                    &self.endpoint(),
+                    &self.etcdctl_endpoint(),
                     "--command-timeout",
                     "1s",
-                    "endpoint",
-                    "health",
                 ])
+                .args(&self.etcdctl_tls)
+                .args(["endpoint", "health"])
                 .output()
                 .expect("run etcdctl");
             if out.status.success() {
@@ -115,8 +173,16 @@ impl EtcdServer {
             }
             assert!(
                 Instant::now() < deadline,
-                "etcd on {} did not become ready",
-                self.endpoint()
+                "etcd on {} did not become ready: {}\netcd's log ends: {}",
+                self.endpoint(),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(self.log.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -125,6 +191,11 @@ impl EtcdServer {
     /// `127.0.0.1:port` of the client listener.
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// The client URL with its scheme, for etcdctl.
+    fn etcdctl_endpoint(&self) -> String {
+        format!("{}://{}", self.scheme(), self.endpoint())
     }
 
     /// A wayfinder URL for this server with `prefix` and `ttl`.
@@ -150,10 +221,21 @@ impl EtcdServer {
         self.wait_ready();
     }
 
+    /// Runs etcdctl against this server and insists that it succeeds.
+    pub fn etcdctl_ok(&self, args: &[&str]) {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs etcdctl against this server.
     pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
         Command::new(server_bin("etcdctl"))
-            .args(["--endpoints", &self.endpoint()])
+            .args(["--endpoints", &self.etcdctl_endpoint()])
+            .args(&self.etcdctl_tls)
             .args(args)
             .output()
             .expect("run etcdctl")

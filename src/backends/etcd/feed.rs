@@ -49,7 +49,7 @@ pub(crate) async fn start(
     let entries = entries_of(&config.layout, &raw);
     drop(raw);
     hub.replace_all(entries.all_merged());
-    let options = config.connect_options().with_require_leader(true);
+    let options = config.connect_options()?.with_require_leader(true);
     let watch_client = Client::connect(&config.endpoints, Some(options))
         .await
         .map_err(|e| etcd_error("connect", e))?;

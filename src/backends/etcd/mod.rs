@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp,
+    Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, KeyValue,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp,
 };
 use tokio::sync::Mutex;
 
@@ -45,6 +45,17 @@ pub struct EtcdConfig {
     pub credentials: Option<(String, String)>,
     /// Time allowed to connect and for each request.
     pub timeout: Duration,
+    /// TLS: PEM files of the CA to trust and, for client-certificate auth, the client's own.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS files for the etcd connection (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA certificate that signed the server's certificate.
+    pub ca: std::path::PathBuf,
+    /// The client certificate and its key, when etcd requires client certificates.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl std::fmt::Debug for EtcdConfig {
@@ -61,6 +72,7 @@ impl std::fmt::Debug for EtcdConfig {
                     .map(|(user, _)| (user, "<redacted>")),
             )
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -84,18 +96,46 @@ impl EtcdConfig {
             ttl: DEFAULT_TTL,
             credentials: None,
             timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 
-    fn connect_options(&self) -> ConnectOptions {
+    /// Turns TLS on: endpoints switch to `https://`.
+    pub fn with_tls(mut self, tls: EtcdTls) -> Self {
+        for endpoint in &mut self.endpoints {
+            if let Some(rest) = endpoint.strip_prefix("http://") {
+                *endpoint = format!("https://{rest}");
+            }
+        }
+        self.tls = Some(tls);
+        self
+    }
+
+    fn connect_options(&self) -> Result<ConnectOptions> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
             .with_keep_alive(Duration::from_secs(10), self.timeout);
         if let Some((user, password)) = &self.credentials {
-            options = options.with_user(user.clone(), password.clone());
+            // Tokens expire (etcd's --auth-token-ttl); the client authenticates again when told so.
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
-        options
+        if let Some(tls) = &self.tls {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| {
+                    Error::invalid_input(format!("etcd TLS file {}: {e}", path.display()))
+                })
+            };
+            let mut config =
+                TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(config);
+        }
+        Ok(options)
     }
 }
 
@@ -149,8 +189,13 @@ fn is_lease_gone(err: &etcd_client::Error) -> bool {
 
 /// Maps an etcd client error to the crate's error kinds.
 pub(crate) fn etcd_error(action: &str, err: etcd_client::Error) -> Error {
+    let denied = {
+        let text = err.to_string();
+        text.contains("authentication failed") || text.contains("permission denied")
+    };
     let kind = match (status_code(&err), &err) {
         (Some(PERMISSION_DENIED | UNAUTHENTICATED), _) => ErrorKind::PermissionDenied,
+        _ if denied => ErrorKind::PermissionDenied,
         (Some(INVALID_ARGUMENT), _) => ErrorKind::InvalidInput,
         (Some(NOT_FOUND), _) => ErrorKind::NotFound,
         (None, etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)) => {
@@ -236,7 +281,7 @@ impl EtcdRouteManager {
         if config.endpoints.is_empty() {
             return Err(Error::invalid_input("etcd URL names no endpoint"));
         }
-        let client = Client::connect(&config.endpoints, Some(config.connect_options()))
+        let client = Client::connect(&config.endpoints, Some(config.connect_options()?))
             .await
             .map_err(|e| etcd_error("connect", e))?;
         Ok(EtcdRouteManager {

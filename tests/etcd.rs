@@ -558,3 +558,35 @@ async fn tls_with_client_certificates() {
         "{refused}"
     );
 }
+
+/// A stalled stream (the connection stays open but nothing arrives): the watch notices through
+/// an unanswered progress request, reports the view stale, and recovers when bytes flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_watch_stream_is_detected_and_replaced() {
+    init_logging();
+    let h = EtcdHarness::new().await;
+    let direct = h.client().await;
+    let _a = direct.register(instance(7771, &["A"])).await.unwrap();
+    let endpoint = h.server.lock().unwrap().endpoint();
+    let proxy = common::proxy::CutProxy::start(endpoint).await;
+    let url = format!("etcd://{}?prefix={}&timeout=2s", proxy.endpoint(), h.prefix);
+    let mut watch = connect(&url).await.unwrap().watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 1);
+
+    proxy.freeze();
+    eventually(
+        Duration::from_secs(30),
+        "the stall to be detected",
+        || async { watch.status().is_stale().then_some(()) },
+    )
+    .await;
+    proxy.restore();
+    let _b = direct.register(instance(7772, &["B"])).await.unwrap();
+    loop {
+        match next_event(&mut watch, Duration::from_secs(30)).await {
+            RouteEvent::Created(route) if route.id() == "Test.IDemoService.B" => break,
+            _ => {}
+        }
+    }
+    assert!(!watch.status().is_stale());
+}

@@ -27,9 +27,8 @@ pub struct CutProxy {
 async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
-        match *mode.wait_for(|m| *m != Mode::Frozen).await.unwrap() {
-            Mode::Cut => return,
-            _ => {}
+        if *mode.wait_for(|m| *m != Mode::Frozen).await.unwrap() == Mode::Cut {
+            return;
         }
         tokio::select! {
             read = from.read(&mut buffer) => match read {

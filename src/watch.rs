@@ -2,14 +2,16 @@
 //! watcher of one manager.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::route::ServiceRoute;
 
 /// A change to the routes of a registry, as seen by [`RouteWatch`].
@@ -262,5 +264,54 @@ impl WatchHub {
             status.error = Some(message);
             true
         });
+    }
+}
+
+/// Keeps a backend's reader task running; the task stops when the last holder drops it.
+struct FeedGuard {
+    task: JoinHandle<()>,
+}
+
+impl Drop for FeedGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A manager's hub and its one reader task, started by the first watch and stopped when the
+/// last watch is dropped (every watch holds it alive).
+pub(crate) struct SharedFeed {
+    hub: Arc<WatchHub>,
+    running: tokio::sync::Mutex<Weak<FeedGuard>>,
+}
+
+impl SharedFeed {
+    /// A feed with an empty hub and no reader yet.
+    pub fn new() -> Self {
+        SharedFeed {
+            hub: Arc::new(WatchHub::new()),
+            running: tokio::sync::Mutex::new(Weak::new()),
+        }
+    }
+
+    /// A new watch; when no reader runs, `start` loads the routes into the hub and returns the
+    /// task that follows them (a failed first load is returned as the error).
+    pub async fn watch<F, Fut>(&self, start: F) -> Result<RouteWatch>
+    where
+        F: FnOnce(Arc<WatchHub>) -> Fut,
+        Fut: Future<Output = Result<JoinHandle<()>>>,
+    {
+        let mut running = self.running.lock().await;
+        let guard = match running.upgrade() {
+            Some(guard) => guard,
+            None => {
+                let guard = Arc::new(FeedGuard {
+                    task: start(self.hub.clone()).await?,
+                });
+                *running = Arc::downgrade(&guard);
+                guard
+            }
+        };
+        Ok(self.hub.subscribe().keep_alive(guard))
     }
 }

@@ -28,23 +28,12 @@ const PROGRESS_DEADLINE: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Keeps the reader task running; the task stops when the last holder drops it.
-pub(crate) struct FeedGuard {
-    task: JoinHandle<()>,
-}
-
-impl Drop for FeedGuard {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Lists once (an error here is returned), then follows the prefix in the background.
 pub(crate) async fn start(
     config: EtcdConfig,
     client: Client,
     hub: Arc<WatchHub>,
-) -> Result<Arc<FeedGuard>> {
+) -> Result<JoinHandle<()>> {
     let (raw, revision) = read_prefix(&client, config.layout.prefix()).await?;
     let entries = entries_of(&config.layout, &raw);
     drop(raw);
@@ -61,9 +50,7 @@ pub(crate) async fn start(
         entries,
         revision,
     };
-    Ok(Arc::new(FeedGuard {
-        task: tokio::spawn(follower.run()),
-    }))
+    Ok(tokio::spawn(follower.run()))
 }
 
 enum Interruption {

@@ -7,7 +7,7 @@
 
 mod feed;
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,14 +17,13 @@ use etcd_client::{
 };
 use tokio::sync::Mutex;
 
-use self::feed::FeedGuard;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
     decode_entry, encode_route, instance_id, Address, KeyLayout, RouteEntries, ServiceRoute,
 };
-use crate::watch::{RouteWatch, WatchHub};
+use crate::watch::{RouteWatch, SharedFeed};
 
 /// Most operations in one etcd transaction (etcd's default `--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -148,8 +147,7 @@ pub struct EtcdRouteManager {
 struct EtcdStore {
     config: EtcdConfig,
     client: Client,
-    hub: Arc<WatchHub>,
-    feed: Mutex<Weak<FeedGuard>>,
+    feed: SharedFeed,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -288,8 +286,7 @@ impl EtcdRouteManager {
             inner: Arc::new(EtcdStore {
                 config,
                 client,
-                hub: Arc::new(WatchHub::new()),
-                feed: Mutex::new(Weak::new()),
+                feed: SharedFeed::new(),
             }),
         })
     }
@@ -479,20 +476,10 @@ impl RouteManager for EtcdRouteManager {
     }
 
     async fn watch(&self) -> Result<RouteWatch> {
-        let mut slot = self.inner.feed.lock().await;
-        let guard = match slot.upgrade() {
-            Some(guard) => guard,
-            None => {
-                let guard = feed::start(
-                    self.inner.config.clone(),
-                    self.inner.client.clone(),
-                    self.inner.hub.clone(),
-                )
-                .await?;
-                *slot = Arc::downgrade(&guard);
-                guard
-            }
-        };
-        Ok(self.inner.hub.subscribe().keep_alive(guard))
+        let (config, client) = (self.inner.config.clone(), self.inner.client.clone());
+        self.inner
+            .feed
+            .watch(|hub| feed::start(config, client, hub))
+            .await
     }
 }

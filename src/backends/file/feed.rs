@@ -20,28 +20,22 @@ use crate::clock::now_ms;
 use crate::error::Result;
 use crate::watch::WatchHub;
 
-/// Keeps the reader task running; the task stops when the last holder drops it.
-pub(crate) struct FeedGuard {
-    task: JoinHandle<()>,
-}
-
-impl Drop for FeedGuard {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Loads the file once (an error here is returned), then starts following it.
 pub(crate) async fn start(
     storage: FileStorage,
     hub: Arc<WatchHub>,
     poll: Duration,
-) -> Result<Arc<FeedGuard>> {
+) -> Result<JoinHandle<()>> {
     let fingerprint = storage.fingerprint();
     let doc = load(&storage).await?;
     let next_expiry = publish(&hub, &doc);
-    let task = tokio::spawn(follow(storage, hub, poll, fingerprint, next_expiry));
-    Ok(Arc::new(FeedGuard { task }))
+    Ok(tokio::spawn(follow(
+        storage,
+        hub,
+        poll,
+        fingerprint,
+        next_expiry,
+    )))
 }
 
 async fn load(storage: &FileStorage) -> Result<Document> {

@@ -8,21 +8,19 @@ mod feed;
 mod storage;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Mutex;
 
 use self::document::{Document, InstanceRecord};
-use self::feed::FeedGuard;
 use self::storage::FileStorage;
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{Address, ServiceRoute};
-use crate::watch::{RouteWatch, WatchHub};
+use crate::watch::{RouteWatch, SharedFeed};
 
 /// Default interval of the polling fallback that catches changes the directory watch missed.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,8 +56,7 @@ pub struct FileRouteManager {
 struct FileStore {
     config: FileConfig,
     storage: FileStorage,
-    hub: Arc<WatchHub>,
-    feed: Mutex<Weak<FeedGuard>>,
+    feed: SharedFeed,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -78,8 +75,7 @@ impl FileRouteManager {
             inner: Arc::new(FileStore {
                 config,
                 storage,
-                hub: Arc::new(WatchHub::new()),
-                feed: Mutex::new(Weak::new()),
+                feed: SharedFeed::new(),
             }),
         })
     }
@@ -198,20 +194,10 @@ impl RouteManager for FileRouteManager {
     }
 
     async fn watch(&self) -> Result<RouteWatch> {
-        let mut slot = self.inner.feed.lock().await;
-        let guard = match slot.upgrade() {
-            Some(guard) => guard,
-            None => {
-                let guard = feed::start(
-                    self.inner.storage.clone(),
-                    self.inner.hub.clone(),
-                    self.inner.config.poll_interval,
-                )
-                .await?;
-                *slot = Arc::downgrade(&guard);
-                guard
-            }
-        };
-        Ok(self.inner.hub.subscribe().keep_alive(guard))
+        let (storage, poll) = (self.inner.storage.clone(), self.inner.config.poll_interval);
+        self.inner
+            .feed
+            .watch(|hub| feed::start(storage, hub, poll))
+            .await
     }
 }

@@ -15,7 +15,7 @@ use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{entries_of, etcd_error, is_compacted, read_prefix, EtcdConfig};
+use super::{etcd_error, is_compacted, load_entries, EtcdConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::route::{decode_entry, RouteEntries};
 use crate::watch::WatchHub;
@@ -34,9 +34,7 @@ pub(crate) async fn start(
     client: Client,
     hub: Arc<WatchHub>,
 ) -> Result<JoinHandle<()>> {
-    let (raw, revision) = read_prefix(&client, config.layout.prefix()).await?;
-    let entries = entries_of(&config.layout, &raw);
-    drop(raw);
+    let (entries, revision) = load_entries(&client, &config.layout).await?;
     hub.replace_all(entries.all_merged());
     let options = config.connect_options()?.with_require_leader(true);
     let watch_client = Client::connect(&config.endpoints, Some(options))
@@ -98,8 +96,8 @@ impl Follower {
     }
 
     async fn relist(&mut self) -> Result<()> {
-        let (raw, revision) = read_prefix(&self.client, self.config.layout.prefix()).await?;
-        self.entries = entries_of(&self.config.layout, &raw);
+        let (entries, revision) = load_entries(&self.client, &self.config.layout).await?;
+        self.entries = entries;
         self.revision = revision;
         self.hub.replace_all(self.entries.all_merged());
         Ok(())

@@ -21,7 +21,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
-    decode_entry, encode_route, instance_id, Address, KeyLayout, RouteEntries, ServiceRoute,
+    decode_entry, encode_route, instance_id, Address, EntryKey, KeyLayout, RouteEntries,
+    ServiceRoute,
 };
 use crate::watch::{RouteWatch, SharedFeed};
 
@@ -258,19 +259,73 @@ pub(crate) async fn read_prefix(client: &Client, prefix: &str) -> Result<(Vec<Ke
 }
 
 /// Decodes keys into per-instance entries; malformed ones are skipped with a warning.
-pub(crate) fn entries_of(layout: &KeyLayout, kvs: &[KeyValue]) -> RouteEntries {
-    let mut entries = RouteEntries::default();
-    for kv in kvs {
+fn decode_page(layout: &KeyLayout, kvs: Vec<KeyValue>) -> Vec<(EntryKey, u64, ServiceRoute)> {
+    let mut decoded = Vec::with_capacity(kvs.len());
+    for kv in &kvs {
         let Ok(key) = kv.key_str() else {
             tracing::warn!("skipping an etcd key that is not UTF-8");
             continue;
         };
         match decode_entry(layout, key, kv.value()) {
-            Ok((entry_key, route)) => entries.insert(&entry_key, kv.mod_revision() as u64, route),
+            Ok((entry_key, route)) => decoded.push((entry_key, kv.mod_revision() as u64, route)),
             Err(err) => tracing::warn!(%key, error = %err, "skipping malformed registry entry"),
         }
     }
-    entries
+    decoded
+}
+
+/// Lists and decodes every entry under the layout's prefix, pinned to one revision. Each page is
+/// decoded on a blocking thread while the next one is fetched, so decoding overlaps the reads.
+pub(crate) async fn load_entries(
+    client: &Client,
+    layout: &KeyLayout,
+) -> Result<(RouteEntries, i64)> {
+    'restart: loop {
+        let mut client = client.clone();
+        let end = prefix_end(layout.prefix());
+        let mut from = layout.prefix().as_bytes().to_vec();
+        let mut revision = 0;
+        let mut decoding = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE_SIZE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let mut response = match client.get(from.clone(), Some(options)).await {
+                Ok(response) => response,
+                Err(err) if revision > 0 && is_compacted(&err) => continue 'restart,
+                Err(err) => return Err(etcd_error("range read", err)),
+            };
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            let more = response.more();
+            let page = response.take_kvs();
+            if let (true, Some(last)) = (more, page.last()) {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            let layout = layout.clone();
+            decoding.push(tokio::task::spawn_blocking(move || {
+                decode_page(&layout, page)
+            }));
+            if !more {
+                break;
+            }
+        }
+        let mut entries = RouteEntries::default();
+        for page in decoding {
+            let page = page.await.map_err(|e| {
+                Error::new(ErrorKind::Closed, "etcd page decoding ended abnormally").with_source(e)
+            })?;
+            for (key, version, route) in page {
+                entries.insert(&key, version, route);
+            }
+        }
+        return Ok((entries, revision));
+    }
 }
 
 impl EtcdRouteManager {
@@ -418,9 +473,7 @@ impl RouteManager for EtcdRouteManager {
     }
 
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
-        let (raw, _) = read_prefix(&self.inner.client, self.inner.config.layout.prefix()).await?;
-        let entries = entries_of(&self.inner.config.layout, &raw);
-        drop(raw);
+        let (entries, _) = load_entries(&self.inner.client, &self.inner.config.layout).await?;
         Ok(entries.into_merged().into_values().collect())
     }
 

@@ -217,15 +217,20 @@ pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
-/// Reads every key under `prefix` in pages pinned to one revision; returns them and the revision.
-/// A compaction in the middle restarts the read at the newest revision.
-pub(crate) async fn read_prefix(client: &Client, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+/// Reads every key under `prefix` in pages pinned to one revision, handing each page to
+/// `per_page` as it arrives; returns what it made of the pages, in order, and the revision. A
+/// compaction in the middle drops what was made and restarts at the newest revision.
+async fn read_pages<T>(
+    client: &Client,
+    prefix: &str,
+    mut per_page: impl FnMut(Vec<KeyValue>) -> T,
+) -> Result<(Vec<T>, i64)> {
     'restart: loop {
         let mut client = client.clone();
         let end = prefix_end(prefix);
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = 0;
-        let mut entries = Vec::new();
+        let mut made = Vec::new();
         loop {
             let mut options = GetOptions::new()
                 .with_range(end.clone())
@@ -243,19 +248,22 @@ pub(crate) async fn read_prefix(client: &Client, prefix: &str) -> Result<(Vec<Ke
             }
             let more = response.more();
             let page = response.take_kvs();
-            match (more, page.last()) {
-                (true, Some(last)) => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                    entries.extend(page);
-                }
-                _ => {
-                    entries.extend(page);
-                    return Ok((entries, revision));
-                }
+            if let (true, Some(last)) = (more, page.last()) {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            made.push(per_page(page));
+            if !more {
+                return Ok((made, revision));
             }
         }
     }
+}
+
+/// Every key under `prefix`, pinned to one revision, and that revision.
+pub(crate) async fn read_prefix(client: &Client, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+    let (pages, revision) = read_pages(client, prefix, |page| page).await?;
+    Ok((pages.into_iter().flatten().collect(), revision))
 }
 
 /// Decodes keys into per-instance entries; malformed ones are skipped with a warning.
@@ -280,52 +288,21 @@ pub(crate) async fn load_entries(
     client: &Client,
     layout: &KeyLayout,
 ) -> Result<(RouteEntries, i64)> {
-    'restart: loop {
-        let mut client = client.clone();
-        let end = prefix_end(layout.prefix());
-        let mut from = layout.prefix().as_bytes().to_vec();
-        let mut revision = 0;
-        let mut decoding = Vec::new();
-        loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(PAGE_SIZE);
-            if revision > 0 {
-                options = options.with_revision(revision);
-            }
-            let mut response = match client.get(from.clone(), Some(options)).await {
-                Ok(response) => response,
-                Err(err) if revision > 0 && is_compacted(&err) => continue 'restart,
-                Err(err) => return Err(etcd_error("range read", err)),
-            };
-            if revision == 0 {
-                revision = response.header().map_or(0, |h| h.revision());
-            }
-            let more = response.more();
-            let page = response.take_kvs();
-            if let (true, Some(last)) = (more, page.last()) {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            let layout = layout.clone();
-            decoding.push(tokio::task::spawn_blocking(move || {
-                decode_page(&layout, page)
-            }));
-            if !more {
-                break;
-            }
+    let (decoding, revision) = read_pages(client, layout.prefix(), |page| {
+        let layout = layout.clone();
+        tokio::task::spawn_blocking(move || decode_page(&layout, page))
+    })
+    .await?;
+    let mut entries = RouteEntries::default();
+    for page in decoding {
+        let page = page.await.map_err(|e| {
+            Error::new(ErrorKind::Closed, "etcd page decoding ended abnormally").with_source(e)
+        })?;
+        for (key, version, route) in page {
+            entries.insert(&key, version, route);
         }
-        let mut entries = RouteEntries::default();
-        for page in decoding {
-            let page = page.await.map_err(|e| {
-                Error::new(ErrorKind::Closed, "etcd page decoding ended abnormally").with_source(e)
-            })?;
-            for (key, version, route) in page {
-                entries.insert(&key, version, route);
-            }
-        }
-        return Ok((entries, revision));
     }
+    Ok((entries, revision))
 }
 
 impl EtcdRouteManager {

@@ -144,3 +144,30 @@ async fn missing_file_is_empty_then_watched() {
     }
     reg.shutdown().await.unwrap();
 }
+
+/// A newer registration of the same address is not undone by the older one shutting down.
+#[tokio::test]
+async fn an_old_registration_shutting_down_leaves_a_newer_one_alone() {
+    let h = FileHarness::new().await;
+    let old = h
+        .client()
+        .await
+        .register(instance(7331, &["A"]))
+        .await
+        .unwrap();
+    let new = h
+        .client()
+        .await
+        .register(instance(7331, &["A", "B"]))
+        .await
+        .unwrap();
+    old.shutdown().await.unwrap();
+    let routes = h.client().await.list().await.unwrap();
+    assert_eq!(
+        routes.len(),
+        2,
+        "the newer registration's routes stay: {routes:?}"
+    );
+    new.shutdown().await.unwrap();
+    assert!(h.client().await.list().await.unwrap().is_empty());
+}

@@ -47,6 +47,7 @@ pub(crate) async fn start(
         hub,
         entries,
         revision,
+        delivered: false,
     };
     Ok(tokio::spawn(follower.run()))
 }
@@ -66,6 +67,8 @@ struct Follower {
     entries: RouteEntries,
     /// Every event up to and including this revision has been applied.
     revision: i64,
+    /// Whether the current stream delivered anything (then a failure starts backing off afresh).
+    delivered: bool,
 }
 
 impl Follower {
@@ -83,6 +86,9 @@ impl Follower {
                 }
                 Interruption::Failed(err) => Err(err),
             };
+            if std::mem::take(&mut self.delivered) {
+                delay = BACKOFF_FIRST;
+            }
             match result {
                 Ok(()) => delay = BACKOFF_FIRST,
                 Err(err) => {
@@ -126,6 +132,7 @@ impl Follower {
                         }
                         // A reply after an outage: the view is current again.
                         self.hub.mark_good();
+                        self.delivered = true;
                         quiet_until = Instant::now() + PROGRESS_INTERVAL;
                         progress_asked = false;
                     }

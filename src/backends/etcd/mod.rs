@@ -385,7 +385,11 @@ impl LivenessStore for EtcdStore {
                 Some(PutOptions::new().with_lease(lease)),
             ));
         }
-        run_batched(&self.client, ops, "register").await?;
+        if let Err(err) = run_batched(&self.client, ops, "register").await {
+            // Take back what a partial write put up, rather than leave it for a TTL.
+            let _ = client.lease_revoke(lease).await;
+            return Err(err);
+        }
         Ok(EtcdLease {
             id: lease,
             stream: Mutex::new(None),
@@ -416,9 +420,17 @@ impl LivenessStore for EtcdStore {
         match answer {
             Ok(Some(response)) if response.ttl() > 0 => Ok(Liveness::Alive),
             // A TTL of 0, or (as etcd-client reports it) "lease not found": expired or revoked.
-            Ok(_) => {
+            Ok(Some(_)) => {
                 *slot = None;
                 Ok(Liveness::Lost)
+            }
+            // The stream closed: reopen it next time (reopening tells whether the lease lives).
+            Ok(None) => {
+                *slot = None;
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "etcd keep-alive stream closed",
+                ))
             }
             Err(err) if is_lease_gone(&err) => {
                 *slot = None;

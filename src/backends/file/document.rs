@@ -180,12 +180,14 @@ impl Document {
         }
     }
 
-    /// Removes the instance's addresses everywhere and its record if `lease` holds it.
+    /// Removes the instance's addresses everywhere and its record, if `lease` still holds it.
+    /// A newer registration of the same address (another lease) is left alone.
     pub fn remove_instance(&mut self, instance_id: &str, lease: &str) {
-        self.remove_instance_addresses(&[instance_id.to_owned()], |_| true);
-        if self.record(instance_id).is_some_and(|r| r.lease == lease) {
-            self.instances.remove(instance_id);
+        if self.record(instance_id).is_some_and(|r| r.lease != lease) {
+            return;
         }
+        self.remove_instance_addresses(&[instance_id.to_owned()], |_| true);
+        self.instances.remove(instance_id);
     }
 
     /// Removes these addresses from every route (records stay); returns how many were removed.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backends::memory::{MemoryConfig, MemoryRouteManager};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::manager::{RouteManager, MIN_TTL};
 use crate::route::KeyLayout;
 
@@ -41,7 +41,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn RouteManager>> {
         }
         "file" => connect_file(&parsed),
         "etcd" => connect_etcd(&parsed).await,
-        "consul" => not_yet(&parsed, cfg!(feature = "consul")),
+        "consul" => connect_consul(&parsed),
         other => Err(Error::invalid_input(format!(
             "unknown backend scheme {other:?} in {url:?}; known schemes: {}",
             KNOWN_SCHEMES.join(", ")
@@ -63,14 +63,14 @@ fn connect_file(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
         config.ttl = parse_ttl(&ttl)?;
     }
     if let Some(poll) = options.remove("poll") {
-        config.poll_interval = parse_duration(&poll)?;
+        config.poll_interval = parse_duration(&poll)?.max(std::time::Duration::from_millis(10));
     }
     Ok(Arc::new(FileRouteManager::new(config)?))
 }
 
 #[cfg(not(feature = "file"))]
 fn connect_file(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
-    not_yet(parsed, false)
+    not_compiled_in(parsed)
 }
 
 #[cfg(feature = "etcd")]
@@ -132,19 +132,57 @@ async fn connect_etcd(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
     Ok(Arc::new(EtcdRouteManager::connect(config).await?))
 }
 
-#[cfg(not(feature = "etcd"))]
-async fn connect_etcd(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
-    not_yet(parsed, false)
+#[cfg(feature = "consul")]
+fn connect_consul(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
+    use crate::backends::consul::{ConsulConfig, ConsulRouteManager};
+    let agents: Vec<&str> = parsed
+        .location
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .collect();
+    if agents.is_empty() {
+        return Err(Error::invalid_input(
+            "consul URL names no agent (consul://host:port[,host:port])",
+        ));
+    }
+    let mut options = parsed.options(&["prefix", "ttl", "token", "wait", "timeout"])?;
+    let mut config = ConsulConfig::new(agents);
+    if let Some(prefix) = options.remove("prefix") {
+        config.layout = KeyLayout::new(&prefix)?;
+    }
+    if let Some(ttl) = options.remove("ttl") {
+        config.ttl = parse_ttl(&ttl)?;
+    }
+    if let Some(wait) = options.remove("wait") {
+        config.wait = parse_duration(&wait)?;
+    }
+    if let Some(timeout) = options.remove("timeout") {
+        config.timeout = parse_duration(&timeout)?;
+    }
+    config.token = options
+        .remove("token")
+        .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    Ok(Arc::new(ConsulRouteManager::new(config)?))
 }
 
-fn not_yet(parsed: &BackendUrl, compiled_in: bool) -> Result<Arc<dyn RouteManager>> {
+#[cfg(not(feature = "consul"))]
+fn connect_consul(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
+    not_compiled_in(parsed)
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
+    not_compiled_in(parsed)
+}
+
+#[cfg(not(all(feature = "file", feature = "etcd", feature = "consul")))]
+fn not_compiled_in(parsed: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
     let scheme = &parsed.scheme;
-    let message = if compiled_in {
-        format!("the {scheme} backend is not yet supported in this version")
-    } else {
-        format!("the {scheme} backend is not compiled in (enable the cargo feature \"{scheme}\")")
-    };
-    Err(Error::new(ErrorKind::Unsupported, message))
+    Err(Error::new(
+        crate::error::ErrorKind::Unsupported,
+        format!("the {scheme} backend is not compiled in (enable the cargo feature \"{scheme}\")"),
+    ))
 }
 
 /// A backend URL split into scheme, location and query options.
@@ -233,6 +271,7 @@ fn parse_ttl(text: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     #[test]
     fn durations_take_units_and_bare_seconds() {
@@ -276,8 +315,8 @@ mod tests {
         let unknown = connect("zk://127.0.0.1:2181").await.unwrap_err();
         assert_eq!(unknown.kind(), ErrorKind::InvalidInput);
         assert!(unknown.to_string().contains("file, memory, etcd, consul"));
-        let consul = connect("consul://127.0.0.1:8500").await.unwrap_err();
-        assert_eq!(consul.kind(), ErrorKind::Unsupported);
+        let consul = connect("consul://?ttl=10s").await.unwrap_err();
+        assert_eq!(consul.kind(), ErrorKind::InvalidInput);
         let no_hosts = connect("etcd://?ttl=5").await.unwrap_err();
         assert!(matches!(
             no_hosts.kind(),

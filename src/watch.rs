@@ -112,6 +112,10 @@ impl RouteWatch {
     }
 
     /// Keeps `guard` alive as long as this watch (a backend's background reader, say).
+    #[cfg_attr(
+        not(any(feature = "file", feature = "etcd", feature = "consul")),
+        allow(dead_code)
+    )]
     pub(crate) fn keep_alive(mut self, guard: Arc<dyn Send + Sync>) -> Self {
         self._keep_alive = Some(guard);
         self
@@ -268,6 +272,10 @@ impl WatchHub {
 }
 
 /// Keeps a backend's reader task running; the task stops when the last holder drops it.
+#[cfg_attr(
+    not(any(feature = "file", feature = "etcd", feature = "consul")),
+    allow(dead_code)
+)]
 struct FeedGuard {
     task: JoinHandle<()>,
 }
@@ -280,11 +288,19 @@ impl Drop for FeedGuard {
 
 /// A manager's hub and its one reader task, started by the first watch and stopped when the
 /// last watch is dropped (every watch holds it alive).
+#[cfg_attr(
+    not(any(feature = "file", feature = "etcd", feature = "consul")),
+    allow(dead_code)
+)]
 pub(crate) struct SharedFeed {
     hub: Arc<WatchHub>,
     running: tokio::sync::Mutex<Weak<FeedGuard>>,
 }
 
+#[cfg_attr(
+    not(any(feature = "file", feature = "etcd", feature = "consul")),
+    allow(dead_code)
+)]
 impl SharedFeed {
     /// A feed with an empty hub and no reader yet.
     pub fn new() -> Self {

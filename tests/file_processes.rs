@@ -269,7 +269,7 @@ async fn cli_rejects_bad_backends_clearly() {
         ("routes.json", "has no scheme"),
         ("file://./x.json?ttl=abc", "not a duration"),
         ("file://./x.json?colour=blue", "unknown option"),
-        ("consul://127.0.0.1:8500", "consul backend"),
+        ("consul://127.0.0.1:1?timeout=1s", "consul"),
         ("etcd://127.0.0.1:1?ttl=5&timeout=1s", "etcd"),
     ] {
         let out = Command::new(BIN)

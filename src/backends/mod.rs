@@ -1,5 +1,7 @@
 //! Registry backends, one module each.
 
+#[cfg(feature = "consul")]
+pub mod consul;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[cfg(feature = "file")]

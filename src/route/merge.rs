@@ -50,6 +50,7 @@ pub struct RouteEntries {
 
 impl RouteEntries {
     /// Stores (or replaces) one entry, without merging (for bulk loads).
+    #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
     pub fn insert(&mut self, key: &EntryKey, version: u64, route: ServiceRoute) {
         let instance = key.instance_id.clone().unwrap_or_default();
         self.services
@@ -111,6 +112,7 @@ impl RouteEntries {
     }
 
     /// Every merged route, by service id, consuming the entries (no copies).
+    #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
     pub fn into_merged(self) -> BTreeMap<String, ServiceRoute> {
         let mut merged = BTreeMap::new();
         for (id, entries) in self.services {

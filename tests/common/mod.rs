@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod consul_server;
 pub mod etcd_server;
 pub mod proxy;
 
@@ -25,6 +26,14 @@ pub trait Harness: Sized {
     async fn break_backend(&self);
     /// Undoes `break_backend`, restoring what was there.
     async fn restore_backend(&self);
+    /// How long after its heartbeats stop an instance registered with `ttl` may still be listed.
+    fn expiry_bound(ttl: Duration) -> Duration {
+        ttl + Duration::from_secs(2)
+    }
+    /// How long background work of a dropped watch may take to end (an in-flight request).
+    fn settle_time() -> Duration {
+        Duration::from_secs(5)
+    }
 }
 
 /// Installs a log subscriber once, so warnings show in failing tests' output.

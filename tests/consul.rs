@@ -13,7 +13,7 @@ use wayfinder::{connect, RouteManager};
 /// An agent per test, reached through a proxy that can cut it off (a restarted dev agent comes
 /// back empty, which is a different scenario from an outage).
 struct ConsulHarness {
-    agent: ConsulAgent,
+    agent: Arc<std::sync::Mutex<ConsulAgent>>,
     proxy: CutProxy,
     prefix: String,
 }
@@ -27,11 +27,15 @@ impl ConsulHarness {
         )
     }
 
+    fn agent_endpoint(&self) -> String {
+        self.agent.lock().unwrap().endpoint()
+    }
+
     async fn put_raw(&self, key: &str, value: Vec<u8>) {
         // Straight to the agent's KV HTTP API, as curl would.
         let url = format!(
             "http://{}/v1/kv/{}{key}",
-            self.agent.endpoint(),
+            self.agent_endpoint(),
             self.prefix
         );
         let response = reqwest::Client::new()
@@ -55,7 +59,7 @@ impl Harness for ConsulHarness {
             .unwrap();
         let proxy = CutProxy::start(agent.endpoint()).await;
         ConsulHarness {
-            agent,
+            agent: Arc::new(std::sync::Mutex::new(agent)),
             proxy,
             prefix: format!("wayfinder-test/{:016x}/", fastrand::u64(..)),
         }
@@ -101,3 +105,148 @@ impl Harness for ConsulHarness {
 }
 
 conformance_suite!(ConsulHarness);
+
+use std::time::Instant;
+
+use common::{eventually, init_logging, initial_routes, instance, next_event};
+use wayfinder::resolve::HealthConfig;
+use wayfinder::{AddressResolver, ResolverConfig, RouteEvent};
+
+/// A session destroyed through the HTTP API: its keys go, and the instance registers again
+/// within 2 x TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroyed_session_is_replaced_within_two_ttls() {
+    init_logging();
+    let h = ConsulHarness::new().await;
+    let client = h.client().await;
+    let _reg = client.register(instance(7801, &["A"])).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = format!(
+        "http://{}/v1/kv/{}?recurse=true",
+        h.agent_endpoint(),
+        h.prefix
+    );
+    let pairs: Vec<serde_json::Value> = http.get(&url).send().await.unwrap().json().await.unwrap();
+    let session = pairs[0]["Session"]
+        .as_str()
+        .expect("the key is held by a session")
+        .to_owned();
+    let destroy = format!("http://{}/v1/session/destroy/{session}", h.agent_endpoint());
+    assert!(http
+        .put(destroy)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    let destroyed = Instant::now();
+    let ttl = Duration::from_secs(10);
+    eventually(ttl * 2, "re-registration", || async {
+        let routes = client.list().await.ok()?;
+        (routes.len() == 1).then_some(())
+    })
+    .await;
+    assert!(destroyed.elapsed() <= ttl * 2);
+}
+
+/// An instance process killed with SIGKILL: its session lapses (Consul may take up to 2 x TTL)
+/// and the watch reports its routes removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_instance_is_reported_removed() {
+    init_logging();
+    let h = ConsulHarness::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.json");
+    std::fs::write(
+        &routes,
+        br#"[{"Id":"Svc.IWorkService.Run","RoutePath":"api/work/run"}]"#,
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayfinder"))
+        .args([
+            "--backend",
+            &h.url(),
+            "register",
+            "--address",
+            "127.0.0.1:7811",
+            "--ttl",
+            "10",
+            "--routes",
+        ])
+        .arg(&routes)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut watch = h.client().await.watch().await.unwrap();
+    if initial_routes(&mut watch).await.is_empty() {
+        assert!(matches!(
+            next_event(&mut watch, Duration::from_secs(10)).await,
+            RouteEvent::Created(_)
+        ));
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let bound = ConsulHarness::expiry_bound(Duration::from_secs(10));
+    match next_event(&mut watch, bound).await {
+        RouteEvent::Removed(route) => assert_eq!(route.id(), "Svc.IWorkService.Run"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// The agent killed and restarted (a dev agent comes back empty): clients serve the last good
+/// routes meanwhile, and every live instance registers itself again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_empty_agent_gets_every_live_instance_back() {
+    init_logging();
+    let h = ConsulHarness::new().await;
+    let writer = h.client().await;
+    let _a = writer.register(instance(7821, &["A"])).await.unwrap();
+    let _b = writer.register(instance(7822, &["B"])).await.unwrap();
+    let config = ResolverConfig {
+        health: HealthConfig {
+            enabled: false,
+            ..HealthConfig::default()
+        },
+        ..ResolverConfig::default()
+    };
+    let resolver = AddressResolver::with_config(h.client().await, config)
+        .await
+        .unwrap();
+    assert_eq!(resolver.stats().routes, 2);
+
+    let agent = h.agent.clone();
+    tokio::task::spawn_blocking(move || agent.lock().unwrap().kill())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "a stale view", || async {
+        resolver.stats().stale.then_some(())
+    })
+    .await;
+    assert_eq!(
+        resolver
+            .resolve_path("api/demo/a", None)
+            .await
+            .unwrap()
+            .address()
+            .port,
+        7821
+    );
+
+    let agent = h.agent.clone();
+    tokio::task::spawn_blocking(move || agent.lock().unwrap().restart())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "both instances registered again",
+        || async {
+            let table = resolver.table();
+            (table.by_path("api/demo/a").is_some()
+                && table.by_path("api/demo/b").is_some()
+                && !resolver.stats().stale)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(writer.list().await.unwrap().len(), 2);
+}

@@ -22,13 +22,25 @@ fn consul_bin() -> PathBuf {
 /// One `consul agent -dev`.
 pub struct ConsulAgent {
     http_port: u16,
-    child: Child,
+    other_ports: [u16; 3],
+    child: Option<Child>,
 }
 
 impl ConsulAgent {
-    /// Starts an agent and waits until it has a leader.
+    /// Starts an agent and waits until it has a leader and its node is registered.
     pub fn start() -> Self {
-        let http_port = free_port();
+        let mut agent = ConsulAgent {
+            http_port: free_port(),
+            other_ports: [free_port(), free_port(), free_port()],
+            child: None,
+        };
+        agent.spawn();
+        agent.wait_ready();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let [server, lan, wan] = self.other_ports;
         let child = Command::new(consul_bin())
             .args([
                 "agent",
@@ -38,63 +50,78 @@ impl ConsulAgent {
                 "-client",
                 "127.0.0.1",
             ])
-            .args(["-node", &format!("wayfinder-test-{http_port}")])
-            .args(["-http-port", &http_port.to_string()])
-            .args(["-server-port", &free_port().to_string()])
-            .args(["-serf-lan-port", &free_port().to_string()])
-            .args(["-serf-wan-port", &free_port().to_string()])
+            .args(["-node", &format!("wayfinder-test-{}", self.http_port)])
+            .args(["-http-port", &self.http_port.to_string()])
+            .args(["-server-port", &server.to_string()])
+            .args(["-serf-lan-port", &lan.to_string()])
+            .args(["-serf-wan-port", &wan.to_string()])
             .args(["-dns-port", "-1", "-grpc-port", "-1", "-log-level", "error"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start consul");
-        let agent = ConsulAgent { http_port, child };
-        agent.wait_ready();
-        agent
+        self.child = Some(child);
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            // A leader, and this agent's own node in the catalog (sessions need it).
-            let leader = self
-                .get("/v1/status/leader")
-                .is_some_and(|b| b.contains(':'));
-            let node = format!("/v1/catalog/node/wayfinder-test-{}", self.http_port);
-            if leader && self.get(&node).is_some_and(|b| b.contains("\"Node\"")) {
+            // Ready when a session can be created: Consul refuses sessions until the agent's
+            // node is registered and its serfHealth check passes.
+            if self
+                .request("PUT", "/v1/session/create")
+                .is_some_and(|b| b.contains("\"ID\""))
+            {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "consul on {} did not elect a leader",
+                "consul on {} did not become ready",
                 self.endpoint()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// A plain HTTP/1.0 GET; the body, or `None` when the agent does not answer.
-    fn get(&self, path: &str) -> Option<String> {
+    /// A plain HTTP/1.0 request without a body; the body, or `None` unless the agent answers 200.
+    fn request(&self, method: &str, path: &str) -> Option<String> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+        )
+        .ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.0 200")
-            .then(|| body.to_owned())
-            .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
+        let status_ok = head.split_whitespace().nth(1) == Some("200");
+        status_ok.then(|| body.to_owned())
     }
 
     /// `127.0.0.1:port` of the HTTP API.
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.http_port)
     }
+
+    /// Kills the agent with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the agent again on the same ports (a dev agent comes back empty).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready();
+    }
 }
 
 impl Drop for ConsulAgent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -250,3 +250,112 @@ async fn restarted_empty_agent_gets_every_live_instance_back() {
     .await;
     assert_eq!(writer.list().await.unwrap().len(), 2);
 }
+
+/// ACLs on (default deny): a writer registers; a read-only token can resolve but not register;
+/// a wrong token gets a clear error; no token shows up in Debug output or error messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_tokens_are_enforced_and_never_shown() {
+    init_logging();
+    const ROOT: &str = "wayfinder-root-token-1f2e3d";
+    let agent = tokio::task::spawn_blocking(|| {
+        ConsulAgent::start_with(
+            &[r#"acl { enabled = true, default_policy = "deny", tokens { master = "wayfinder-root-token-1f2e3d" } }"#],
+            Some(ROOT),
+        )
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let api = |path: &str| format!("http://{}{path}", agent.endpoint());
+    let mut secrets = Vec::new();
+    for (name, rules) in [
+        (
+            "writer",
+            r#"key_prefix "app/" { policy = "write" } session_prefix "" { policy = "write" } node_prefix "" { policy = "read" }"#,
+        ),
+        ("reader", r#"key_prefix "app/" { policy = "read" }"#),
+    ] {
+        let policy = serde_json::json!({"Name": format!("wayfinder-{name}"), "Rules": rules});
+        let response = http
+            .put(api("/v1/acl/policy"))
+            .header("X-Consul-Token", ROOT)
+            .json(&policy)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "policy {name}: {}",
+            response.text().await.unwrap()
+        );
+        let token = serde_json::json!({"Policies": [{"Name": format!("wayfinder-{name}")}]});
+        let created: serde_json::Value = http
+            .put(api("/v1/acl/token"))
+            .header("X-Consul-Token", ROOT)
+            .json(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        secrets.push(created["SecretID"].as_str().unwrap().to_owned());
+    }
+    let url = |token: &str| {
+        format!(
+            "consul://{}?prefix=app/&ttl=10s&wait=5s&timeout=2s&token={token}",
+            agent.endpoint()
+        )
+    };
+
+    let writer = connect(&url(&secrets[0])).await.unwrap();
+    let _reg = writer.register(instance(7831, &["A"])).await.unwrap();
+    assert_eq!(writer.list().await.unwrap().len(), 1);
+    assert!(
+        !format!("{writer:?}").contains(&secrets[0]),
+        "the token shows in Debug"
+    );
+
+    let reader = connect(&url(&secrets[1])).await.unwrap();
+    let config = ResolverConfig {
+        health: HealthConfig {
+            enabled: false,
+            ..HealthConfig::default()
+        },
+        ..ResolverConfig::default()
+    };
+    let resolver = AddressResolver::with_config(reader.clone(), config)
+        .await
+        .unwrap();
+    assert_eq!(
+        resolver
+            .resolve_path("api/demo/a", None)
+            .await
+            .unwrap()
+            .address()
+            .port,
+        7831
+    );
+    let refused = reader.register(instance(7832, &["B"])).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        wayfinder::ErrorKind::PermissionDenied,
+        "{refused}"
+    );
+    assert!(
+        !refused.to_string().contains(&secrets[1]),
+        "the token shows in an error: {refused}"
+    );
+
+    let wrong = connect(&url("not-a-real-token")).await.unwrap();
+    let denied = wrong.list().await.unwrap_err();
+    assert_eq!(
+        denied.kind(),
+        wayfinder::ErrorKind::PermissionDenied,
+        "{denied}"
+    );
+    assert!(
+        !denied.to_string().contains("not-a-real-token"),
+        "the token shows in an error: {denied}"
+    );
+}

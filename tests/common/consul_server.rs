@@ -23,15 +23,26 @@ fn consul_bin() -> PathBuf {
 pub struct ConsulAgent {
     http_port: u16,
     other_ports: [u16; 3],
+    /// Extra configuration (HCL), e.g. ACLs or limits.
+    hcl: Vec<String>,
+    /// Token for the readiness probe, when ACLs are on.
+    token: Option<String>,
     child: Option<Child>,
 }
 
 impl ConsulAgent {
     /// Starts an agent and waits until it has a leader and its node is registered.
     pub fn start() -> Self {
+        Self::start_with(&[], None)
+    }
+
+    /// Starts an agent with extra HCL configuration; `token` is used for the readiness probe.
+    pub fn start_with(hcl: &[&str], token: Option<&str>) -> Self {
         let mut agent = ConsulAgent {
             http_port: free_port(),
             other_ports: [free_port(), free_port(), free_port()],
+            hcl: hcl.iter().map(|h| h.to_string()).collect(),
+            token: token.map(str::to_owned),
             child: None,
         };
         agent.spawn();
@@ -56,6 +67,7 @@ impl ConsulAgent {
             .args(["-serf-lan-port", &lan.to_string()])
             .args(["-serf-wan-port", &wan.to_string()])
             .args(["-dns-port", "-1", "-grpc-port", "-1", "-log-level", "error"])
+            .args(self.hcl.iter().flat_map(|h| ["-hcl", h.as_str()]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -89,7 +101,8 @@ impl ConsulAgent {
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         write!(
             stream,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nX-Consul-Token: {}\r\n\r\n",
+            self.token.as_deref().unwrap_or("")
         )
         .ok()?;
         let mut response = String::new();

@@ -6,13 +6,15 @@
 //! by ACLs is partial and never taken as deletions. Errors (and 429s) back off with jitter and
 //! leave the last good routes in place.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::{entries_of, Agents, Listing};
+use super::{Agents, Listing};
 use crate::error::Result;
+use crate::route::{decode_entry, RouteEntries};
 use crate::watch::WatchHub;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -25,8 +27,12 @@ pub(crate) async fn start(agents: Agents, hub: Arc<WatchHub>) -> Result<JoinHand
         agents,
         hub,
         index: 0,
+        known: HashMap::new(),
+        entries: RouteEntries::default(),
+        decode_all: false,
     };
     follower.publish(first);
+    follower.hub.mark_synced();
     Ok(tokio::spawn(follower.run()))
 }
 
@@ -34,22 +40,59 @@ struct Follower {
     agents: Agents,
     hub: Arc<WatchHub>,
     index: u64,
+    /// Each key's ModifyIndex as last seen: unchanged keys are not decoded again.
+    known: HashMap<String, u64>,
+    entries: RouteEntries,
+    /// Decode every key of the next answer (indexes restarted, so equal ones prove nothing).
+    decode_all: bool,
 }
 
 impl Follower {
+    /// Applies a whole-prefix answer: decodes only new or changed keys, and removes keys that
+    /// are gone unless the answer was filtered by ACLs (then absences mean nothing).
     fn publish(&mut self, listing: Listing) {
         let layout = &self.agents.config.layout;
-        let routes = entries_of(layout, &listing.pairs).into_merged();
-        if listing.filtered {
-            // Partial: update what we can see, remove nothing.
-            tracing::warn!("consul filtered the listing by ACLs; keeping routes it did not show");
-            for (id, route) in routes {
-                self.hub.set(&id, Some(route));
+        let mut seen = HashSet::with_capacity(listing.pairs.len());
+        for pair in &listing.pairs {
+            seen.insert(pair.key.as_str());
+            if !self.decode_all && self.known.get(&pair.key) == Some(&pair.modify_index) {
+                continue;
             }
-            self.hub.mark_good();
-        } else {
-            self.hub.replace_all(routes);
+            self.known.insert(pair.key.clone(), pair.modify_index);
+            match pair
+                .bytes()
+                .and_then(|bytes| decode_entry(layout, &pair.key, &bytes))
+            {
+                Ok((key, route)) => {
+                    let merged = self.entries.put(&key, pair.modify_index, route);
+                    self.hub.set(&key.service_id, merged);
+                }
+                Err(err) => {
+                    tracing::warn!(key = %pair.key, error = %err, "skipping malformed registry entry")
+                }
+            }
         }
+        if listing.filtered {
+            tracing::warn!("consul filtered the listing by ACLs; keeping routes it did not show");
+        } else {
+            let gone: Vec<String> = self
+                .known
+                .keys()
+                .filter(|key| !seen.contains(key.as_str()))
+                .cloned()
+                .collect();
+            for key in gone {
+                self.known.remove(&key);
+                if let Some(entry_key) = layout.parse(&key) {
+                    if self.entries.contains(&entry_key) {
+                        let merged = self.entries.remove(&entry_key);
+                        self.hub.set(&entry_key.service_id, merged);
+                    }
+                }
+            }
+        }
+        self.decode_all = false;
+        self.hub.mark_good();
         self.index = listing.index.max(1);
     }
 
@@ -66,6 +109,7 @@ impl Follower {
                             "consul index went backwards; reading afresh"
                         );
                         self.index = 0;
+                        self.decode_all = true;
                         continue;
                     }
                     if listing.index == self.index {

@@ -16,36 +16,22 @@ mod etcd_server;
 #[allow(dead_code)]
 mod consul_server;
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::{descriptor, median, ms, no_health, percentile, ROUTES, RUNS};
 
 use base64::Engine;
 use consul_server::ConsulAgent;
 use wayfinder::backends::consul::{ConsulConfig, ConsulRouteManager};
-use wayfinder::resolve::HealthConfig;
 use wayfinder::route::{encode_route, KeyLayout};
 use wayfinder::{
-    Address, AddressResolver, Instance, ResolverConfig, RouteManager, ServiceDescriptor,
-    ServiceRoute,
+    Address, AddressResolver, Instance, RouteManager, ServiceDescriptor, ServiceRoute,
 };
 
-const ROUTES: usize = 10_000;
-const RUNS: usize = 5;
 const PROPAGATIONS: usize = 200;
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 fn config(agent: &ConsulAgent, prefix: &str) -> ConsulConfig {
     let mut config = ConsulConfig::new([agent.endpoint()]);
@@ -53,24 +39,6 @@ fn config(agent: &ConsulAgent, prefix: &str) -> ConsulConfig {
     config.wait = Duration::from_secs(30);
     config.timeout = Duration::from_secs(10);
     config
-}
-
-fn descriptor(i: usize) -> ServiceDescriptor {
-    ServiceDescriptor::new(
-        format!("Bench.IOrderService{i}.Get_id"),
-        format!("api/order{i}/get"),
-    )
-    .with_metadata("HttpMethod", "GET")
-}
-
-fn no_health() -> ResolverConfig {
-    ResolverConfig {
-        health: HealthConfig {
-            enabled: false,
-            ..HealthConfig::default()
-        },
-        ..ResolverConfig::default()
-    }
 }
 
 async fn fill(http: &reqwest::Client, agent: &ConsulAgent, prefix: &str) {

@@ -13,49 +13,27 @@
 #[allow(dead_code)] // shared with the tests; the cluster helpers are theirs
 mod etcd_server;
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::{descriptor, median, ms, no_health, percentile, ROUTES, RUNS};
 
 use etcd_client::{EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use etcd_server::EtcdServer;
 use wayfinder::backends::etcd::{EtcdConfig, EtcdRouteManager};
-use wayfinder::resolve::HealthConfig;
 use wayfinder::route::{encode_route, KeyLayout};
 use wayfinder::{
-    Address, AddressResolver, Instance, ResolverConfig, RouteManager, ServiceDescriptor,
-    ServiceRoute,
+    Address, AddressResolver, Instance, RouteManager, ServiceDescriptor, ServiceRoute,
 };
 
-const ROUTES: usize = 10_000;
-const RUNS: usize = 5;
 const PROPAGATIONS: usize = 300;
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 fn manager_config(server: &EtcdServer, prefix: &str) -> EtcdConfig {
     let mut config = EtcdConfig::new([server.endpoint()]);
     config.layout = KeyLayout::new(prefix).unwrap();
     config
-}
-
-fn descriptor(i: usize) -> ServiceDescriptor {
-    ServiceDescriptor::new(
-        format!("Bench.IOrderService{i}.Get_id"),
-        format!("api/order{i}/get"),
-    )
-    .with_metadata("HttpMethod", "GET")
 }
 
 async fn fill(client: &mut etcd_client::Client, prefix: &str) {
@@ -113,13 +91,7 @@ async fn cold_load(server: &EtcdServer) {
                 .unwrap(),
         );
         let t = Instant::now();
-        let config = ResolverConfig {
-            health: HealthConfig {
-                enabled: false,
-                ..HealthConfig::default()
-            },
-            ..ResolverConfig::default()
-        };
+        let config = no_health();
         let resolver = AddressResolver::with_config(fresh, config).await.unwrap();
         resolver_start.push(t.elapsed());
         assert_eq!(resolver.stats().routes, ROUTES);
@@ -161,13 +133,7 @@ async fn propagation(server: &EtcdServer) {
             .await
             .unwrap(),
     );
-    let config = ResolverConfig {
-        health: HealthConfig {
-            enabled: false,
-            ..HealthConfig::default()
-        },
-        ..ResolverConfig::default()
-    };
+    let config = no_health();
     let resolver = Arc::new(AddressResolver::with_config(manager, config).await.unwrap());
     let mut raw_watch = client
         .watch(prefix, Some(WatchOptions::new().with_prefix()))

@@ -109,8 +109,7 @@ conformance_suite!(ConsulHarness);
 use std::time::Instant;
 
 use common::{eventually, init_logging, initial_routes, instance, next_event};
-use wayfinder::resolve::HealthConfig;
-use wayfinder::{AddressResolver, ResolverConfig, RouteEvent};
+use wayfinder::{AddressResolver, RouteEvent};
 
 /// A session destroyed through the HTTP API: its keys go, and the instance registers again
 /// within 2 x TTL.
@@ -202,13 +201,7 @@ async fn restarted_empty_agent_gets_every_live_instance_back() {
     let writer = h.client().await;
     let _a = writer.register(instance(7821, &["A"])).await.unwrap();
     let _b = writer.register(instance(7822, &["B"])).await.unwrap();
-    let config = ResolverConfig {
-        health: HealthConfig {
-            enabled: false,
-            ..HealthConfig::default()
-        },
-        ..ResolverConfig::default()
-    };
+    let config = common::without_health_checks();
     let resolver = AddressResolver::with_config(h.client().await, config)
         .await
         .unwrap();
@@ -317,13 +310,7 @@ async fn acl_tokens_are_enforced_and_never_shown() {
     );
 
     let reader = connect(&url(&secrets[1])).await.unwrap();
-    let config = ResolverConfig {
-        health: HealthConfig {
-            enabled: false,
-            ..HealthConfig::default()
-        },
-        ..ResolverConfig::default()
-    };
+    let config = common::without_health_checks();
     let resolver = AddressResolver::with_config(reader.clone(), config)
         .await
         .unwrap();

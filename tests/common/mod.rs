@@ -126,3 +126,14 @@ pub fn addresses_of(routes: &[ServiceRoute], id: &str) -> Vec<String> {
     found.sort();
     found
 }
+
+/// A resolver configuration without active health checks (for tests about the registry path).
+pub fn without_health_checks() -> wayfinder::ResolverConfig {
+    wayfinder::ResolverConfig {
+        health: wayfinder::resolve::HealthConfig {
+            enabled: false,
+            ..wayfinder::resolve::HealthConfig::default()
+        },
+        ..wayfinder::ResolverConfig::default()
+    }
+}

@@ -37,7 +37,7 @@ pub mod resolve;
 pub mod route;
 mod watch;
 
-pub use config::connect;
+pub use config::{connect, connect_with, Config};
 pub use error::{Error, ErrorKind, Result};
 pub use manager::{Instance, RouteManager, DEFAULT_TTL, MIN_TTL};
 pub use registration::Registration;

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use wayfinder::config::{parse_duration, DEFAULT_BACKEND_URL};
-use wayfinder::resolve::select::{selector_by_name, RoundRobin};
+use wayfinder::config::parse_duration;
+use wayfinder::resolve::select::RoundRobin;
 use wayfinder::resolve::{probe, HealthConfig, RouteTable};
 use wayfinder::route::{decode_descriptors, encode_route_value};
 use wayfinder::{
-    connect, Address, AddressResolver, Error, ErrorKind, Instance, ResolverConfig, Result,
-    RouteEvent, ServiceRoute,
+    connect_with, Address, AddressResolver, Config, Error, ErrorKind, Instance, ResolverConfig,
+    Result, RouteEvent, ServiceRoute,
 };
 
 /// Service discovery from the command line.
@@ -21,8 +21,14 @@ use wayfinder::{
 #[command(name = "wayfinder", version, about)]
 struct Cli {
     /// Backend URL: file:///path.json, file://./relative.json, memory://, etcd://.., consul://..
-    #[arg(long, global = true, env = "WAYFINDER_BACKEND", default_value = DEFAULT_BACKEND_URL)]
-    backend: String,
+    /// [default: $WAYFINDER_BACKEND, else the configuration file's, else file://./routes.json]
+    #[arg(long, global = true)]
+    backend: Option<String>,
+
+    /// A .toml or .json configuration file (see wayfinder::Config); WAYFINDER_* variables
+    /// override it, and --backend overrides both.
+    #[arg(long, global = true, env = "WAYFINDER_CONFIG")]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -65,9 +71,10 @@ enum Command {
         /// How many successive picks to print.
         #[arg(long, default_value_t = 1)]
         count: usize,
-        /// Selector: round_robin, random, consistent_hash, least_connections, p2c, weighted.
-        #[arg(long, default_value = "round_robin")]
-        selector: String,
+        /// Selector: round_robin, random, consistent_hash, least_connections, p2c, weighted
+        /// [default: the configuration's, else round_robin].
+        #[arg(long)]
+        selector: Option<String>,
     },
     /// Probe each address of a route now and print whether it is healthy.
     Health {
@@ -112,7 +119,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let registry = connect(&cli.backend).await?;
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(backend) = cli.backend {
+        config.backend = backend;
+    }
+    let registry = connect_with(&config).await?;
     match cli.command {
         Command::List { json } => {
             let routes = registry.list().await?;
@@ -170,15 +181,17 @@ async fn run(cli: Cli) -> Result<()> {
             count,
             selector,
         } => {
-            let config = ResolverConfig {
-                selector: selector_by_name(&selector)?,
+            if let Some(selector) = selector {
+                config.selector = selector;
+            }
+            let resolver_config = ResolverConfig {
                 health: HealthConfig {
                     enabled: false,
-                    ..HealthConfig::default()
+                    ..config.health.clone()
                 },
-                ..ResolverConfig::default()
+                ..config.resolver_config()?
             };
-            let resolver = AddressResolver::with_config(registry, config).await?;
+            let resolver = AddressResolver::with_config(registry, resolver_config).await?;
             for _ in 0..count {
                 let resolved = resolver
                     .resolve_path(&path, key.as_deref().map(str::as_bytes))

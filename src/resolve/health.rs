@@ -20,13 +20,16 @@ use super::endpoint::{Endpoint, EndpointKey};
 use crate::route::Address;
 
 /// Health-check settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     /// Whether active TCP checks run at all (passive reports always count).
     pub enabled: bool,
     /// Time allowed for one TCP connect.
+    #[serde(deserialize_with = "crate::config::duration::deserialize")]
     pub timeout: Duration,
     /// Time between checks of one endpoint.
+    #[serde(deserialize_with = "crate::config::duration::deserialize")]
     pub interval: Duration,
     /// Spread of the interval, as a fraction (0.1 = +-10%).
     pub jitter: f64,

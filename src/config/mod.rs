@@ -1,0 +1,440 @@
+//! Choosing and configuring a backend: [`connect`] takes a URL, [`connect_with`] a [`Config`]
+//! loaded from TOML, JSON or `WAYFINDER_*` environment variables.
+//!
+//! | URL | backend |
+//! |---|---|
+//! | `file:///var/lib/app/routes.json?ttl=10s&poll=1s` | shared file (absolute path) |
+//! | `file://./routes.json` | shared file (relative to the working directory) |
+//! | `memory://?prefix=services/serviceRoutes/&ttl=10s` | in-process registry (tests) |
+//! | `etcd://127.0.0.1:2379,127.0.0.1:22379?prefix=app/&ttl=10s` | etcd (feature `etcd`) |
+//! | `etcd://user:password@127.0.0.1:2379` | etcd with authentication |
+//! | `consul://127.0.0.1:8500?token=...` | Consul KV (feature `consul`) |
+//!
+//! Every URL option is also a [`Config`] field and a `WAYFINDER_<OPTION>` variable; a field
+//! that is set wins over the same option in the URL.
+
+mod open;
+mod url;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::manager::RouteManager;
+use crate::resolve::select::selector_by_name;
+use crate::resolve::{HealthConfig, ResolverConfig, DEFAULT_NEGATIVE_TTL};
+
+pub use self::url::{duration, parse_duration, redact_url, BackendUrl, REDACTED};
+
+/// The URL schemes [`connect`] knows.
+pub const KNOWN_SCHEMES: &[&str] = &["file", "memory", "etcd", "consul"];
+
+/// The default backend URL when none is given.
+pub const DEFAULT_BACKEND_URL: &str = "file://./routes.json";
+
+/// The prefix of the environment variables [`Config::from_env`] reads.
+pub const ENV_PREFIX: &str = "WAYFINDER_";
+
+/// The backend options: URL query options, [`Config`] fields and `WAYFINDER_*` variables alike.
+pub const OPTION_NAMES: &[&str] = &[
+    "prefix", "ttl", "timeout", "poll", "wait", "user", "password", "token", "ca", "cert", "key",
+];
+
+/// Opens the backend a URL names. See the module docs for the forms.
+pub async fn connect(url: &str) -> Result<Arc<dyn RouteManager>> {
+    connect_with(&Config::from_url(url)).await
+}
+
+/// Opens the backend `config.backend` names, with the options of `config` over those in the URL.
+pub async fn connect_with(config: &Config) -> Result<Arc<dyn RouteManager>> {
+    let url = BackendUrl::parse(&config.backend)?;
+    let options = open::BackendOptions::from_query(&url)?.overlaid_with(config);
+    tracing::debug!(backend = %redact_url(&config.backend), "connecting");
+    open::open(&url, options).await
+}
+
+/// Where the routes live and how to resolve them, as one serde struct.
+///
+/// Load it with [`Config::from_env`] (`WAYFINDER_BACKEND`, `WAYFINDER_TTL`,
+/// `WAYFINDER_HEALTH__INTERVAL`, ...), [`Config::from_toml`], [`Config::from_json`],
+/// [`Config::from_file`] or [`Config::load`] (file, then environment), or embed it in your own
+/// configuration. Durations are seconds (`10`, `2.5`) or strings with a unit (`"500ms"`, `"1m"`).
+/// Passwords and tokens are [`SecretString`]s: Debug output and logs never show them.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Backend URL; default [`DEFAULT_BACKEND_URL`]. Query options in it apply unless the field
+    /// of the same name below is set.
+    pub backend: String,
+    /// Key prefix for memory, etcd and Consul; default `services/serviceRoutes/`.
+    pub prefix: Option<String>,
+    /// Liveness TTL of registrations; default 10 s, at least 1 s.
+    #[serde(deserialize_with = "duration::deserialize_option")]
+    pub ttl: Option<Duration>,
+    /// Time allowed for one backend request (etcd, Consul); default 5 s.
+    #[serde(deserialize_with = "duration::deserialize_option")]
+    pub timeout: Option<Duration>,
+    /// How often the file backend re-reads the file besides file-system events; default 1 s.
+    #[serde(deserialize_with = "duration::deserialize_option")]
+    pub poll: Option<Duration>,
+    /// How long a Consul blocking query waits for a change; default 5 m.
+    #[serde(deserialize_with = "duration::deserialize_option")]
+    pub wait: Option<Duration>,
+    /// etcd user name.
+    pub user: Option<String>,
+    /// etcd password.
+    pub password: Option<SecretString>,
+    /// Consul ACL token; default `$CONSUL_HTTP_TOKEN`.
+    pub token: Option<SecretString>,
+    /// CA certificate (PEM) that makes etcd connections TLS.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd TLS; needs `key` and `ca`.
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM) for etcd TLS; needs `cert` and `ca`.
+    pub key: Option<PathBuf>,
+    /// The resolver's selector by name (see
+    /// [`SELECTOR_NAMES`](crate::resolve::select::SELECTOR_NAMES)); default `round_robin`.
+    pub selector: String,
+    /// The resolver's health checks.
+    pub health: HealthConfig,
+    /// How long the resolver remembers that a path or id is unknown; default 2 s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: DEFAULT_BACKEND_URL.to_owned(),
+            prefix: None,
+            ttl: None,
+            timeout: None,
+            poll: None,
+            wait: None,
+            user: None,
+            password: None,
+            token: None,
+            ca: None,
+            cert: None,
+            key: None,
+            selector: "round_robin".to_owned(),
+            health: HealthConfig::default(),
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |s: &Option<SecretString>| s.as_ref().map(|_| REDACTED);
+        f.debug_struct("Config")
+            .field("backend", &redact_url(&self.backend))
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .field("poll", &self.poll)
+            .field("wait", &self.wait)
+            .field("user", &self.user)
+            .field("password", &secret(&self.password))
+            .field("token", &secret(&self.token))
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("selector", &self.selector)
+            .field("health", &self.health)
+            .field("negative_ttl", &self.negative_ttl)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The defaults with `backend` set to `url`; its query options are read when connecting.
+    pub fn from_url(url: &str) -> Self {
+        Config {
+            backend: url.to_owned(),
+            ..Config::default()
+        }
+    }
+
+    /// The defaults overlaid with the `WAYFINDER_*` environment variables: `WAYFINDER_BACKEND`,
+    /// `WAYFINDER_<OPTION>` for each of [`OPTION_NAMES`], `WAYFINDER_SELECTOR`,
+    /// `WAYFINDER_NEGATIVE_TTL` and `WAYFINDER_HEALTH__<FIELD>` (two underscores). Other
+    /// `WAYFINDER_*` variables are ignored with a warning.
+    pub fn from_env() -> Result<Self> {
+        Self::load(None)
+    }
+
+    /// A TOML document's settings over the defaults.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let source = ::config::File::from_str(text, ::config::FileFormat::Toml);
+        extract(
+            ::config::Config::builder().add_source(source),
+            "TOML configuration",
+        )
+    }
+
+    /// A JSON document's settings over the defaults.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let source = ::config::File::from_str(text, ::config::FileFormat::Json);
+        extract(
+            ::config::Config::builder().add_source(source),
+            "JSON configuration",
+        )
+    }
+
+    /// A `.toml` or `.json` file's settings over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let builder = ::config::Config::builder().add_source(file_source(path)?);
+        extract(builder, &format!("configuration file {}", path.display()))
+    }
+
+    /// The defaults, overlaid with `file` if given, overlaid with the `WAYFINDER_*` environment:
+    /// what a service or the CLI reads at start-up.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut builder = ::config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(file_source(path)?);
+        }
+        extract(
+            builder.add_source(env_source(std::env::vars())),
+            "configuration",
+        )
+    }
+
+    /// The resolver settings: selector, health checks and negative-cache TTL.
+    pub fn resolver_config(&self) -> Result<ResolverConfig> {
+        Ok(ResolverConfig {
+            selector: selector_by_name(&self.selector)?,
+            health: self.health.clone(),
+            negative_ttl: self.negative_ttl,
+            ..ResolverConfig::default()
+        })
+    }
+}
+
+/// The fields of [`HealthConfig`], as `WAYFINDER_HEALTH__<FIELD>` variables.
+const HEALTH_FIELDS: &[&str] = &[
+    "enabled",
+    "timeout",
+    "interval",
+    "jitter",
+    "failure_threshold",
+    "success_threshold",
+    "max_concurrency",
+];
+
+fn extract(
+    builder: ::config::ConfigBuilder<::config::builder::DefaultState>,
+    what: &str,
+) -> Result<Config> {
+    builder
+        .build()
+        .and_then(|sources| sources.try_deserialize::<Config>())
+        .map_err(|e| Error::invalid_input(format!("{what}: {e}")))
+}
+
+fn file_source(
+    path: &Path,
+) -> Result<::config::File<::config::FileSourceFile, ::config::FileFormat>> {
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => ::config::FileFormat::Toml,
+        Some("json") => ::config::FileFormat::Json,
+        _ => {
+            return Err(Error::invalid_input(format!(
+                "configuration file {} is neither .toml nor .json",
+                path.display()
+            )))
+        }
+    };
+    Ok(::config::File::from(path).format(format).required(true))
+}
+
+/// The `WAYFINDER_*` variables that name a setting; the others are reported and left out.
+fn env_source(vars: impl Iterator<Item = (String, String)>) -> ::config::Environment {
+    let mut known = HashMap::new();
+    for (name, value) in vars {
+        let Some(setting) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let setting = setting.to_ascii_lowercase();
+        let is_known = match setting.split_once("__") {
+            Some(("health", field)) => HEALTH_FIELDS.contains(&field),
+            Some(_) => false,
+            None => {
+                OPTION_NAMES.contains(&setting.as_str())
+                    || ["backend", "selector", "negative_ttl"].contains(&setting.as_str())
+            }
+        };
+        if is_known {
+            known.insert(name, value);
+        } else {
+            tracing::warn!(variable = %name, "ignoring an environment variable that names no wayfinder setting");
+        }
+    }
+    ::config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+        .prefix_separator("_")
+        .separator("__")
+        .ignore_empty(true)
+        .source(Some(known))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use secrecy::ExposeSecret;
+
+    fn from_vars(vars: &[(&str, &str)]) -> Result<Config> {
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        extract(
+            ::config::Config::builder().add_source(env_source(vars)),
+            "environment",
+        )
+    }
+
+    #[tokio::test]
+    async fn connect_explains_what_it_cannot_open() {
+        let unknown = connect("zk://127.0.0.1:2181").await.unwrap_err();
+        assert_eq!(unknown.kind(), ErrorKind::InvalidInput);
+        assert!(unknown.to_string().contains("file, memory, etcd, consul"));
+        let consul = connect("consul://?ttl=10s").await.unwrap_err();
+        assert_eq!(consul.kind(), ErrorKind::InvalidInput);
+        let no_hosts = connect("etcd://?ttl=5").await.unwrap_err();
+        assert!(matches!(
+            no_hosts.kind(),
+            ErrorKind::InvalidInput | ErrorKind::Unsupported
+        ));
+        assert_eq!(
+            connect("file://").await.unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        let twice = connect("memory://?ttl=1&ttl=2").await.unwrap_err();
+        assert!(twice.to_string().contains("twice"), "{twice}");
+        let unknown_option = connect("memory://?color=red").await.unwrap_err();
+        assert!(unknown_option
+            .to_string()
+            .contains("known options: prefix, ttl"));
+        let short_ttl = connect("memory://?ttl=500ms").await.unwrap_err();
+        assert!(short_ttl.to_string().contains("minimum"), "{short_ttl}");
+        let memory = connect("memory://?prefix=apps/x&ttl=3s").await.unwrap();
+        assert_eq!(memory.backend(), "memory");
+    }
+
+    #[tokio::test]
+    async fn a_setting_for_another_backend_is_refused_not_ignored() {
+        let mut config = Config::from_url("memory://?ttl=5s");
+        config.token = Some("s3cret".into());
+        let error = connect_with(&config).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput);
+        assert!(error
+            .to_string()
+            .contains("\"token\" does not apply to the memory backend"));
+        assert!(!error.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn toml_and_json_fill_every_kind_of_field() {
+        let toml = Config::from_toml(
+            r#"
+            backend = "etcd://127.0.0.1:2379"
+            prefix = "apps/"
+            ttl = "5s"
+            timeout = 2.5
+            user = "root"
+            password = "hunter2"
+            selector = "p2c"
+            negative_ttl = "250ms"
+            [health]
+            interval = 3
+            failure_threshold = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(toml.backend, "etcd://127.0.0.1:2379");
+        assert_eq!(toml.prefix.as_deref(), Some("apps/"));
+        assert_eq!(toml.ttl, Some(Duration::from_secs(5)));
+        assert_eq!(toml.timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(toml.password.as_ref().unwrap().expose_secret(), "hunter2");
+        assert_eq!(toml.negative_ttl, Duration::from_millis(250));
+        assert_eq!(toml.health.interval, Duration::from_secs(3));
+        assert_eq!(toml.health.failure_threshold, 5);
+        assert_eq!(
+            toml.health.success_threshold,
+            HealthConfig::default().success_threshold
+        );
+        assert_eq!(toml.resolver_config().unwrap().selector.name(), "p2c");
+
+        let json = Config::from_json(
+            r#"{"backend": "consul://127.0.0.1:8500", "token": "t0k", "wait": "1m"}"#,
+        )
+        .unwrap();
+        assert_eq!(json.token.as_ref().unwrap().expose_secret(), "t0k");
+        assert_eq!(json.wait, Some(Duration::from_secs(60)));
+        assert_eq!(json.selector, "round_robin");
+        assert_eq!(
+            Config::from_json("{}").unwrap().backend,
+            DEFAULT_BACKEND_URL
+        );
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_with_the_reason() {
+        let typo = Config::from_toml("bakend = \"memory://\"").unwrap_err();
+        assert_eq!(typo.kind(), ErrorKind::InvalidInput);
+        assert!(typo.to_string().contains("bakend"), "{typo}");
+        let duration = Config::from_toml("ttl = \"soon\"").unwrap_err();
+        assert!(duration.to_string().contains("soon"), "{duration}");
+        let health = Config::from_json(r#"{"health": {"intervall": 1}}"#).unwrap_err();
+        assert!(health.to_string().contains("intervall"), "{health}");
+        let selector = Config::from_toml("selector = \"fastest\"").unwrap();
+        assert!(selector.resolver_config().is_err());
+        let extension = Config::from_file(Path::new("wayfinder.yaml")).unwrap_err();
+        assert!(extension.to_string().contains(".toml"), "{extension}");
+    }
+
+    #[test]
+    fn environment_variables_set_fields_and_strangers_are_ignored() {
+        let config = from_vars(&[
+            ("WAYFINDER_BACKEND", "consul://127.0.0.1:8500?wait=10s"),
+            ("WAYFINDER_TTL", "7"),
+            ("WAYFINDER_TOKEN", "12345"),
+            ("WAYFINDER_SELECTOR", "least_connections"),
+            ("WAYFINDER_HEALTH__ENABLED", "false"),
+            ("WAYFINDER_HEALTH__INTERVAL", "750ms"),
+            ("WAYFINDER_HEALTH__MAX_CONCURRENCY", "4"),
+            ("WAYFINDER_PREFIX", ""),
+            ("WAYFINDER_DEBIAN_MIRROR", "http://example.invalid"),
+            ("HOME", "/root"),
+        ])
+        .unwrap();
+        assert_eq!(config.backend, "consul://127.0.0.1:8500?wait=10s");
+        assert_eq!(config.ttl, Some(Duration::from_secs(7)));
+        assert_eq!(config.token.as_ref().unwrap().expose_secret(), "12345");
+        assert_eq!(config.selector, "least_connections");
+        assert!(!config.health.enabled);
+        assert_eq!(config.health.interval, Duration::from_millis(750));
+        assert_eq!(config.health.max_concurrency, 4);
+        assert_eq!(config.prefix, None, "an empty variable sets nothing");
+        let bad = from_vars(&[("WAYFINDER_HEALTH__FAILURE_THRESHOLD", "many")]).unwrap_err();
+        assert!(bad.to_string().contains("failure_threshold"), "{bad}");
+    }
+
+    #[test]
+    fn debug_output_hides_every_secret() {
+        let mut config =
+            Config::from_url("etcd://root:pw-in-url@127.0.0.1:2379?password=pw-in-query");
+        config.password = Some("pw-field".into());
+        config.token = Some("token-field".into());
+        let debug = format!("{config:?}");
+        for secret in ["pw-in-url", "pw-in-query", "pw-field", "token-field"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("127.0.0.1:2379") && debug.contains(REDACTED));
+    }
+}

@@ -35,6 +35,7 @@ mod manager;
 mod registration;
 pub mod resolve;
 pub mod route;
+mod telemetry;
 mod watch;
 
 pub use config::{connect, connect_with, Config};

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::Instance;
+use crate::telemetry::traced;
 
 /// Whether an instance's liveness record is still held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,9 @@ pub(crate) enum Liveness {
 pub(crate) trait LivenessStore: Send + Sync + 'static {
     /// The backend's handle on one registration's liveness (lease id, session id, ...).
     type Lease: Send + Sync + 'static;
+
+    /// The backend's name, for traces.
+    const BACKEND: &'static str;
 
     /// Creates a fresh liveness record and writes every entry of the instance bound to it.
     async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<Self::Lease>;
@@ -67,7 +71,14 @@ impl Registration {
         instance.validate()?;
         let ttl = instance.ttl.unwrap_or(default_ttl);
         let instance_id = instance.id()?;
-        let lease = store.put_instance(&instance, ttl).await?;
+        let routes = instance.routes.len();
+        let lease = traced(
+            S::BACKEND,
+            "register",
+            store.put_instance(&instance, ttl),
+            |_| routes,
+        )
+        .await?;
         tracing::info!(instance = %instance_id, routes = instance.routes.len(), ?ttl, "registered");
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(keep_registered(store, instance, ttl, lease, stop_rx));
@@ -137,7 +148,9 @@ async fn keep_registered<S: LivenessStore>(
                     tracing::info!(address = %instance.address, "registration abandoned");
                     return Ok(());
                 }
-                let result = store.remove_instance(&instance, lease).await;
+                let routes = instance.routes.len();
+                let removal = store.remove_instance(&instance, lease);
+                let result = traced(S::BACKEND, "deregister", removal, |_| routes).await;
                 match &result {
                     Ok(()) => tracing::info!(address = %instance.address, "deregistered"),
                     Err(e) => tracing::warn!(address = %instance.address, error = %e, "deregistration failed"),
@@ -146,14 +159,19 @@ async fn keep_registered<S: LivenessStore>(
             }
             _ = tokio::time::sleep(jittered(delay)) => {}
         }
-        let outcome = match store.keep_alive(&instance, &lease).await {
+        let renewal = store.keep_alive(&instance, &lease);
+        let outcome = match traced(S::BACKEND, "keep_alive", renewal, |_| 0).await {
             Ok(Liveness::Alive) => Ok(()),
             Ok(Liveness::Lost) => {
                 tracing::warn!(address = %instance.address, "liveness lost; registering again");
-                store.put_instance(&instance, ttl).await.map(|new_lease| {
-                    lease = new_lease;
-                    tracing::info!(address = %instance.address, "registered again");
-                })
+                let routes = instance.routes.len();
+                let put = store.put_instance(&instance, ttl);
+                traced(S::BACKEND, "register", put, |_| routes)
+                    .await
+                    .map(|new_lease| {
+                        lease = new_lease;
+                        tracing::info!(address = %instance.address, "registered again");
+                    })
             }
             Err(e) => Err(e),
         };

@@ -56,6 +56,9 @@ pub struct SyncStatus {
     pub last_sync: Option<SystemTime>,
     /// Why the view is stale, while the backend cannot be read; `None` when current.
     pub error: Option<String>,
+    /// How many times the backend's watch was re-established after an interruption (a failed
+    /// or stalled stream, an unreachable agent or file, lost history).
+    pub reconnects: u64,
 }
 
 impl SyncStatus {
@@ -185,6 +188,7 @@ impl WatchHub {
         let (status, _) = watch::channel(SyncStatus {
             last_sync: None,
             error: None,
+            reconnects: 0,
         });
         WatchHub {
             state: Mutex::new(HubState::default()),
@@ -248,14 +252,24 @@ impl WatchHub {
         self.mark_good();
     }
 
-    /// Records an authoritative read: the view is current.
+    /// Records an authoritative read: the view is current. The first one after an error
+    /// counts as a reconnect.
     pub fn mark_good(&self) {
         self.status.send_if_modified(|status| {
             let first = status.last_sync.is_none();
             let was_stale = status.error.take().is_some();
             status.last_sync = Some(SystemTime::now());
+            if was_stale {
+                status.reconnects += 1;
+            }
             first || was_stale
         });
+    }
+
+    /// Counts a reconnect that no error preceded (a watch resumed after lost history).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub fn note_reconnect(&self) {
+        self.status.send_modify(|status| status.reconnects += 1);
     }
 
     /// Records a failed read: the routes stay as they are and the status says why.

@@ -150,6 +150,7 @@ async fn killed_etcd_keeps_last_good_routes_and_resumes_after_restart() {
     )
     .await;
     assert!(!resolver.stats().stale);
+    assert!(resolver.stats().watch_reconnects >= 1);
     assert_eq!(
         resolver
             .resolve_path("api/demo/a", None)

@@ -381,6 +381,25 @@ async fn unknown_paths_are_not_found_and_remembered() {
         "one backend lookup for 100 misses"
     );
     assert_eq!(resolver.stats().not_found, 100);
+    assert_eq!(resolver.stats().resolves, 100);
+
+    let _reg = registry.register(instance(7402, &["A"])).await.unwrap();
+    eventually(Duration::from_secs(5), "the route in the table", || async {
+        resolver.table().by_path("api/demo/a").map(|_| ())
+    })
+    .await;
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..25 {
+                    assert!(resolver.try_resolve_path("api/demo/a", None).is_some());
+                }
+            });
+        }
+    });
+    let stats = resolver.stats();
+    assert_eq!(stats.resolves, 200, "lookups on every thread are counted");
+    assert_eq!(stats.not_found, 100);
 }
 
 #[tokio::test]
@@ -405,6 +424,7 @@ async fn the_resolver_follows_registrations_and_keeps_routes_through_an_outage()
     )
     .await;
 
+    assert_eq!(resolver.stats().watch_reconnects, 0);
     registry.set_outage(true);
     eventually(Duration::from_secs(5), "a stale status", || async {
         resolver.stats().stale.then_some(())
@@ -421,6 +441,7 @@ async fn the_resolver_follows_registrations_and_keeps_routes_through_an_outage()
         (!resolver.stats().stale).then_some(())
     })
     .await;
+    assert_eq!(resolver.stats().watch_reconnects, 1);
 
     reg.shutdown().await.unwrap();
     eventually(Duration::from_secs(5), "the route gone", || async {

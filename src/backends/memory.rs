@@ -20,6 +20,7 @@ use crate::route::{
     decode_entry, decode_route, encode_route, instance_id, Address, KeyLayout, RouteEntries,
     ServiceRoute,
 };
+use crate::telemetry::traced;
 use crate::watch::{RouteWatch, WatchHub};
 
 /// Options of the memory backend (`memory://?prefix=..&ttl=..`).
@@ -227,6 +228,7 @@ impl State {
 #[async_trait]
 impl LivenessStore for MemoryStore {
     type Lease = u64;
+    const BACKEND: &'static str = "memory";
 
     async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<u64> {
         self.check_available()?;
@@ -276,10 +278,18 @@ impl RouteManager for MemoryRouteManager {
     }
 
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
-        self.inner.check_available()?;
-        let mut state = self.inner.lock();
-        self.inner.expire(&mut state);
-        Ok(state.entries.all_merged().into_values().collect())
+        traced(
+            "memory",
+            "list",
+            async {
+                self.inner.check_available()?;
+                let mut state = self.inner.lock();
+                self.inner.expire(&mut state);
+                Ok(state.entries.all_merged().into_values().collect())
+            },
+            Vec::len,
+        )
+        .await
     }
 
     async fn register(&self, instance: Instance) -> Result<Registration> {
@@ -290,63 +300,79 @@ impl RouteManager for MemoryRouteManager {
     }
 
     async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {
-        self.inner.check_available()?;
-        let ids = addresses
-            .iter()
-            .map(instance_id)
-            .collect::<Result<Vec<_>>>()?;
-        let layout = &self.inner.config.layout;
-        let mut state = self.inner.lock();
-        let keys: Vec<String> = state.kv.keys().cloned().collect();
-        let mut removed = 0;
-        for key in keys {
-            let Some(entry_key) = layout.parse(&key) else {
-                continue;
-            };
-            match entry_key.instance_id {
-                Some(instance) if ids.contains(&instance) => {
-                    removed += usize::from(state.delete(&self.inner, &key));
-                }
-                Some(_) => {}
-                // A whole-route value written by Surging: take the addresses out of it.
-                None => {
-                    let Ok(mut route) = decode_route(&state.kv[&key].value) else {
+        traced(
+            "memory",
+            "remove_addresses",
+            async {
+                self.inner.check_available()?;
+                let ids = addresses
+                    .iter()
+                    .map(instance_id)
+                    .collect::<Result<Vec<_>>>()?;
+                let layout = &self.inner.config.layout;
+                let mut state = self.inner.lock();
+                let keys: Vec<String> = state.kv.keys().cloned().collect();
+                let mut removed = 0;
+                for key in keys {
+                    let Some(entry_key) = layout.parse(&key) else {
                         continue;
                     };
-                    let before = route.addresses.len();
-                    route
-                        .addresses
-                        .retain(|a| !addresses.iter().any(|d| d.same_endpoint(a)));
-                    if route.addresses.len() == before {
-                        continue;
-                    }
-                    removed += before - route.addresses.len();
-                    if route.addresses.is_empty() {
-                        state.delete(&self.inner, &key);
-                    } else {
-                        state.put(&self.inner, key, encode_route(&route)?, None);
+                    match entry_key.instance_id {
+                        Some(instance) if ids.contains(&instance) => {
+                            removed += usize::from(state.delete(&self.inner, &key));
+                        }
+                        Some(_) => {}
+                        // A whole-route value written by Surging: take the addresses out of it.
+                        None => {
+                            let Ok(mut route) = decode_route(&state.kv[&key].value) else {
+                                continue;
+                            };
+                            let before = route.addresses.len();
+                            route
+                                .addresses
+                                .retain(|a| !addresses.iter().any(|d| d.same_endpoint(a)));
+                            if route.addresses.len() == before {
+                                continue;
+                            }
+                            removed += before - route.addresses.len();
+                            if route.addresses.is_empty() {
+                                state.delete(&self.inner, &key);
+                            } else {
+                                state.put(&self.inner, key, encode_route(&route)?, None);
+                            }
+                        }
                     }
                 }
-            }
-        }
-        Ok(removed)
+                Ok(removed)
+            },
+            |removed| *removed,
+        )
+        .await
     }
 
     async fn clear(&self) -> Result<()> {
-        self.inner.check_available()?;
-        let prefix = self.inner.config.layout.prefix().to_owned();
-        let mut state = self.inner.lock();
-        let keys: Vec<String> = state
-            .kv
-            .keys()
-            .filter(|key| key.starts_with(&prefix))
-            .cloned()
-            .collect();
-        for key in keys {
-            state.delete(&self.inner, &key);
-        }
-        state.leases.clear();
-        Ok(())
+        traced(
+            "memory",
+            "clear",
+            async {
+                self.inner.check_available()?;
+                let prefix = self.inner.config.layout.prefix().to_owned();
+                let mut state = self.inner.lock();
+                let keys: Vec<String> = state
+                    .kv
+                    .keys()
+                    .filter(|key| key.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                for key in keys {
+                    state.delete(&self.inner, &key);
+                }
+                state.leases.clear();
+                Ok(())
+            },
+            |_| 0,
+        )
+        .await
     }
 
     async fn watch(&self) -> Result<RouteWatch> {

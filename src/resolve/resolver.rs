@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::cell::RefCell;
@@ -110,6 +110,8 @@ impl Drop for Resolved {
 /// A snapshot of a resolver's counters and freshness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolverStats {
+    /// Lookups made (`resolve_*` and `try_resolve_*`), found or not.
+    pub resolves: u64,
     /// Routes in the table.
     pub routes: usize,
     /// Distinct endpoints in the table.
@@ -126,6 +128,8 @@ pub struct ResolverStats {
     pub stale: bool,
     /// Age of the routes: zero while current, else the time since the last good read.
     pub age: Duration,
+    /// How many times the backend watch was re-established after an interruption.
+    pub watch_reconnects: u64,
 }
 
 #[derive(Debug, Default)]
@@ -140,7 +144,16 @@ struct Counters {
 /// stops resolving keeps its last snapshot alive until it resolves again or the resolver drops.
 struct TableSlot {
     current: Arc<ArcSwap<RouteTable>>,
-    readers: ThreadLocal<RefCell<TableCache>>,
+    readers: ThreadLocal<Reader>,
+    /// Every reader's lookup count, for [`TableSlot::lookups`].
+    counts: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+/// One thread's cached snapshot of the table and its count of lookups. Only the owning thread
+/// writes the count, so a plain load and store suffice (no contended atomic on the hot path).
+struct Reader {
+    cache: RefCell<TableCache>,
+    lookups: Arc<AtomicU64>,
 }
 
 /// One thread's cached snapshot of the table.
@@ -151,18 +164,39 @@ impl TableSlot {
         TableSlot {
             current: Arc::new(ArcSwap::from_pointee(table)),
             readers: ThreadLocal::new(),
+            counts: Mutex::new(Vec::new()),
         }
     }
 
-    /// Runs `read` on the newest table, through this thread's cache.
-    fn with<R>(&self, read: impl FnOnce(&RouteTable) -> R) -> R {
-        let reader = self
-            .readers
-            .get_or(|| RefCell::new(Cache::new(self.current.clone())));
-        match reader.try_borrow_mut() {
+    /// Runs a lookup with `read` on the newest table, through this thread's cache.
+    fn lookup<R>(&self, read: impl FnOnce(&RouteTable) -> R) -> R {
+        let reader = self.readers.get_or(|| {
+            let lookups = Arc::new(AtomicU64::new(0));
+            self.counts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(lookups.clone());
+            Reader {
+                cache: RefCell::new(Cache::new(self.current.clone())),
+                lookups,
+            }
+        });
+        let lookups = reader.lookups.load(Ordering::Relaxed);
+        reader.lookups.store(lookups + 1, Ordering::Relaxed);
+        match reader.cache.try_borrow_mut() {
             Ok(mut cache) => read(cache.load()),
             Err(_) => read(&self.current.load()),
         }
+    }
+
+    /// Lookups made so far, over every thread.
+    fn lookups(&self) -> u64 {
+        self.counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The newest table (not through the cache; for everything off the hot path).
@@ -287,7 +321,7 @@ impl AddressResolver {
     fn lookup_in_table(&self, lookup: &Lookup<'_>, key: Option<&[u8]>) -> Option<Result<Resolved>> {
         self.shared
             .table
-            .with(|table| lookup.find(table).map(|entry| self.choose(entry, key)))
+            .lookup(|table| lookup.find(table).map(|entry| self.choose(entry, key)))
     }
 
     fn resolve<'a>(&'a self, lookup: Lookup<'a>, key: Option<&'a [u8]>) -> ResolveFuture<'a> {
@@ -449,6 +483,7 @@ impl AddressResolver {
         let table = self.shared.table.load_full();
         let status = self.shared.status.borrow().clone();
         ResolverStats {
+            resolves: self.shared.table.lookups(),
             routes: table.len(),
             endpoints: table.endpoints().count(),
             not_found: self.shared.counters.not_found.load(Ordering::Relaxed),
@@ -457,6 +492,7 @@ impl AddressResolver {
             probes: self.shared.health.probes_sent(),
             stale: status.is_stale(),
             age: status.age(),
+            watch_reconnects: status.reconnects,
         }
     }
 }

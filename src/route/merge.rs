@@ -49,6 +49,11 @@ pub struct RouteEntries {
 }
 
 impl RouteEntries {
+    /// How many entries (one per service id and instance) are held.
+    pub fn key_count(&self) -> usize {
+        self.services.values().map(BTreeMap::len).sum()
+    }
+
     /// Stores (or replaces) one entry, without merging (for bulk loads).
     #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
     pub fn insert(&mut self, key: &EntryKey, version: u64, route: ServiceRoute) {

@@ -293,6 +293,7 @@ pub async fn outage_keeps_last_good_routes<H: Harness>() {
     let mut watch = h.client().await.watch().await.unwrap();
     assert_eq!(initial_routes(&mut watch).await.len(), 1);
     assert!(!watch.status().is_stale());
+    assert_eq!(watch.status().reconnects, 0);
 
     h.break_backend().await;
     let status = eventually(
@@ -313,6 +314,7 @@ pub async fn outage_keeps_last_good_routes<H: Harness>() {
     })
     .await;
     assert_eq!(watch.try_next(), None, "recovery changed the view");
+    assert!(watch.status().reconnects >= 1, "{:?}", watch.status());
     let later = client.register(instance(7072, &["B"])).await.unwrap();
     match next_event(&mut watch, EVENT_WAIT).await {
         RouteEvent::Created(route) => assert_eq!(route.id(), "Test.IDemoService.B"),

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use super::{Agents, Listing};
 use crate::error::Result;
 use crate::route::{decode_entry, RouteEntries};
+use crate::telemetry::traced;
 use crate::watch::WatchHub;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -22,7 +23,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Reads once (an error here is returned), then follows the prefix in the background.
 pub(crate) async fn start(agents: Agents, hub: Arc<WatchHub>) -> Result<JoinHandle<()>> {
-    let first = agents.list(0).await?;
+    let first = traced("consul", "watch_poll", agents.list(0), |l| l.pairs.len()).await?;
     let mut follower = Follower {
         agents,
         hub,
@@ -99,7 +100,8 @@ impl Follower {
     async fn run(mut self) {
         let mut delay = BACKOFF_FIRST;
         loop {
-            match self.agents.list(self.index).await {
+            let poll = self.agents.list(self.index);
+            match traced("consul", "watch_poll", poll, |l| l.pairs.len()).await {
                 Ok(listing) => {
                     delay = BACKOFF_FIRST;
                     if listing.index < self.index {

@@ -23,6 +23,7 @@ use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
     decode_entry, encode_route, instance_id, Address, KeyLayout, RouteEntries, ServiceRoute,
 };
+use crate::telemetry::traced;
 use crate::watch::{RouteWatch, SharedFeed};
 
 /// Most operations in one `/v1/txn` request (the limit of Consul 1.8).
@@ -366,6 +367,7 @@ impl ConsulStore {
 #[async_trait]
 impl LivenessStore for ConsulStore {
     type Lease = String;
+    const BACKEND: &'static str = "consul";
 
     async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<String> {
         let id = instance.id()?;
@@ -478,11 +480,19 @@ impl RouteManager for ConsulRouteManager {
     }
 
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
-        let listing = self.inner.agents.list(0).await?;
-        Ok(entries_of(&self.inner.config().layout, &listing.pairs)
-            .into_merged()
-            .into_values()
-            .collect())
+        traced(
+            "consul",
+            "list",
+            async {
+                let listing = self.inner.agents.list(0).await?;
+                Ok(entries_of(&self.inner.config().layout, &listing.pairs)
+                    .into_merged()
+                    .into_values()
+                    .collect())
+            },
+            Vec::len,
+        )
+        .await
     }
 
     async fn register(&self, instance: Instance) -> Result<Registration> {
@@ -490,78 +500,95 @@ impl RouteManager for ConsulRouteManager {
     }
 
     async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {
-        let ids = addresses
-            .iter()
-            .map(instance_id)
-            .collect::<Result<Vec<_>>>()?;
-        let layout = &self.inner.config().layout;
-        let listing = self.inner.agents.list(0).await?;
-        let ops: Vec<TxnOp> = listing
-            .pairs
-            .iter()
-            .filter(|p| {
-                layout
-                    .parse(&p.key)
-                    .and_then(|k| k.instance_id)
-                    .is_some_and(|instance| ids.contains(&instance))
-            })
-            .map(|p| TxnOp {
-                kv: TxnKv {
-                    verb: "delete",
-                    key: p.key.clone(),
-                    value: None,
-                    session: None,
-                },
-            })
-            .collect();
-        let count = ops.len();
-        self.inner.agents.txn("deregister", ops).await?;
-        Ok(count)
+        traced(
+            "consul",
+            "remove_addresses",
+            async {
+                let ids = addresses
+                    .iter()
+                    .map(instance_id)
+                    .collect::<Result<Vec<_>>>()?;
+                let layout = &self.inner.config().layout;
+                let listing = self.inner.agents.list(0).await?;
+                let ops: Vec<TxnOp> = listing
+                    .pairs
+                    .iter()
+                    .filter(|p| {
+                        layout
+                            .parse(&p.key)
+                            .and_then(|k| k.instance_id)
+                            .is_some_and(|instance| ids.contains(&instance))
+                    })
+                    .map(|p| TxnOp {
+                        kv: TxnKv {
+                            verb: "delete",
+                            key: p.key.clone(),
+                            value: None,
+                            session: None,
+                        },
+                    })
+                    .collect();
+                let count = ops.len();
+                self.inner.agents.txn("deregister", ops).await?;
+                Ok(count)
+            },
+            |removed| *removed,
+        )
+        .await
     }
 
     async fn clear(&self) -> Result<()> {
-        let prefix = self.inner.config().layout.prefix().to_owned();
-        // Destroy the sessions holding keys under the prefix: running instances see their
-        // liveness gone and register again.
-        let response = self
-            .inner
-            .agents
-            .send("sessions", self.inner.config().timeout, |http, agent| {
-                http.get(format!("{agent}/v1/kv/{prefix}"))
-                    .query(&[("recurse", "true")])
-            })
-            .await?;
-        #[derive(Deserialize)]
-        struct Held {
-            #[serde(rename = "Session", default)]
-            session: Option<String>,
-        }
-        if response.status().is_success() {
-            let held: Vec<Held> = response.json().await.unwrap_or_default();
-            let mut sessions: Vec<String> = held.into_iter().filter_map(|h| h.session).collect();
-            sessions.sort();
-            sessions.dedup();
-            for session in sessions {
-                let _ = self
+        traced(
+            "consul",
+            "clear",
+            async {
+                let prefix = self.inner.config().layout.prefix().to_owned();
+                // Destroy the sessions holding keys under the prefix: running instances see their
+                // liveness gone and register again.
+                let response = self
                     .inner
                     .agents
-                    .put_json(
-                        "session destroy",
-                        &format!("/v1/session/destroy/{session}"),
-                        None,
-                    )
-                    .await;
-            }
-        }
-        let op = TxnOp {
-            kv: TxnKv {
-                verb: "delete-tree",
-                key: prefix,
-                value: None,
-                session: None,
+                    .send("sessions", self.inner.config().timeout, |http, agent| {
+                        http.get(format!("{agent}/v1/kv/{prefix}"))
+                            .query(&[("recurse", "true")])
+                    })
+                    .await?;
+                #[derive(Deserialize)]
+                struct Held {
+                    #[serde(rename = "Session", default)]
+                    session: Option<String>,
+                }
+                if response.status().is_success() {
+                    let held: Vec<Held> = response.json().await.unwrap_or_default();
+                    let mut sessions: Vec<String> =
+                        held.into_iter().filter_map(|h| h.session).collect();
+                    sessions.sort();
+                    sessions.dedup();
+                    for session in sessions {
+                        let _ = self
+                            .inner
+                            .agents
+                            .put_json(
+                                "session destroy",
+                                &format!("/v1/session/destroy/{session}"),
+                                None,
+                            )
+                            .await;
+                    }
+                }
+                let op = TxnOp {
+                    kv: TxnKv {
+                        verb: "delete-tree",
+                        key: prefix,
+                        value: None,
+                        session: None,
+                    },
+                };
+                self.inner.agents.txn("clear", vec![op]).await
             },
-        };
-        self.inner.agents.txn("clear", vec![op]).await
+            |_| 0,
+        )
+        .await
     }
 
     async fn watch(&self) -> Result<RouteWatch> {

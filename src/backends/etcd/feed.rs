@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::{etcd_error, is_compacted, load_entries, EtcdConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::route::{decode_entry, RouteEntries};
+use crate::telemetry::traced;
 use crate::watch::WatchHub;
 
 /// Idle time after which the stream is asked for a progress notification.
@@ -34,7 +35,8 @@ pub(crate) async fn start(
     client: Client,
     hub: Arc<WatchHub>,
 ) -> Result<JoinHandle<()>> {
-    let (entries, revision) = load_entries(&client, &config.layout).await?;
+    let load = load_entries(&client, &config.layout);
+    let (entries, revision) = traced("etcd", "watch_list", load, |(e, _)| e.key_count()).await?;
     hub.replace_all(entries.all_merged());
     let options = config.connect_options()?.with_require_leader(true);
     let watch_client = Client::connect(&config.endpoints, Some(options))
@@ -102,10 +104,13 @@ impl Follower {
     }
 
     async fn relist(&mut self) -> Result<()> {
-        let (entries, revision) = load_entries(&self.client, &self.config.layout).await?;
+        let load = load_entries(&self.client, &self.config.layout);
+        let (entries, revision) =
+            traced("etcd", "watch_list", load, |(e, _)| e.key_count()).await?;
         self.entries = entries;
         self.revision = revision;
         self.hub.replace_all(self.entries.all_merged());
+        self.hub.note_reconnect();
         Ok(())
     }
 

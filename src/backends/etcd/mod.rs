@@ -24,6 +24,7 @@ use crate::route::{
     decode_entry, encode_route, instance_id, Address, EntryKey, KeyLayout, RouteEntries,
     ServiceRoute,
 };
+use crate::telemetry::traced;
 use crate::watch::{RouteWatch, SharedFeed};
 
 /// Most operations in one etcd transaction (etcd's default `--max-txn-ops`).
@@ -367,6 +368,7 @@ impl EtcdStore {
 #[async_trait]
 impl LivenessStore for EtcdStore {
     type Lease = EtcdLease;
+    const BACKEND: &'static str = "etcd";
 
     async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<EtcdLease> {
         let keys = self.instance_keys(instance)?;
@@ -462,8 +464,17 @@ impl RouteManager for EtcdRouteManager {
     }
 
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
-        let (entries, _) = load_entries(&self.inner.client, &self.inner.config.layout).await?;
-        Ok(entries.into_merged().into_values().collect())
+        traced(
+            "etcd",
+            "list",
+            async {
+                let (entries, _) =
+                    load_entries(&self.inner.client, &self.inner.config.layout).await?;
+                Ok(entries.into_merged().into_values().collect())
+            },
+            Vec::len,
+        )
+        .await
     }
 
     async fn register(&self, instance: Instance) -> Result<Registration> {
@@ -471,50 +482,66 @@ impl RouteManager for EtcdRouteManager {
     }
 
     async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {
-        let ids = addresses
-            .iter()
-            .map(instance_id)
-            .collect::<Result<Vec<_>>>()?;
-        let layout = &self.inner.config.layout;
-        let (raw, _) = read_prefix(&self.inner.client, layout.prefix()).await?;
-        let doomed: Vec<TxnOp> = raw
-            .iter()
-            .filter(|kv| {
-                kv.key_str()
-                    .ok()
-                    .and_then(|key| layout.parse(key))
-                    .and_then(|k| k.instance_id)
-                    .is_some_and(|instance| ids.contains(&instance))
-            })
-            .map(|kv| TxnOp::delete(kv.key(), None))
-            .collect();
-        let count = doomed.len();
-        run_batched(&self.inner.client, doomed, "deregister").await?;
-        Ok(count)
+        traced(
+            "etcd",
+            "remove_addresses",
+            async {
+                let ids = addresses
+                    .iter()
+                    .map(instance_id)
+                    .collect::<Result<Vec<_>>>()?;
+                let layout = &self.inner.config.layout;
+                let (raw, _) = read_prefix(&self.inner.client, layout.prefix()).await?;
+                let doomed: Vec<TxnOp> = raw
+                    .iter()
+                    .filter(|kv| {
+                        kv.key_str()
+                            .ok()
+                            .and_then(|key| layout.parse(key))
+                            .and_then(|k| k.instance_id)
+                            .is_some_and(|instance| ids.contains(&instance))
+                    })
+                    .map(|kv| TxnOp::delete(kv.key(), None))
+                    .collect();
+                let count = doomed.len();
+                run_batched(&self.inner.client, doomed, "deregister").await?;
+                Ok(count)
+            },
+            |removed| *removed,
+        )
+        .await
     }
 
     async fn clear(&self) -> Result<()> {
-        let prefix = self.inner.config.layout.prefix();
-        let (raw, _) = read_prefix(&self.inner.client, prefix).await?;
-        let mut client = self.inner.client.clone();
-        let mut leases: Vec<i64> = raw
-            .iter()
-            .map(|kv| kv.lease())
-            .filter(|l| *l != 0)
-            .collect();
-        leases.sort_unstable();
-        leases.dedup();
-        // Revoking the leases tells running instances their liveness is gone.
-        for lease in leases {
-            if let Err(err) = client.lease_revoke(lease).await {
-                tracing::debug!(lease, error = %err, "lease already gone");
-            }
-        }
-        client
-            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
-            .await
-            .map_err(|e| etcd_error("delete prefix", e))?;
-        Ok(())
+        traced(
+            "etcd",
+            "clear",
+            async {
+                let prefix = self.inner.config.layout.prefix();
+                let (raw, _) = read_prefix(&self.inner.client, prefix).await?;
+                let mut client = self.inner.client.clone();
+                let mut leases: Vec<i64> = raw
+                    .iter()
+                    .map(|kv| kv.lease())
+                    .filter(|l| *l != 0)
+                    .collect();
+                leases.sort_unstable();
+                leases.dedup();
+                // Revoking the leases tells running instances their liveness is gone.
+                for lease in leases {
+                    if let Err(err) = client.lease_revoke(lease).await {
+                        tracing::debug!(lease, error = %err, "lease already gone");
+                    }
+                }
+                client
+                    .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                    .await
+                    .map_err(|e| etcd_error("delete prefix", e))?;
+                Ok(())
+            },
+            |_| 0,
+        )
+        .await
     }
 
     async fn watch(&self) -> Result<RouteWatch> {

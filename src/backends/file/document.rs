@@ -41,6 +41,11 @@ pub(crate) struct Document {
 }
 
 impl Document {
+    /// How many routes the document holds, live or not.
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
     /// Parses the file's bytes: our object form, or Surging's bare array; a BOM is skipped.
     ///
     /// An empty (or all-blank) file is an error: it is what a torn write looks like.

@@ -18,6 +18,7 @@ use super::document::Document;
 use super::storage::{FileStorage, Fingerprint};
 use crate::clock::now_ms;
 use crate::error::Result;
+use crate::telemetry::traced;
 use crate::watch::WatchHub;
 
 /// Loads the file once (an error here is returned), then starts following it.
@@ -40,7 +41,8 @@ pub(crate) async fn start(
 
 async fn load(storage: &FileStorage) -> Result<Document> {
     let storage = storage.clone();
-    blocking(move || storage.load()).await
+    let read = blocking(move || storage.load());
+    traced("file", "watch_read", read, Document::route_count).await
 }
 
 /// Publishes the live routes of `doc`; returns the next heartbeat expiry.

@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{Address, ServiceRoute};
+use crate::telemetry::traced;
 use crate::watch::{RouteWatch, SharedFeed};
 
 /// Default interval of the polling fallback that catches changes the directory watch missed.
@@ -120,6 +121,7 @@ fn expiry(ttl: Duration) -> u64 {
 #[async_trait]
 impl LivenessStore for FileStore {
     type Lease = String;
+    const BACKEND: &'static str = "file";
 
     async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<String> {
         let lease = new_lease();
@@ -164,13 +166,23 @@ impl RouteManager for FileRouteManager {
     }
 
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
-        let storage = self.inner.storage.clone();
-        let doc = blocking(move || match storage.read()? {
-            Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => Document::parse(&bytes),
-            _ => Ok(Document::default()),
-        })
-        .await?;
-        Ok(doc.live_routes(now_ms()).0.into_values().collect())
+        traced(
+            "file",
+            "list",
+            async {
+                let storage = self.inner.storage.clone();
+                let doc = blocking(move || match storage.read()? {
+                    Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
+                        Document::parse(&bytes)
+                    }
+                    _ => Ok(Document::default()),
+                })
+                .await?;
+                Ok(doc.live_routes(now_ms()).0.into_values().collect())
+            },
+            Vec::len,
+        )
+        .await
     }
 
     async fn register(&self, instance: Instance) -> Result<Registration> {
@@ -178,19 +190,35 @@ impl RouteManager for FileRouteManager {
     }
 
     async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {
-        let addresses = addresses.to_vec();
-        self.inner
-            .update(move |doc| doc.remove_addresses(&addresses))
-            .await
+        traced(
+            "file",
+            "remove_addresses",
+            async {
+                let addresses = addresses.to_vec();
+                self.inner
+                    .update(move |doc| doc.remove_addresses(&addresses))
+                    .await
+            },
+            |removed| *removed,
+        )
+        .await
     }
 
     async fn clear(&self) -> Result<()> {
-        self.inner
-            .update(|doc| {
-                doc.clear();
-                Ok(())
-            })
-            .await
+        traced(
+            "file",
+            "clear",
+            async {
+                self.inner
+                    .update(|doc| {
+                        doc.clear();
+                        Ok(())
+                    })
+                    .await
+            },
+            |_| 0,
+        )
+        .await
     }
 
     async fn watch(&self) -> Result<RouteWatch> {

@@ -1,0 +1,47 @@
+//! Tracing of backend calls: every call runs in a `backend_call` span with its backend,
+//! operation, key count and duration, and ends with one `debug` event carrying them.
+//!
+//! Subscribe with a filter such as `wayfinder=debug` to see them; with no subscriber interested
+//! the cost is a disabled-callsite check.
+
+use std::future::Future;
+use std::time::Instant;
+
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::error::Result;
+
+/// Runs `call` as operation `operation` of `backend`; `keys` counts the keys of its answer.
+pub(crate) async fn traced<T>(
+    backend: &'static str,
+    operation: &'static str,
+    call: impl Future<Output = Result<T>>,
+    keys: impl FnOnce(&T) -> usize,
+) -> Result<T> {
+    let span = tracing::debug_span!(
+        "backend_call",
+        backend,
+        operation,
+        keys = Empty,
+        duration_us = Empty
+    );
+    if span.is_disabled() {
+        return call.await;
+    }
+    let started = Instant::now();
+    let result = call.instrument(span.clone()).await;
+    let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    span.record("duration_us", duration_us);
+    match &result {
+        Ok(answer) => {
+            let keys = keys(answer);
+            span.record("keys", keys);
+            tracing::debug!(parent: &span, backend, operation, keys, duration_us, "backend call done");
+        }
+        Err(error) => {
+            tracing::debug!(parent: &span, backend, operation, duration_us, %error, "backend call failed");
+        }
+    }
+    result
+}

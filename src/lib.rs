@@ -30,6 +30,8 @@
 pub mod backends;
 mod clock;
 pub mod config;
+#[cfg(feature = "tower")]
+pub mod discover;
 mod error;
 mod manager;
 mod registration;
@@ -38,6 +40,8 @@ pub mod route;
 mod watch;
 
 pub use config::connect;
+#[cfg(feature = "tower")]
+pub use discover::RouteDiscover;
 pub use error::{Error, ErrorKind, Result};
 pub use manager::{Instance, RouteManager, DEFAULT_TTL, MIN_TTL};
 pub use registration::Registration;

@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::poll_fn;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{descriptor, instance};
@@ -179,4 +181,60 @@ async fn feeds_a_p2c_balancer() {
 
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
+}
+
+/// The built `balanced` example, beside this test binary's directory.
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in target/<profile>/deps");
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("balanced{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo test --features tower`, which builds the examples",
+        binary.display()
+    );
+    binary
+}
+
+#[tokio::test]
+async fn balanced_example_spreads_and_drops_a_deregistered_instance() {
+    let binary = example_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("routes.json").display());
+    let child = tokio::process::Command::new(&binary)
+        .env("WAYFINDER_BACKEND", &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the example finishes within 60 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "example failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains(&format!("registry: {url}")), "{stdout}");
+    let summaries: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("balanced: "))
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            "balanced: 30 requests over 3 instances",
+            "balanced: 30 requests over 2 instances"
+        ],
+        "{stdout}"
+    );
 }

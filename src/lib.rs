@@ -30,6 +30,8 @@
 pub mod backends;
 mod clock;
 pub mod config;
+#[cfg(feature = "tower")]
+pub mod discover;
 mod error;
 mod manager;
 mod registration;
@@ -39,6 +41,8 @@ mod telemetry;
 mod watch;
 
 pub use config::{connect, connect_with, Config};
+#[cfg(feature = "tower")]
+pub use discover::RouteDiscover;
 pub use error::{Error, ErrorKind, Result};
 pub use manager::{Instance, RouteManager, DEFAULT_TTL, MIN_TTL};
 pub use registration::Registration;

@@ -19,22 +19,17 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::{Request, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tower::balance::p2c::Balance;
 use tower::discover::Discover;
 use tower::load::{CompleteOnResponse, Load, PendingRequestsDiscover};
 use tower::{BoxError, Service, ServiceExt};
+use wayfinder::config::redact_url;
 use wayfinder::discover::discover_path;
 use wayfinder::resolve::EndpointKey;
-use wayfinder::route::service_id;
-use wayfinder::{connect, Address, Instance, ServiceDescriptor};
+use wayfinder::{connect, Address, Instance};
 
-const ROUTE_PATH: &str = "api/greeter/hello";
-
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+use hello::{HttpClient, HELLO_PATH as ROUTE_PATH};
 
 /// A service that sends each request to `address` through the shared client and answers with
 /// the response body.
@@ -129,25 +124,21 @@ async fn main() -> Result<(), BoxError> {
     let url = std::env::var("WAYFINDER_BACKEND")
         .unwrap_or_else(|_| format!("file://{}", dir.path().join("routes.json").display()));
     let registry = connect(&url).await?;
-    println!("registry: {url}");
+    println!("registry: {}", redact_url(&url));
 
-    let id = service_id("Greeter.IGreeterService", "Hello", &["name"]);
     let mut instances = Vec::new();
     for _ in 0..3 {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = Address::new("127.0.0.1", listener.local_addr()?.port());
         let server = tokio::spawn(hello::serve_hello(listener, address.to_string()));
         let registration = registry
-            .register(Instance::new(
-                address.clone(),
-                vec![ServiceDescriptor::new(id.as_str(), ROUTE_PATH)],
-            ))
+            .register(Instance::new(address.clone(), hello::greeter_routes()))
             .await?;
         println!("registered {address} for {ROUTE_PATH}");
         instances.push((address, server, registration));
     }
 
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client = hello::http_client();
     let discover = discover_path(registry.clone(), ROUTE_PATH, move |address| {
         instance_service(client.clone(), address)
     });

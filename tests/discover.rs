@@ -6,7 +6,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::poll_fn;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -183,27 +182,9 @@ async fn feeds_a_p2c_balancer() {
     second.shutdown().await.unwrap();
 }
 
-/// The built `balanced` example, beside this test binary's directory.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binaries live in target/<profile>/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("balanced{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo test --features tower`, which builds the examples",
-        binary.display()
-    );
-    binary
-}
-
 #[tokio::test]
 async fn balanced_example_spreads_and_drops_a_deregistered_instance() {
-    let binary = example_binary();
+    let binary = common::example_binary("balanced");
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().join("routes.json").display());
     let child = tokio::process::Command::new(&binary)

@@ -36,8 +36,10 @@ struct FieldText<'a>(&'a mut Fields);
 
 impl Visit for FieldText<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), format!("{value:?}").replace('"', ""));
+        self.0.insert(
+            field.name().to_owned(),
+            format!("{value:?}").replace('"', ""),
+        );
     }
 }
 

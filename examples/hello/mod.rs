@@ -1,14 +1,64 @@
-//! A tiny HTTP/1 server for the examples: every request is answered with `hello from <name>`.
+//! The greeter service the examples share: its routes, a tiny HTTP/1 server that answers every
+//! request with `hello from <name>`, and a client call to one instance.
+//!
+//! Each example uses part of this module.
+#![allow(dead_code)]
 
 use std::convert::Infallible;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tower::BoxError;
+use wayfinder::route::service_id;
+use wayfinder::{Address, ServiceDescriptor};
+
+/// The route path the greeter serves.
+pub const HELLO_PATH: &str = "api/greeter/hello";
+
+/// The interface the greeter's service ids derive from.
+const GREETER_INTERFACE: &str = "Greeter.IGreeterService";
+
+/// The greeter's routes: `api/greeter/hello` (and `api/greeter/goodbye`).
+pub fn greeter_routes() -> Vec<ServiceDescriptor> {
+    vec![
+        ServiceDescriptor::new(
+            service_id(GREETER_INTERFACE, "Hello", &["name"]),
+            HELLO_PATH,
+        ),
+        ServiceDescriptor::new(
+            service_id(GREETER_INTERFACE, "Goodbye", &["name"]),
+            "api/greeter/goodbye",
+        ),
+    ]
+}
+
+/// An HTTP/1 client for calling instances.
+pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// A new client for calling instances.
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// `GET http://<address>/<path>`; the answer's body as text.
+pub async fn call(client: &HttpClient, address: &Address, path: &str) -> Result<String, BoxError> {
+    let uri: Uri = format!("http://{address}/{path}").parse()?;
+    let response = client
+        .request(Request::get(uri).body(Empty::new())?)
+        .await?;
+    if !response.status().is_success() {
+        return Err(format!("{address} answered {}", response.status()).into());
+    }
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8(body.to_vec())?)
+}
 
 /// Serves `hello from <name>` on every connection `listener` accepts, until accepting fails.
 ///

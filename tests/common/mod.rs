@@ -137,3 +137,42 @@ pub fn without_health_checks() -> wayfinder::ResolverConfig {
         ..wayfinder::ResolverConfig::default()
     }
 }
+
+/// The built example `name`, beside the test binaries' directory (`cargo test` builds the
+/// examples before it runs the tests). Fails if it is missing or older than the sources.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in target/<profile>/deps");
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let how = "run the whole suite (`cargo test --all-features`), which builds the examples first";
+    let built = std::fs::metadata(&binary)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {how}", binary.display()));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest_source = ["src", "examples"]
+        .iter()
+        .filter_map(|dir| newest_mtime(&root.join(dir)))
+        .max();
+    assert!(
+        newest_source.is_none_or(|source| source <= built),
+        "{} is older than the sources: {how}",
+        binary.display()
+    );
+    binary
+}
+
+fn newest_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|entry| newest_mtime(&entry.ok()?.path()))
+        .max()
+}

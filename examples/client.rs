@@ -1,0 +1,55 @@
+//! Resolves a route path through wayfinder and calls the chosen instance over HTTP, the way a
+//! client of `examples/service.rs` does. The registry comes from configuration only
+//! (`WAYFINDER_BACKEND` and the other `WAYFINDER_*` variables, see [`wayfinder::Config`]):
+//!
+//! ```text
+//! WAYFINDER_BACKEND=file://./routes.json cargo run --example client -- api/greeter/hello 5
+//! ```
+//!
+//! Arguments: the route path (default `api/greeter/hello`) and how many calls to make (default
+//! 3). Each call prints `<address> <answer>`. A call that fails is reported to the resolver
+//! (passive health) and retried on another pick, up to three times.
+
+mod hello;
+
+use std::path::PathBuf;
+
+use tower::BoxError;
+use wayfinder::{connect_with, AddressResolver, Config};
+
+const ATTEMPTS: usize = 3;
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().unwrap_or_else(|| hello::HELLO_PATH.to_owned());
+    let calls: usize = args.next().map_or(Ok(3), |n| n.parse())?;
+
+    let config_file = std::env::var_os("WAYFINDER_CONFIG").map(PathBuf::from);
+    let config = Config::load(config_file.as_deref())?;
+    let registry = connect_with(&config).await?;
+    let resolver = AddressResolver::with_config(registry, config.resolver_config()?).await?;
+    let client = hello::http_client();
+
+    for _ in 0..calls {
+        let mut attempt = 1;
+        loop {
+            let resolved = resolver.resolve_path(&path, None).await?;
+            let address = resolved.address().clone();
+            match hello::call(&client, &address, &path).await {
+                Ok(answer) => {
+                    resolver.report_success(&address);
+                    println!("{address} {answer}");
+                    break;
+                }
+                Err(error) if attempt < ATTEMPTS => {
+                    eprintln!("call to {address} failed ({error}); trying another instance");
+                    resolver.report_failure(&address);
+                    attempt += 1;
+                }
+                Err(error) => return Err(format!("{path}: {error}").into()),
+            }
+        }
+    }
+    Ok(())
+}

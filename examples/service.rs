@@ -1,0 +1,75 @@
+//! A greeter service that registers its routes at start-up and deregisters on SIGTERM or
+//! Ctrl-C. The registry comes from configuration only, so the same binary runs against a file,
+//! etcd or Consul:
+//!
+//! ```text
+//! WAYFINDER_BACKEND=file://./routes.json      cargo run --example service
+//! WAYFINDER_BACKEND=etcd://127.0.0.1:2379     cargo run --features etcd --example service
+//! WAYFINDER_BACKEND=consul://127.0.0.1:8500   cargo run --example service
+//! ```
+//!
+//! Every `WAYFINDER_*` variable of [`wayfinder::Config`] applies (`WAYFINDER_TTL`,
+//! `WAYFINDER_PREFIX`, `WAYFINDER_TOKEN`, ...); `WAYFINDER_CONFIG` names a TOML or JSON file read
+//! first. `SERVICE_ADDRESS` sets where it listens (default `127.0.0.1:0`, any free port) and
+//! `SERVICE_NAME` what it answers with. It prints `registered <address>` once its routes are in
+//! the registry and `deregistered <address>` when they are gone.
+
+mod hello;
+
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tower::BoxError;
+use wayfinder::config::redact_url;
+use wayfinder::{connect_with, Address, Config, Instance};
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,wayfinder=info".into()),
+        )
+        .init();
+    let config_file = std::env::var_os("WAYFINDER_CONFIG").map(PathBuf::from);
+    let config = Config::load(config_file.as_deref())?;
+    let registry = connect_with(&config).await?;
+
+    let listen_on = std::env::var("SERVICE_ADDRESS").unwrap_or_else(|_| "127.0.0.1:0".into());
+    let listener = TcpListener::bind(&listen_on).await?;
+    let local = listener.local_addr()?;
+    let address = Address::new(local.ip().to_string(), local.port());
+    let name = std::env::var("SERVICE_NAME").unwrap_or_else(|_| address.to_string());
+    let server = tokio::spawn(hello::serve_hello(listener, name));
+
+    let registration = registry
+        .register(Instance::new(address.clone(), hello::greeter_routes()))
+        .await?;
+    println!(
+        "registered {address} in {} ({})",
+        registry.backend(),
+        redact_url(&config.backend)
+    );
+
+    stop_signal().await?;
+    registration.shutdown().await?;
+    server.abort();
+    println!("deregistered {address}");
+    Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+async fn stop_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = terminate.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
+}

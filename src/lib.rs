@@ -27,6 +27,8 @@
 //! Routes are stored as Surging-compatible JSON under `<prefix><service-id>/<instance-id>`
 //! (see [`route`]); every backend implements [`RouteManager`].
 
+#![deny(missing_docs)]
+
 pub mod backends;
 mod clock;
 pub mod config;

@@ -83,7 +83,7 @@ pub struct Config {
     /// How often the file backend re-reads the file besides file-system events; default 1 s.
     #[serde(deserialize_with = "duration::deserialize_option")]
     pub poll: Option<Duration>,
-    /// How long a Consul blocking query waits for a change; default 5 m.
+    /// How long a Consul blocking query waits for a change; default 60 s.
     #[serde(deserialize_with = "duration::deserialize_option")]
     pub wait: Option<Duration>,
     /// etcd user name.

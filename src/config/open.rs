@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use super::url::{check_ttl, parse_duration, redact_url, BackendUrl};
 use super::{Config, KNOWN_SCHEMES, OPTION_NAMES};
@@ -166,6 +166,7 @@ fn open_file(url: &BackendUrl, options: BackendOptions) -> Result<Arc<dyn RouteM
 #[cfg(feature = "etcd")]
 async fn open_etcd(url: &BackendUrl, options: BackendOptions) -> Result<Arc<dyn RouteManager>> {
     use crate::backends::etcd::{EtcdConfig, EtcdRouteManager, EtcdTls};
+    use secrecy::ExposeSecret;
     let (userinfo, hosts) = url.userinfo();
     let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
     if hosts.is_empty() {
@@ -216,6 +217,7 @@ async fn open_etcd(url: &BackendUrl, options: BackendOptions) -> Result<Arc<dyn 
 #[cfg(feature = "consul")]
 fn open_consul(url: &BackendUrl, options: BackendOptions) -> Result<Arc<dyn RouteManager>> {
     use crate::backends::consul::{ConsulConfig, ConsulRouteManager};
+    use secrecy::ExposeSecret;
     let agents: Vec<&str> = url.location.split(',').filter(|a| !a.is_empty()).collect();
     if agents.is_empty() {
         return Err(Error::invalid_input(

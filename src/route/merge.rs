@@ -50,6 +50,7 @@ pub struct RouteEntries {
 
 impl RouteEntries {
     /// How many entries (one per service id and instance) are held.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub fn key_count(&self) -> usize {
         self.services.values().map(BTreeMap::len).sum()
     }

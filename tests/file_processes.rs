@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, initial_routes, next_event};
+use common::{eventually, initial_routes, instance, next_event};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -353,4 +353,68 @@ async fn cli_resolve_spreads_round_robin_and_health_probes_each_address() {
         registration.shutdown().await.unwrap();
     }
     drop(listening);
+}
+
+#[tokio::test]
+async fn cli_reads_a_configuration_file_then_the_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    let registration = manager(&path)
+        .register(instance(7601, &["Configured"]))
+        .await
+        .unwrap();
+    let config_file = dir.path().join("wayfinder.toml");
+    std::fs::write(
+        &config_file,
+        format!("backend = \"{}\"\nttl = \"5s\"\n", backend_url(&path)),
+    )
+    .unwrap();
+    let empty = format!("file://{}", dir.path().join("empty.json").display());
+    let list = |config: Option<&str>, env: Option<&str>, flag: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command.env_remove("WAYFINDER_BACKEND");
+        if let Some(env) = env {
+            command.env("WAYFINDER_BACKEND", env);
+        }
+        if let Some(config) = config {
+            command.args(["--config", config]);
+        }
+        if let Some(flag) = flag {
+            command.args(["--backend", flag]);
+        }
+        command.arg("list");
+        async move { command.output().await.unwrap() }
+    };
+    let listed = |out: &std::process::Output| {
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).contains("api/demo/configured")
+    };
+    let file = config_file.to_str().unwrap();
+    assert!(
+        listed(&list(Some(file), None, None).await),
+        "the file's backend"
+    );
+    assert!(
+        !listed(&list(Some(file), Some(&empty), None).await),
+        "WAYFINDER_BACKEND over the file"
+    );
+    assert!(
+        listed(&list(Some(file), Some(&empty), Some(&backend_url(&path))).await),
+        "--backend over both"
+    );
+
+    std::fs::write(&config_file, "bakend = \"memory://\"\n").unwrap();
+    let out = list(Some(file), None, None).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bakend"));
+
+    let secret = "etcd://root:hunter2@127.0.0.1:1?timeout=1s&password=hunter3";
+    let out = list(None, None, Some(secret)).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("hunter2") && !stderr.contains("hunter3"),
+        "{stderr}"
+    );
+    registration.shutdown().await.unwrap();
 }

@@ -263,6 +263,10 @@ fn env_source(vars: impl Iterator<Item = (String, String)>) -> ::config::Environ
             continue;
         };
         let setting = setting.to_ascii_lowercase();
+        if setting == "config" {
+            // WAYFINDER_CONFIG names the file that programs pass to `Config::load`.
+            continue;
+        }
         let is_known = match setting.split_once("__") {
             Some(("health", field)) => HEALTH_FIELDS.contains(&field),
             Some(_) => false,
@@ -410,6 +414,7 @@ mod tests {
             ("WAYFINDER_HEALTH__MAX_CONCURRENCY", "4"),
             ("WAYFINDER_PREFIX", ""),
             ("WAYFINDER_DEBIAN_MIRROR", "http://example.invalid"),
+            ("WAYFINDER_CONFIG", "/etc/wayfinder.toml"),
             ("HOME", "/root"),
         ])
         .unwrap();

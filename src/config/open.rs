@@ -261,7 +261,10 @@ fn open_consul(url: &BackendUrl, _: BackendOptions) -> Result<Arc<dyn RouteManag
     not_compiled_in(url)
 }
 
-#[cfg(not(all(feature = "file", feature = "etcd", feature = "consul")))]
+#[cfg_attr(
+    all(feature = "file", feature = "etcd", feature = "consul"),
+    allow(dead_code)
+)]
 fn not_compiled_in(url: &BackendUrl) -> Result<Arc<dyn RouteManager>> {
     let scheme = &url.scheme;
     Err(Error::new(
@@ -286,5 +289,16 @@ mod tests {
         assert_eq!(options.prefix.as_deref(), Some("from-url/"));
         assert!(options.accept_only("memory", &["prefix", "ttl"]).is_ok());
         assert!(options.accept_only("file", &["ttl", "poll"]).is_err());
+    }
+
+    #[test]
+    fn a_compiled_out_backend_names_its_feature() {
+        let url = BackendUrl::parse("etcd://127.0.0.1:2379").unwrap();
+        let error = not_compiled_in(&url).unwrap_err();
+        assert_eq!(error.kind(), crate::error::ErrorKind::Unsupported);
+        assert!(
+            error.to_string().contains("cargo feature \"etcd\""),
+            "{error}"
+        );
     }
 }

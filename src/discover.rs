@@ -31,7 +31,7 @@ use tower::discover::Change;
 
 use crate::error::{Error, Result};
 use crate::manager::RouteManager;
-use crate::resolve::EndpointKey;
+use crate::resolve::{trim_path, EndpointKey};
 use crate::route::{Address, ServiceRoute};
 use crate::watch::{RouteEvent, RouteWatch};
 
@@ -51,7 +51,7 @@ enum Matcher {
 impl Matcher {
     fn matches(&self, route: &ServiceRoute) -> bool {
         match self {
-            Matcher::Path(path) => route.route_path().eq_ignore_ascii_case(path),
+            Matcher::Path(path) => trim_path(route.route_path()).eq_ignore_ascii_case(path),
             Matcher::Id(id) => route.id() == id,
         }
     }
@@ -61,10 +61,14 @@ impl Matcher {
 /// [`Change`]s; a [`tower::discover::Discover`] through tower's blanket implementation.
 ///
 /// The watch is opened on the first poll. If opening it fails, the stream yields that error and
-/// ends; it also ends when the watch does (the manager is gone). Each address gets one service,
+/// ends. The stream holds the manager, so it follows the registry for as long as it lives. Route
+/// paths are matched as the resolver matches them: case-insensitively, without leading or
+/// trailing `/`. Each address gets one service,
 /// made by the `make_service` function when the address first appears; changes to an address's
 /// metadata (same host and port) make no new service.
 pub struct RouteDiscover<S, F> {
+    /// Kept so the registry outlives every other handle on it.
+    _manager: Arc<dyn RouteManager>,
     state: State,
     matcher: Matcher,
     make_service: F,
@@ -85,7 +89,8 @@ pub fn discover_path<S, F>(
 where
     F: FnMut(&Address) -> S,
 {
-    RouteDiscover::new(manager, Matcher::Path(route_path.to_owned()), make_service)
+    let path = trim_path(route_path).to_owned();
+    RouteDiscover::new(manager, Matcher::Path(path), make_service)
 }
 
 /// The addresses of the route with exactly this service id.
@@ -105,8 +110,10 @@ where
     F: FnMut(&Address) -> S,
 {
     fn new(manager: Arc<dyn RouteManager>, matcher: Matcher, make_service: F) -> Self {
+        let opener = manager.clone();
         RouteDiscover {
-            state: State::Opening(Box::pin(async move { manager.watch().await })),
+            _manager: manager,
+            state: State::Opening(Box::pin(async move { opener.watch().await })),
             matcher,
             make_service,
             routes: HashMap::new(),
@@ -274,7 +281,12 @@ mod tests {
         assert_eq!(drain(&mut discover), ["+1", "+2", "+3"]);
 
         discover.apply(RouteEvent::Removed(route("X.A", "api/x", &[1, 2])));
-        assert_eq!(drain(&mut discover).len(), 1, "only port 1 leaves");
+        let left = drain(&mut discover);
+        assert_eq!(left.len(), 1, "only port 1 leaves: {left:?}");
+        assert!(
+            left[0].starts_with('-') && left[0].contains("port: 1 "),
+            "{left:?}"
+        );
         assert_eq!(discover.served.len(), 2);
 
         let mut moved = route("X.B", "api/x", &[3, 5]);

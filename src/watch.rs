@@ -266,10 +266,17 @@ impl WatchHub {
         });
     }
 
-    /// Counts a reconnect that no error preceded (a watch resumed after lost history).
+    /// Counts a reconnect that no error preceded (a watch resumed after lost history); call it
+    /// before the read that follows. After an error, that read's [`WatchHub::mark_good`] counts.
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub fn note_reconnect(&self) {
-        self.status.send_modify(|status| status.reconnects += 1);
+        self.status.send_if_modified(|status| {
+            let unnoticed = status.error.is_none();
+            if unnoticed {
+                status.reconnects += 1;
+            }
+            unnoticed
+        });
     }
 
     /// Records a failed read: the routes stay as they are and the status says why.

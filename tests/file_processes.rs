@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, initial_routes, instance, next_event};
+use common::{clear_wayfinder_env, eventually, initial_routes, instance, next_event};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -36,7 +36,7 @@ fn routes_file(dir: &Path, process: usize, count: usize) -> PathBuf {
 }
 
 fn register_process(routes_path: &Path, address: &str, ttl: &str, routes: &Path) -> Child {
-    Command::new(BIN)
+    clear_wayfinder_env(&mut Command::new(BIN))
         .args([
             "--backend",
             &backend_url(routes_path),
@@ -176,7 +176,7 @@ async fn sigkilled_instance_disappears_within_ttl_plus_2s() {
 }
 
 async fn cli(path: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    clear_wayfinder_env(&mut Command::new(BIN))
         .arg("--backend")
         .arg(backend_url(path))
         .args(args)
@@ -191,7 +191,7 @@ async fn cli_list_get_watch_and_deregister() {
     let path = dir.path().join("routes.json");
     let routes = routes_file(dir.path(), 1, 2);
 
-    let mut watcher = Command::new(BIN)
+    let mut watcher = clear_wayfinder_env(&mut Command::new(BIN))
         .args(["--backend", &backend_url(&path), "watch"])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -272,7 +272,7 @@ async fn cli_rejects_bad_backends_clearly() {
         ("consul://127.0.0.1:1?timeout=1s", "consul"),
         ("etcd://127.0.0.1:1?ttl=5&timeout=1s", "etcd"),
     ] {
-        let out = Command::new(BIN)
+        let out = clear_wayfinder_env(&mut Command::new(BIN))
             .args(["--backend", url, "list"])
             .output()
             .await
@@ -372,7 +372,7 @@ async fn cli_reads_a_configuration_file_then_the_environment_then_flags() {
     let empty = format!("file://{}", dir.path().join("empty.json").display());
     let list = |config: Option<&str>, env: Option<&str>, flag: Option<&str>| {
         let mut command = Command::new(BIN);
-        command.env_remove("WAYFINDER_BACKEND");
+        clear_wayfinder_env(&mut command);
         if let Some(env) = env {
             command.env("WAYFINDER_BACKEND", env);
         }

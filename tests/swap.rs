@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::consul_server::ConsulAgent;
 use common::etcd_server::EtcdServer;
-use common::{eventually, example_binary, init_logging};
+use common::{clear_wayfinder_env, eventually, example_binary, init_logging};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use wayfinder::{connect_with, Config};
@@ -29,7 +29,7 @@ fn unique_prefix() -> String {
 
 /// Starts the `service` example as `name`; returns once it says it registered.
 async fn start_service(settings: &[(&str, String)], name: &str) -> Service {
-    let mut child = Command::new(example_binary("service"))
+    let mut child = clear_wayfinder_env(&mut Command::new(example_binary("service")))
         .envs(settings.iter().map(|(k, v)| (k, v)))
         .env("SERVICE_NAME", name)
         .stdout(Stdio::piped())
@@ -72,7 +72,7 @@ async fn stop_service(mut service: Service) {
 
 /// Runs the `client` example for `calls` calls; returns who answered each.
 async fn run_client(settings: &[(&str, String)], calls: usize) -> Vec<String> {
-    let run = Command::new(example_binary("client"))
+    let run = clear_wayfinder_env(&mut Command::new(example_binary("client")))
         .envs(settings.iter().map(|(k, v)| (k, v)))
         .args([HELLO_PATH, &calls.to_string()])
         .kill_on_drop(true)

@@ -9,7 +9,7 @@ use wayfinder::{connect, Address, AddressResolver, Instance, ServiceDescriptor};
 pub async fn register_and_resolve(default_url: &str) -> wayfinder::Result<()> {
     let url = std::env::var("WAYFINDER_BACKEND").unwrap_or_else(|_| default_url.to_owned());
     let registry = connect(&url).await?;
-    println!("registry: {url}");
+    println!("registry: {}", wayfinder::config::redact_url(&url));
 
     // The service: listen, then register its routes bound to the backend's liveness.
     let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -121,7 +121,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(backend) = cli.backend {
-        config.backend = backend;
+        config.set_backend(&backend)?;
     }
     let registry = connect_with(&config).await?;
     match cli.command {

@@ -53,6 +53,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn RouteManager>> {
 /// Opens the backend `config.backend` names, with the options of `config` over those in the URL.
 pub async fn connect_with(config: &Config) -> Result<Arc<dyn RouteManager>> {
     let url = BackendUrl::parse(&config.backend)?;
+    open::check_scheme(&url)?;
     let options = open::BackendOptions::from_query(&url)?.overlaid_with(config);
     tracing::debug!(backend = %redact_url(&config.backend), "connecting");
     open::open(&url, options).await
@@ -162,6 +163,34 @@ impl Config {
         }
     }
 
+    /// Points the configuration at `url`, an explicit choice (a command-line flag, say): the
+    /// fields that the URL's query options also set are cleared, so the URL's options apply.
+    pub fn set_backend(&mut self, url: &str) -> Result<()> {
+        let parsed = BackendUrl::parse(url)?;
+        for (key, _) in &parsed.query {
+            match key.as_str() {
+                "prefix" => self.prefix = None,
+                "ttl" => self.ttl = None,
+                "timeout" => self.timeout = None,
+                "poll" => self.poll = None,
+                "wait" => self.wait = None,
+                "user" => self.user = None,
+                "password" => self.password = None,
+                "token" => self.token = None,
+                "ca" => self.ca = None,
+                "cert" => self.cert = None,
+                "key" => self.key = None,
+                _ => {}
+            }
+        }
+        if parsed.userinfo().0.is_some() {
+            self.user = None;
+            self.password = None;
+        }
+        self.backend = url.to_owned();
+        Ok(())
+    }
+
     /// The defaults overlaid with the `WAYFINDER_*` environment variables: `WAYFINDER_BACKEND`,
     /// `WAYFINDER_<OPTION>` for each of [`OPTION_NAMES`], `WAYFINDER_SELECTOR`,
     /// `WAYFINDER_NEGATIVE_TTL` and `WAYFINDER_HEALTH__<FIELD>` (two underscores). Other
@@ -218,17 +247,6 @@ impl Config {
     }
 }
 
-/// The fields of [`HealthConfig`], as `WAYFINDER_HEALTH__<FIELD>` variables.
-const HEALTH_FIELDS: &[&str] = &[
-    "enabled",
-    "timeout",
-    "interval",
-    "jitter",
-    "failure_threshold",
-    "success_threshold",
-    "max_concurrency",
-];
-
 fn extract(
     builder: ::config::ConfigBuilder<::config::builder::DefaultState>,
     what: &str,
@@ -236,7 +254,26 @@ fn extract(
     builder
         .build()
         .and_then(|sources| sources.try_deserialize::<Config>())
-        .map_err(|e| Error::invalid_input(format!("{what}: {e}")))
+        .map_err(|e| Error::invalid_input(format!("{what}: {}", without_source_lines(&e))))
+}
+
+/// A parse error without the quoted source lines (`12 | password = "..."`) that TOML errors
+/// carry, since the line may hold a secret; the position and the reason stay.
+fn without_source_lines(error: &::config::ConfigError) -> String {
+    let text = error.to_string();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('|'))
+        .filter(|line| {
+            let digits = line
+                .trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit());
+            digits.len() == line.trim_start().len() || !digits.trim_start().starts_with('|')
+        })
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    kept.join(" ")
 }
 
 fn file_source(
@@ -268,7 +305,8 @@ fn env_source(vars: impl Iterator<Item = (String, String)>) -> ::config::Environ
             continue;
         }
         let is_known = match setting.split_once("__") {
-            Some(("health", field)) => HEALTH_FIELDS.contains(&field),
+            // `HealthConfig` refuses a field it does not have, with its name.
+            Some(("health", _)) => true,
             Some(_) => false,
             None => {
                 OPTION_NAMES.contains(&setting.as_str())
@@ -304,20 +342,9 @@ mod tests {
 
     #[tokio::test]
     async fn connect_explains_what_it_cannot_open() {
-        let unknown = connect("zk://127.0.0.1:2181").await.unwrap_err();
+        let unknown = connect("zk://127.0.0.1:2181?color=red").await.unwrap_err();
         assert_eq!(unknown.kind(), ErrorKind::InvalidInput);
         assert!(unknown.to_string().contains("file, memory, etcd, consul"));
-        let consul = connect("consul://?ttl=10s").await.unwrap_err();
-        assert_eq!(consul.kind(), ErrorKind::InvalidInput);
-        let no_hosts = connect("etcd://?ttl=5").await.unwrap_err();
-        assert!(matches!(
-            no_hosts.kind(),
-            ErrorKind::InvalidInput | ErrorKind::Unsupported
-        ));
-        assert_eq!(
-            connect("file://").await.unwrap_err().kind(),
-            ErrorKind::InvalidInput
-        );
         let twice = connect("memory://?ttl=1&ttl=2").await.unwrap_err();
         assert!(twice.to_string().contains("twice"), "{twice}");
         let unknown_option = connect("memory://?color=red").await.unwrap_err();
@@ -387,6 +414,68 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "consul")]
+    #[tokio::test]
+    async fn consul_urls_need_an_agent_and_take_no_password() {
+        let no_agent = connect("consul://?ttl=10s").await.unwrap_err();
+        assert_eq!(no_agent.kind(), ErrorKind::InvalidInput);
+        let userinfo = connect("consul://root:hunter2@127.0.0.1:8500")
+            .await
+            .unwrap_err();
+        assert!(userinfo.to_string().contains("token"), "{userinfo}");
+        assert!(!userinfo.to_string().contains("hunter2"));
+    }
+
+    #[cfg(feature = "etcd")]
+    #[tokio::test]
+    async fn etcd_urls_need_an_endpoint_and_a_user_for_a_password() {
+        let no_hosts = connect("etcd://?ttl=5").await.unwrap_err();
+        assert_eq!(no_hosts.kind(), ErrorKind::InvalidInput);
+        let no_user = connect("etcd://127.0.0.1:2379?password=x")
+            .await
+            .unwrap_err();
+        assert!(no_user.to_string().contains("needs a user"), "{no_user}");
+    }
+
+    #[cfg(feature = "file")]
+    #[tokio::test]
+    async fn file_urls_need_a_path() {
+        let empty = connect("file://").await.unwrap_err();
+        assert_eq!(empty.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[tokio::test]
+    async fn a_compiled_out_backend_is_unsupported_and_names_its_feature() {
+        let error = connect("etcd://127.0.0.1:2379").await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unsupported);
+        assert!(
+            error.to_string().contains("cargo feature \"etcd\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_explicit_backend_url_keeps_its_own_options() {
+        let mut config = Config::from_toml("prefix = \"from-file/\"\nttl = 7").unwrap();
+        config.set_backend("memory://?prefix=from-flag/").unwrap();
+        assert_eq!(config.prefix, None, "the flag's prefix applies");
+        assert_eq!(
+            config.ttl,
+            Some(Duration::from_secs(7)),
+            "the file's ttl stays"
+        );
+        assert_eq!(config.backend, "memory://?prefix=from-flag/");
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_quote_the_line_that_may_hold_a_secret() {
+        let error = Config::from_toml("password = \"hunter2\nttl = 5").unwrap_err();
+        let text = error.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("line 1"), "the position stays: {text}");
+    }
+
     #[test]
     fn bad_configuration_is_refused_with_the_reason() {
         let typo = Config::from_toml("bakend = \"memory://\"").unwrap_err();
@@ -428,6 +517,8 @@ mod tests {
         assert_eq!(config.prefix, None, "an empty variable sets nothing");
         let bad = from_vars(&[("WAYFINDER_HEALTH__FAILURE_THRESHOLD", "many")]).unwrap_err();
         assert!(bad.to_string().contains("failure_threshold"), "{bad}");
+        let typo = from_vars(&[("WAYFINDER_HEALTH__INTERVALL", "1")]).unwrap_err();
+        assert!(typo.to_string().contains("intervall"), "{typo}");
     }
 
     #[test]

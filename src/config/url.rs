@@ -96,27 +96,33 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// The URL with its password (`user:password@`) and `password` / `token` options masked, for
-/// logs and error messages.
+/// logs and error messages. It errs on the side of hiding: everything between the user name and
+/// the last `@` is masked, whatever characters a password holds.
 pub fn redact_url(url: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (url, None),
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
-    let head = match head.split_once("://") {
-        Some((scheme, location)) => format!("{scheme}://{}", redact_userinfo(location)),
-        None => redact_userinfo(head),
+    let rest = redact_userinfo(rest);
+    let (head, query) = match rest.split_once('?') {
+        Some((head, query)) => (head, query),
+        None => return format!("{scheme}{rest}"),
     };
-    let Some(query) = query else { return head };
     let options: Vec<String> = query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if SECRET_OPTIONS.contains(&key) => format!("{key}={REDACTED}"),
-            _ => pair.to_owned(),
+        .map(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+            if SECRET_OPTIONS.contains(&percent_decode(key).as_str()) {
+                format!("{key}={REDACTED}")
+            } else {
+                pair.to_owned()
+            }
         })
         .collect();
-    format!("{head}?{}", options.join("&"))
+    format!("{scheme}{head}?{}", options.join("&"))
 }
 
+/// `user:password@rest` with the password masked; text without both is returned as it is.
 fn redact_userinfo(location: &str) -> String {
     match location.rsplit_once('@') {
         Some((userinfo, hosts)) => match userinfo.split_once(':') {
@@ -261,6 +267,10 @@ mod tests {
         for secret in ["hunter2", "hunter3", "abc"] {
             assert!(!debug.contains(secret), "{debug}");
         }
+        let encoded_key = redact_url("etcd://h:2379?pass%77ord=hunter4");
+        assert!(!encoded_key.contains("hunter4"), "{encoded_key}");
+        let unencoded = redact_url("etcd://root:pa?ss/wo#rd@127.0.0.1:2379");
+        assert_eq!(unencoded, "etcd://root:<redacted>@127.0.0.1:2379");
         assert!(debug.contains("127.0.0.1:2379") && debug.contains("5s"));
     }
 }

@@ -10,6 +10,9 @@ mod resolver;
 pub mod select;
 mod table;
 
+#[cfg(feature = "tower")]
+pub(crate) use table::trim_path;
+
 pub use endpoint::{Endpoint, EndpointKey};
 pub use health::{probe, HealthConfig, HealthMonitor};
 pub use resolver::{

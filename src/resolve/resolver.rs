@@ -336,7 +336,10 @@ impl AddressResolver {
 
     /// Every healthy address of a route path, for broadcast (all of them when none is healthy).
     pub async fn resolve_all(&self, path: &str) -> Result<Vec<Address>> {
-        let entry = self.shared.table.load_full().by_path(path).cloned();
+        let entry = self
+            .shared
+            .table
+            .lookup(|table| table.by_path(path).cloned());
         let entry = match entry {
             Some(entry) => entry,
             None => self.miss(Lookup::Path(path)).await?,

@@ -152,7 +152,7 @@ pub struct RouteTable {
 
 /// A route path as stored and compared: no leading or trailing `/`.
 /// (A byte loop: `trim_matches` costs several times more on this hot path.)
-fn trim_path(path: &str) -> &str {
+pub(crate) fn trim_path(path: &str) -> &str {
     let bytes = path.as_bytes();
     if !matches!(bytes, [b'/', ..] | [.., b'/']) {
         return path;

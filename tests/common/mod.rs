@@ -176,3 +176,14 @@ fn newest_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
         .filter_map(|entry| newest_mtime(&entry.ok()?.path()))
         .max()
 }
+
+/// Removes every `WAYFINDER_*` variable the test runner inherited from a child's environment,
+/// so only what a test sets configures the child.
+pub fn clear_wayfinder_env(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WAYFINDER_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}

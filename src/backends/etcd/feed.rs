@@ -109,8 +109,8 @@ impl Follower {
             traced("etcd", "watch_list", load, |(e, _)| e.key_count()).await?;
         self.entries = entries;
         self.revision = revision;
-        self.hub.replace_all(self.entries.all_merged());
         self.hub.note_reconnect();
+        self.hub.replace_all(self.entries.all_merged());
         Ok(())
     }
 

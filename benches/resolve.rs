@@ -2,7 +2,8 @@
 //!
 //! * exact-path resolve, 8 healthy addresses, every selector, at 10, 10k and 100k routes;
 //! * templated-path resolve at 10k routes;
-//! * table build time for 10k routes.
+//! * table build time for 10k routes;
+//! * decoding 10k registry values.
 //!
 //! The reference is pingora-load-balancing 0.9 `LoadBalancer::select` over 8 backends, measured at
 //! about 195 ns on these machines (DESIGN.md); the target is at most half of that.
@@ -20,7 +21,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use wayfinder::backends::memory::MemoryRouteManager;
 use wayfinder::resolve::select::{selector_by_name, RoundRobin, SELECTOR_NAMES};
 use wayfinder::resolve::{HealthConfig, RouteTable};
-use wayfinder::route::{encode_route, DEFAULT_PREFIX};
+use wayfinder::route::{decode_route, encode_route, DEFAULT_PREFIX};
 use wayfinder::{Address, AddressResolver, ResolverConfig, ServiceDescriptor, ServiceRoute};
 
 const SIZES: [usize; 3] = [10, 10_000, 100_000];
@@ -149,5 +150,36 @@ fn table_build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, exact_path, templated_path, table_build);
+/// Decoding 10k registry values of one address each (the backends' cold-load work per key).
+fn decode_values(c: &mut Criterion) {
+    let values: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| {
+            let address = Address::new(format!("10.0.{}.{}", i / 250, i % 250 + 1), 9000);
+            let descriptor = ServiceDescriptor::new(
+                format!("Bench.IOrderService{i}.Get_id"),
+                format!("api/order{i}/get"),
+            )
+            .with_metadata("HttpMethod", "GET");
+            encode_route(&ServiceRoute::new(descriptor, vec![address])).unwrap()
+        })
+        .collect();
+    let mut group = c.benchmark_group("decode");
+    group.sample_size(20);
+    group.bench_function("10000_values", |b| {
+        b.iter(|| {
+            for value in &values {
+                black_box(decode_route(value).unwrap());
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    exact_path,
+    templated_path,
+    table_build,
+    decode_values
+);
 criterion_main!(benches);

@@ -141,8 +141,15 @@ struct HubState {
 }
 
 impl HubState {
+    /// Sends `event` to every subscriber: copies for all but the last, which gets the original.
     fn broadcast(&mut self, event: RouteEvent) {
-        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+        self.subscribers.retain(|s| !s.is_closed());
+        if let Some((last, others)) = self.subscribers.split_last() {
+            for subscriber in others {
+                let _ = subscriber.send(event.clone());
+            }
+            let _ = last.send(event);
+        }
     }
 
     fn apply(&mut self, id: &str, route: Option<ServiceRoute>) {

@@ -1,4 +1,5 @@
 //! Helpers shared by the backend benchmarks: statistics, formatting, the benchmark's routes.
+#![allow(dead_code)]
 
 use std::time::Duration;
 

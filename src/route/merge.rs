@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::codec::decode_route;
 use super::key::{EntryKey, KeyLayout};
-use super::model::ServiceRoute;
+use super::model::{Address, ServiceDescriptor, ServiceRoute};
 use crate::error::{Error, Result};
 
 /// Decodes one raw entry, checking that the key and the value agree on the service id.
@@ -42,27 +42,95 @@ struct Entry {
     route: ServiceRoute,
 }
 
+/// One service id's entries, sorted by instance id.
+///
+/// A sorted vector rather than a map: most service ids have a few instances, and a map node
+/// sized for eleven entries per service id would cost about 2 KiB each (a route is large).
+#[derive(Debug, Default, Clone)]
+struct Instances(Vec<(String, Entry)>);
+
+impl Instances {
+    /// From entries in any order; of a repeated instance id the last entry stays.
+    fn from_entries(mut entries: Vec<(String, Entry)>) -> Self {
+        if !entries.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+            // A stable sort keeps repeats in input order; keep the last of each run.
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries.reverse();
+            entries.dedup_by(|later, earlier| later.0 == earlier.0);
+            entries.reverse();
+        }
+        entries.shrink_to_fit();
+        Instances(entries)
+    }
+
+    fn position(&self, instance: &str) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by(|(id, _)| id.as_str().cmp(instance))
+    }
+
+    fn insert(&mut self, instance: String, entry: Entry) {
+        match self.position(&instance) {
+            Ok(at) => self.0[at].1 = entry,
+            Err(at) => self.0.insert(at, (instance, entry)),
+        }
+    }
+
+    fn remove(&mut self, instance: &str) {
+        if let Ok(at) = self.position(instance) {
+            self.0.remove(at);
+        }
+    }
+
+    fn contains(&self, instance: &str) -> bool {
+        self.position(instance).is_ok()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.0.iter().map(|(_, entry)| entry)
+    }
+}
+
 /// All entries of a registry, grouped by service id, with the merged route of each id.
 #[derive(Debug, Default, Clone)]
 pub struct RouteEntries {
-    services: BTreeMap<String, BTreeMap<String, Entry>>,
+    services: BTreeMap<String, Instances>,
 }
 
 impl RouteEntries {
     /// How many entries (one per service id and instance) are held.
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub fn key_count(&self) -> usize {
-        self.services.values().map(BTreeMap::len).sum()
+        self.services
+            .values()
+            .map(|instances| instances.0.len())
+            .sum()
     }
 
-    /// Stores (or replaces) one entry, without merging (for bulk loads).
+    /// All entries of a listing at once. Listings come sorted by key (service id, then
+    /// instance), and sorted input builds the maps in one pass instead of one insert per key;
+    /// unsorted input is sorted first. A key given twice keeps its last entry.
     #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
-    pub fn insert(&mut self, key: &EntryKey, version: u64, route: ServiceRoute) {
-        let instance = key.instance_id.clone().unwrap_or_default();
-        self.services
-            .entry(key.service_id.clone())
-            .or_default()
-            .insert(instance, Entry { version, route });
+    pub fn from_listing(listing: impl IntoIterator<Item = (EntryKey, u64, ServiceRoute)>) -> Self {
+        let mut groups: Vec<(String, Vec<(String, Entry)>)> = Vec::new();
+        for (key, version, route) in listing {
+            let instance = key.instance_id.unwrap_or_default();
+            let entry = (instance, Entry { version, route });
+            match groups.last_mut() {
+                Some((id, entries)) if *id == key.service_id => entries.push(entry),
+                _ => groups.push((key.service_id, vec![entry])),
+            }
+        }
+        if !groups.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+            let mut by_id: BTreeMap<String, Vec<(String, Entry)>> = BTreeMap::new();
+            for (id, entries) in groups {
+                by_id.entry(id).or_default().extend(entries);
+            }
+            groups = by_id.into_iter().collect();
+        }
+        let services = groups
+            .into_iter()
+            .map(|(id, entries)| (id, Instances::from_entries(entries)))
+            .collect();
+        RouteEntries { services }
     }
 
     /// Stores (or replaces) one entry; returns the merged route of its service id afterwards.
@@ -84,10 +152,10 @@ impl RouteEntries {
 
     /// Removes one entry; returns the merged route of its service id afterwards.
     pub fn remove(&mut self, key: &EntryKey) -> Option<ServiceRoute> {
-        let instance = key.instance_id.clone().unwrap_or_default();
+        let instance = key.instance_id.as_deref().unwrap_or_default();
         if let Some(entries) = self.services.get_mut(&key.service_id) {
-            entries.remove(&instance);
-            if entries.is_empty() {
+            entries.remove(instance);
+            if entries.0.is_empty() {
                 self.services.remove(&key.service_id);
             }
         }
@@ -99,7 +167,7 @@ impl RouteEntries {
         let instance = key.instance_id.as_deref().unwrap_or_default();
         self.services
             .get(&key.service_id)
-            .is_some_and(|entries| entries.contains_key(instance))
+            .is_some_and(|entries| entries.contains(instance))
     }
 
     /// The merged route of one service id, or `None` when it has no address left.
@@ -117,37 +185,13 @@ impl RouteEntries {
         (!route.addresses.is_empty()).then_some(route)
     }
 
-    /// Every merged route, by service id, consuming the entries (no copies).
+    /// Every merged route, in service id order, consuming the entries (no copies).
     #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
-    pub fn into_merged(self) -> BTreeMap<String, ServiceRoute> {
-        let mut merged = BTreeMap::new();
-        for (id, entries) in self.services {
-            let newest = entries
-                .iter()
-                .max_by_key(|(_, e)| e.version)
-                .map(|(instance, _)| instance.clone());
-            let mut route: Option<ServiceRoute> = None;
-            let mut addresses: Vec<crate::route::Address> = Vec::new();
-            for (instance, entry) in entries {
-                let ServiceRoute {
-                    descriptor,
-                    addresses: own,
-                } = entry.route;
-                for address in own {
-                    if !addresses.iter().any(|a| a.same_endpoint(&address)) {
-                        addresses.push(address);
-                    }
-                }
-                if Some(&instance) == newest.as_ref() {
-                    route = Some(ServiceRoute::new(descriptor, Vec::new()));
-                }
-            }
-            if let Some(mut route) = route.filter(|_| !addresses.is_empty()) {
-                route.addresses = addresses;
-                merged.insert(id, route);
-            }
-        }
-        merged
+    pub fn into_merged(self) -> Vec<ServiceRoute> {
+        self.services
+            .into_values()
+            .filter_map(|entries| merge_owned(entries.0.into_iter().map(|(_, entry)| entry)))
+            .collect()
     }
 
     /// Every merged route, by service id.
@@ -156,5 +200,92 @@ impl RouteEntries {
             .keys()
             .filter_map(|id| Some((id.clone(), self.merged(id)?)))
             .collect()
+    }
+}
+
+/// The route of one service id's entries: the newest descriptor (the last of equal versions)
+/// and the union of the addresses, moved rather than copied.
+fn merge_owned(entries: impl Iterator<Item = Entry>) -> Option<ServiceRoute> {
+    let mut newest: Option<(u64, ServiceDescriptor)> = None;
+    let mut addresses: Vec<Address> = Vec::new();
+    for Entry { version, route } in entries {
+        for address in route.addresses {
+            if !addresses.iter().any(|a| a.same_endpoint(&address)) {
+                addresses.push(address);
+            }
+        }
+        if newest.as_ref().is_none_or(|(best, _)| version >= *best) {
+            newest = Some((version, route.descriptor));
+        }
+    }
+    let (_, descriptor) = newest?;
+    (!addresses.is_empty()).then(|| ServiceRoute::new(descriptor, addresses))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(service: &str, instance: &str) -> EntryKey {
+        EntryKey {
+            service_id: service.to_owned(),
+            instance_id: Some(instance.to_owned()),
+        }
+    }
+
+    fn route(service: &str, path: &str, port: u16) -> ServiceRoute {
+        ServiceRoute::new(
+            ServiceDescriptor::new(service, path),
+            vec![Address::new("10.0.0.1", port)],
+        )
+    }
+
+    fn ports(route: &ServiceRoute) -> Vec<u16> {
+        route.addresses.iter().map(|a| a.port).collect()
+    }
+
+    #[test]
+    fn a_listing_in_any_order_merges_like_one_put_at_a_time() {
+        let listing = vec![
+            (key("B", "i2"), 5, route("B", "api/b-old", 2)),
+            (key("A", "i1"), 1, route("A", "api/a", 1)),
+            (key("B", "i1"), 9, route("B", "api/b-new", 1)),
+            (key("B", "i2"), 7, route("B", "api/b-old", 3)),
+        ];
+        let mut one_at_a_time = RouteEntries::default();
+        for (key, version, route) in listing.clone() {
+            one_at_a_time.put(&key, version, route);
+        }
+        let bulk = RouteEntries::from_listing(listing);
+        assert_eq!(bulk.key_count(), 3, "the repeated key keeps one entry");
+        assert_eq!(bulk.all_merged(), one_at_a_time.all_merged());
+        let b = bulk.merged("B").unwrap();
+        assert_eq!(
+            b.route_path(),
+            "api/b-new",
+            "the newest version's descriptor"
+        );
+        assert_eq!(ports(&b), [1, 3], "the last entry of a repeated key wins");
+        let owned = bulk.clone().into_merged();
+        assert_eq!(owned, bulk.all_merged().into_values().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn entries_are_replaced_removed_and_found_by_instance() {
+        let mut entries = RouteEntries::from_listing(vec![
+            (key("A", "i1"), 1, route("A", "api/a", 1)),
+            (key("A", "i3"), 1, route("A", "api/a", 3)),
+        ]);
+        let merged = entries
+            .put(&key("A", "i2"), 2, route("A", "api/a", 2))
+            .unwrap();
+        assert_eq!(ports(&merged), [1, 2, 3], "instances stay in id order");
+        assert!(entries.contains(&key("A", "i2")));
+        let merged = entries.remove(&key("A", "i1")).unwrap();
+        assert_eq!(ports(&merged), [2, 3]);
+        assert!(!entries.contains(&key("A", "i1")));
+        entries.remove(&key("A", "i2"));
+        assert!(entries.remove(&key("A", "i3")).is_none(), "no address left");
+        assert_eq!(entries.key_count(), 0);
     }
 }

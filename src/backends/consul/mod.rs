@@ -328,19 +328,18 @@ impl std::fmt::Debug for ConsulStore {
 
 /// Decodes a listing into per-instance entries; malformed ones are skipped with a warning.
 pub(crate) fn entries_of(layout: &KeyLayout, pairs: &[KvPair]) -> RouteEntries {
-    let mut entries = RouteEntries::default();
-    for pair in pairs {
+    RouteEntries::from_listing(pairs.iter().filter_map(|pair| {
         let decoded = pair
             .bytes()
             .and_then(|bytes| decode_entry(layout, &pair.key, &bytes));
         match decoded {
-            Ok((key, route)) => entries.insert(&key, pair.modify_index, route),
+            Ok((key, route)) => Some((key, pair.modify_index, route)),
             Err(err) => {
-                tracing::warn!(key = %pair.key, error = %err, "skipping malformed registry entry")
+                tracing::warn!(key = %pair.key, error = %err, "skipping malformed registry entry");
+                None
             }
         }
-    }
-    entries
+    }))
 }
 
 impl ConsulRouteManager {
@@ -485,10 +484,7 @@ impl RouteManager for ConsulRouteManager {
             "list",
             async {
                 let listing = self.inner.agents.list(0).await?;
-                Ok(entries_of(&self.inner.config().layout, &listing.pairs)
-                    .into_merged()
-                    .into_values()
-                    .collect())
+                Ok(entries_of(&self.inner.config().layout, &listing.pairs).into_merged())
             },
             Vec::len,
         )

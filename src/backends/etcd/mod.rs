@@ -294,15 +294,13 @@ pub(crate) async fn load_entries(
         tokio::task::spawn_blocking(move || decode_page(&layout, page))
     })
     .await?;
-    let mut entries = RouteEntries::default();
+    let mut decoded = Vec::with_capacity(decoding.len());
     for page in decoding {
-        let page = page.await.map_err(|e| {
+        decoded.push(page.await.map_err(|e| {
             Error::new(ErrorKind::Closed, "etcd page decoding ended abnormally").with_source(e)
-        })?;
-        for (key, version, route) in page {
-            entries.insert(&key, version, route);
-        }
+        })?);
     }
+    let entries = RouteEntries::from_listing(decoded.into_iter().flatten());
     Ok((entries, revision))
 }
 
@@ -470,7 +468,7 @@ impl RouteManager for EtcdRouteManager {
             async {
                 let (entries, _) =
                     load_entries(&self.inner.client, &self.inner.config.layout).await?;
-                Ok(entries.into_merged().into_values().collect())
+                Ok(entries.into_merged())
             },
             Vec::len,
         )

@@ -275,12 +275,24 @@ mod tests {
         let port: fn(&Address) -> u16 = |address| address.port;
         let mut discover = discover_path(manager, "api/x", port);
 
-        discover.apply(RouteEvent::Created(route("X.A", "api/x", &[1, 2])));
-        discover.apply(RouteEvent::Created(route("X.B", "API/X", &[2, 3])));
-        discover.apply(RouteEvent::Created(route("Y", "api/y", &[4])));
+        discover.apply(RouteEvent::Created(Arc::new(route(
+            "X.A",
+            "api/x",
+            &[1, 2],
+        ))));
+        discover.apply(RouteEvent::Created(Arc::new(route(
+            "X.B",
+            "API/X",
+            &[2, 3],
+        ))));
+        discover.apply(RouteEvent::Created(Arc::new(route("Y", "api/y", &[4]))));
         assert_eq!(drain(&mut discover), ["+1", "+2", "+3"]);
 
-        discover.apply(RouteEvent::Removed(route("X.A", "api/x", &[1, 2])));
+        discover.apply(RouteEvent::Removed(Arc::new(route(
+            "X.A",
+            "api/x",
+            &[1, 2],
+        ))));
         let left = drain(&mut discover);
         assert_eq!(left.len(), 1, "only port 1 leaves: {left:?}");
         assert!(
@@ -291,12 +303,16 @@ mod tests {
 
         let mut moved = route("X.B", "api/x", &[3, 5]);
         moved.addresses[0].weight = Some(7);
-        discover.apply(RouteEvent::Changed(moved));
+        discover.apply(RouteEvent::Changed(Arc::new(moved)));
         let changes = drain(&mut discover);
         assert_eq!(changes[0], "+5");
         assert!(changes[1].starts_with('-') && changes[1].contains("port: 2"));
 
-        discover.apply(RouteEvent::Changed(route("X.B", "api/other", &[3, 5])));
+        discover.apply(RouteEvent::Changed(Arc::new(route(
+            "X.B",
+            "api/other",
+            &[3, 5],
+        ))));
         assert_eq!(
             drain(&mut discover).len(),
             2,

@@ -15,15 +15,18 @@ use crate::error::{Error, Result};
 use crate::route::ServiceRoute;
 
 /// A change to the routes of a registry, as seen by [`RouteWatch`].
+///
+/// Routes are shared (`Arc`): every watcher of a manager, and the manager itself, hold one copy
+/// of each route however many watch it.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteEvent {
     /// A service id gained its first address (or was present when the watch began).
-    Created(ServiceRoute),
+    Created(Arc<ServiceRoute>),
     /// A route's descriptor or addresses changed; carries the new route.
-    Changed(ServiceRoute),
+    Changed(Arc<ServiceRoute>),
     /// A service id lost its last address; carries the route as it was.
-    Removed(ServiceRoute),
+    Removed(Arc<ServiceRoute>),
     /// The `Created` events before this one are the registry's state when the watch began;
     /// everything after is a change. Sent once per watch.
     Synced,
@@ -135,7 +138,7 @@ impl futures_core::Stream for RouteWatch {
 
 #[derive(Default)]
 struct HubState {
-    routes: BTreeMap<String, ServiceRoute>,
+    routes: BTreeMap<String, Arc<ServiceRoute>>,
     synced: bool,
     subscribers: Vec<mpsc::UnboundedSender<RouteEvent>>,
 }
@@ -152,10 +155,10 @@ impl HubState {
         }
     }
 
-    fn apply(&mut self, id: &str, route: Option<ServiceRoute>) {
+    fn apply(&mut self, id: &str, route: Option<Arc<ServiceRoute>>) {
         let event = match (self.routes.get(id), route) {
             (None, None) => return,
-            (Some(old), Some(new)) if *old == new => return,
+            (Some(old), Some(new)) if Arc::ptr_eq(old, &new) || **old == *new => return,
             (None, Some(new)) => {
                 self.routes.insert(id.to_owned(), new.clone());
                 RouteEvent::Created(new)
@@ -229,7 +232,7 @@ impl WatchHub {
     }
 
     /// Replaces the whole set after an authoritative read; emits the differences.
-    pub fn replace_all(&self, routes: BTreeMap<String, ServiceRoute>) {
+    pub fn replace_all(&self, routes: BTreeMap<String, Arc<ServiceRoute>>) {
         let mut state = self.lock();
         let gone: Vec<String> = state
             .routes
@@ -249,7 +252,7 @@ impl WatchHub {
     }
 
     /// Sets (or with `None` removes) one service id's route; emits the difference.
-    pub fn set(&self, service_id: &str, route: Option<ServiceRoute>) {
+    pub fn set(&self, service_id: &str, route: Option<Arc<ServiceRoute>>) {
         self.lock().apply(service_id, route);
     }
 

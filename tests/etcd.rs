@@ -235,7 +235,7 @@ async fn sigkilled_instance_disappears_within_ttl_plus_2s() {
     let mut seen = initial_routes(&mut watch).await;
     if seen.is_empty() {
         match next_event(&mut watch, Duration::from_secs(10)).await {
-            RouteEvent::Created(route) => seen.push(route),
+            RouteEvent::Created(route) => seen.push(std::sync::Arc::unwrap_or_clone(route)),
             other => panic!("unexpected {other:?}"),
         }
     }

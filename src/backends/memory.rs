@@ -138,7 +138,7 @@ impl MemoryStore {
         Ok(())
     }
 
-    fn publish(&self, service_id: &str, route: Option<ServiceRoute>) {
+    fn publish(&self, service_id: &str, route: Option<Arc<ServiceRoute>>) {
         if !self.outage.load(Ordering::SeqCst) {
             self.hub.set(service_id, route);
         }
@@ -285,7 +285,8 @@ impl RouteManager for MemoryRouteManager {
                 self.inner.check_available()?;
                 let mut state = self.inner.lock();
                 self.inner.expire(&mut state);
-                Ok(state.entries.all_merged().into_values().collect())
+                let routes = state.entries.all_merged().into_values();
+                Ok(routes.map(Arc::unwrap_or_clone).collect())
             },
             Vec::len,
         )

@@ -431,7 +431,7 @@ impl AddressResolver {
                 .insert(endpoint.key().clone(), endpoint.clone());
         }
         for route in routes {
-            follower.upsert(route, &self.shared.config);
+            follower.upsert(Arc::new(route), &self.shared.config);
         }
         let table = Arc::new(follower.table());
         *last = Some((std::time::Instant::now(), table.clone()));
@@ -589,7 +589,7 @@ impl Follower {
         }
     }
 
-    fn upsert(&mut self, route: ServiceRoute, config: &ResolverConfig) {
+    fn upsert(&mut self, route: Arc<ServiceRoute>, config: &ResolverConfig) {
         let id = route.id().to_owned();
         let endpoints = &mut self.endpoints;
         let entry = RouteEntry::new(route, config.selector_for(&id), |address| {

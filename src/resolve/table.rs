@@ -19,7 +19,7 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// One route ready for selection: its endpoints and its selector's state.
 #[derive(Debug)]
 pub struct RouteEntry {
-    route: ServiceRoute,
+    route: Arc<ServiceRoute>,
     endpoints: Box<[Arc<Endpoint>]>,
     pick: Box<dyn Pick>,
     counts_calls: bool,
@@ -36,7 +36,7 @@ pub(crate) struct Choice {
 impl RouteEntry {
     /// Prepares a route: one endpoint per address (from `endpoint_of`), and the selector's state.
     pub(crate) fn new(
-        route: ServiceRoute,
+        route: Arc<ServiceRoute>,
         selector: &dyn Selector,
         mut endpoint_of: impl FnMut(&crate::route::Address) -> Arc<Endpoint>,
     ) -> Self {
@@ -246,7 +246,7 @@ impl RouteTable {
         let entries: Vec<Arc<RouteEntry>> = routes
             .into_iter()
             .map(|route| {
-                Arc::new(RouteEntry::new(route, selector, |address| {
+                Arc::new(RouteEntry::new(Arc::new(route), selector, |address| {
                     endpoints
                         .entry(EndpointKey::of(address))
                         .or_insert_with(|| Arc::new(Endpoint::new(address.clone())))

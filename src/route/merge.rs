@@ -4,6 +4,7 @@
 //! descriptor among its entries plus the union of their addresses.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::codec::decode_route;
 use super::key::{EntryKey, KeyLayout};
@@ -39,7 +40,7 @@ pub fn decode_entry(
 #[derive(Debug, Clone)]
 struct Entry {
     version: u64,
-    route: ServiceRoute,
+    route: Arc<ServiceRoute>,
 }
 
 /// One service id's entries, sorted by instance id.
@@ -113,6 +114,7 @@ impl RouteEntries {
         let mut groups: Vec<(String, Vec<(String, Entry)>)> = Vec::new();
         for (key, version, route) in listing {
             let instance = key.instance_id.unwrap_or_default();
+            let route = Arc::new(route);
             let entry = (instance, Entry { version, route });
             match groups.last_mut() {
                 Some((id, entries)) if *id == key.service_id => entries.push(entry),
@@ -141,8 +143,9 @@ impl RouteEntries {
         key: &EntryKey,
         version: u64,
         route: ServiceRoute,
-    ) -> Option<ServiceRoute> {
+    ) -> Option<Arc<ServiceRoute>> {
         let instance = key.instance_id.clone().unwrap_or_default();
+        let route = Arc::new(route);
         self.services
             .entry(key.service_id.clone())
             .or_default()
@@ -151,7 +154,7 @@ impl RouteEntries {
     }
 
     /// Removes one entry; returns the merged route of its service id afterwards.
-    pub fn remove(&mut self, key: &EntryKey) -> Option<ServiceRoute> {
+    pub fn remove(&mut self, key: &EntryKey) -> Option<Arc<ServiceRoute>> {
         let instance = key.instance_id.as_deref().unwrap_or_default();
         if let Some(entries) = self.services.get_mut(&key.service_id) {
             entries.remove(instance);
@@ -170,9 +173,15 @@ impl RouteEntries {
             .is_some_and(|entries| entries.contains(instance))
     }
 
-    /// The merged route of one service id, or `None` when it has no address left.
-    pub fn merged(&self, service_id: &str) -> Option<ServiceRoute> {
+    /// The merged route of one service id, or `None` when it has no address left. A service id
+    /// with one entry shares that entry's route; otherwise the merge is a new route.
+    pub fn merged(&self, service_id: &str) -> Option<Arc<ServiceRoute>> {
         let entries = self.services.get(service_id)?;
+        if let [(_, only)] = entries.0.as_slice() {
+            if !only.route.addresses.is_empty() && !has_repeated_endpoint(&only.route) {
+                return Some(only.route.clone());
+            }
+        }
         let newest = entries.values().max_by_key(|e| e.version)?;
         let mut route = ServiceRoute::new(newest.route.descriptor.clone(), Vec::new());
         for entry in entries.values() {
@@ -182,10 +191,11 @@ impl RouteEntries {
                 }
             }
         }
-        (!route.addresses.is_empty()).then_some(route)
+        (!route.addresses.is_empty()).then(|| Arc::new(route))
     }
 
-    /// Every merged route, in service id order, consuming the entries (no copies).
+    /// Every merged route, in service id order, consuming the entries (copying only routes
+    /// that are shared elsewhere).
     #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
     pub fn into_merged(self) -> Vec<ServiceRoute> {
         self.services
@@ -195,12 +205,22 @@ impl RouteEntries {
     }
 
     /// Every merged route, by service id.
-    pub fn all_merged(&self) -> BTreeMap<String, ServiceRoute> {
+    pub fn all_merged(&self) -> BTreeMap<String, Arc<ServiceRoute>> {
         self.services
             .keys()
             .filter_map(|id| Some((id.clone(), self.merged(id)?)))
             .collect()
     }
+}
+
+/// Whether two addresses of the route name one endpoint (a merge would keep one of them).
+fn has_repeated_endpoint(route: &ServiceRoute) -> bool {
+    let addresses = &route.addresses;
+    (1..addresses.len()).any(|i| {
+        addresses[..i]
+            .iter()
+            .any(|a| a.same_endpoint(&addresses[i]))
+    })
 }
 
 /// The route of one service id's entries: the newest descriptor (the last of equal versions)
@@ -209,6 +229,7 @@ fn merge_owned(entries: impl Iterator<Item = Entry>) -> Option<ServiceRoute> {
     let mut newest: Option<(u64, ServiceDescriptor)> = None;
     let mut addresses: Vec<Address> = Vec::new();
     for Entry { version, route } in entries {
+        let route = Arc::unwrap_or_clone(route);
         for address in route.addresses {
             if !addresses.iter().any(|a| a.same_endpoint(&address)) {
                 addresses.push(address);
@@ -267,7 +288,12 @@ mod tests {
         );
         assert_eq!(ports(&b), [1, 3], "the last entry of a repeated key wins");
         let owned = bulk.clone().into_merged();
-        assert_eq!(owned, bulk.all_merged().into_values().collect::<Vec<_>>());
+        let shared: Vec<ServiceRoute> = bulk
+            .all_merged()
+            .into_values()
+            .map(Arc::unwrap_or_clone)
+            .collect();
+        assert_eq!(owned, shared);
     }
 
     #[test]

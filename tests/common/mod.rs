@@ -90,7 +90,7 @@ pub async fn initial_routes(watch: &mut RouteWatch) -> Vec<ServiceRoute> {
     let mut routes = Vec::new();
     loop {
         match next_event(watch, Duration::from_secs(10)).await {
-            RouteEvent::Created(route) => routes.push(route),
+            RouteEvent::Created(route) => routes.push(std::sync::Arc::unwrap_or_clone(route)),
             RouteEvent::Synced => return routes,
             other => panic!("unexpected event before Synced: {other:?}"),
         }

@@ -48,7 +48,12 @@ async fn load(storage: &FileStorage) -> Result<Document> {
 /// Publishes the live routes of `doc`; returns the next heartbeat expiry.
 fn publish(hub: &WatchHub, doc: &Document) -> Option<u64> {
     let (routes, next_expiry) = doc.live_routes(now_ms());
-    hub.replace_all(routes);
+    hub.replace_all(
+        routes
+            .into_iter()
+            .map(|(id, r)| (id, Arc::new(r)))
+            .collect(),
+    );
     next_expiry
 }
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::{Agents, Listing};
+use super::{decode_pairs, Agents, KvPair, Listing};
 use crate::error::Result;
-use crate::route::{decode_entry, RouteEntries};
+use crate::route::RouteEntries;
 use crate::telemetry::traced;
 use crate::watch::WatchHub;
 
@@ -32,7 +32,7 @@ pub(crate) async fn start(agents: Agents, hub: Arc<WatchHub>) -> Result<JoinHand
         entries: RouteEntries::default(),
         decode_all: false,
     };
-    follower.publish(first);
+    follower.publish(first).await?;
     follower.hub.mark_synced();
     Ok(tokio::spawn(follower.run()))
 }
@@ -51,19 +51,17 @@ struct Follower {
 impl Follower {
     /// Applies a whole-prefix answer: decodes only new or changed keys, and removes keys that
     /// are gone unless the answer was filtered by ACLs (then absences mean nothing).
-    fn publish(&mut self, listing: Listing) {
-        let layout = &self.agents.config.layout;
-        let mut seen = HashSet::with_capacity(listing.pairs.len());
-        for pair in &listing.pairs {
-            seen.insert(pair.key.as_str());
-            if !self.decode_all && self.known.get(&pair.key) == Some(&pair.modify_index) {
-                continue;
-            }
+    async fn publish(&mut self, listing: Listing) -> Result<()> {
+        let layout = self.agents.config.layout.clone();
+        let seen: HashSet<String> = listing.pairs.iter().map(|p| p.key.clone()).collect();
+        let changed: Vec<KvPair> = listing
+            .pairs
+            .into_iter()
+            .filter(|pair| self.decode_all || self.known.get(&pair.key) != Some(&pair.modify_index))
+            .collect();
+        for pair in decode_pairs(&layout, changed).await? {
             self.known.insert(pair.key.clone(), pair.modify_index);
-            match pair
-                .bytes()
-                .and_then(|bytes| decode_entry(layout, &pair.key, &bytes))
-            {
+            match pair.entry {
                 Ok((key, route)) => {
                     let merged = self.entries.put(&key, pair.modify_index, route);
                     self.hub.set(&key.service_id, merged);
@@ -95,6 +93,7 @@ impl Follower {
         self.decode_all = false;
         self.hub.mark_good();
         self.index = listing.index.max(1);
+        Ok(())
     }
 
     async fn run(mut self) {
@@ -119,7 +118,13 @@ impl Follower {
                         self.hub.mark_good();
                         continue;
                     }
-                    self.publish(listing);
+                    if let Err(err) = self.publish(listing).await {
+                        tracing::warn!(error = %err, "consul answer not applied; reading afresh");
+                        self.hub.mark_error(&err);
+                        self.index = 0;
+                        self.decode_all = true;
+                        tokio::time::sleep(BACKOFF_MAX).await;
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, retry_in = ?delay, "consul watch failed; keeping the last good routes");

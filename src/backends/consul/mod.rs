@@ -21,7 +21,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
-    decode_entry, encode_route, instance_id, Address, KeyLayout, RouteEntries, ServiceRoute,
+    decode_entry, encode_route, instance_id, Address, EntryKey, KeyLayout, RouteEntries,
+    ServiceRoute,
 };
 use crate::telemetry::traced;
 use crate::watch::{RouteWatch, SharedFeed};
@@ -326,20 +327,61 @@ impl std::fmt::Debug for ConsulStore {
     }
 }
 
+/// One key of a listing, decoded (or why it could not be).
+pub(crate) struct DecodedPair {
+    /// The Consul key.
+    pub key: String,
+    /// Its ModifyIndex.
+    pub modify_index: u64,
+    /// The entry, or why the value is not one.
+    pub entry: Result<(EntryKey, ServiceRoute)>,
+}
+
+/// Decodes the pairs in two halves on blocking threads (decoding is most of a cold load's
+/// work), keeping their order.
+pub(crate) async fn decode_pairs(
+    layout: &KeyLayout,
+    mut pairs: Vec<KvPair>,
+) -> Result<Vec<DecodedPair>> {
+    let second = pairs.split_off(pairs.len() / 2);
+    let halves = [pairs, second].map(|half| {
+        let layout = layout.clone();
+        tokio::task::spawn_blocking(move || {
+            half.into_iter()
+                .map(|pair| DecodedPair {
+                    entry: pair
+                        .bytes()
+                        .and_then(|bytes| decode_entry(&layout, &pair.key, &bytes)),
+                    modify_index: pair.modify_index,
+                    key: pair.key,
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    let mut decoded = Vec::new();
+    for half in halves {
+        decoded.extend(half.await.map_err(|e| {
+            Error::new(
+                ErrorKind::Closed,
+                "consul listing decoding ended abnormally",
+            )
+            .with_source(e)
+        })?);
+    }
+    Ok(decoded)
+}
+
 /// Decodes a listing into per-instance entries; malformed ones are skipped with a warning.
-pub(crate) fn entries_of(layout: &KeyLayout, pairs: &[KvPair]) -> RouteEntries {
-    RouteEntries::from_listing(pairs.iter().filter_map(|pair| {
-        let decoded = pair
-            .bytes()
-            .and_then(|bytes| decode_entry(layout, &pair.key, &bytes));
-        match decoded {
-            Ok((key, route)) => Some((key, pair.modify_index, route)),
-            Err(err) => {
-                tracing::warn!(key = %pair.key, error = %err, "skipping malformed registry entry");
-                None
-            }
+pub(crate) async fn entries_of(layout: &KeyLayout, pairs: Vec<KvPair>) -> Result<RouteEntries> {
+    let decoded = decode_pairs(layout, pairs).await?;
+    let listing = decoded.into_iter().filter_map(|pair| match pair.entry {
+        Ok((key, route)) => Some((key, pair.modify_index, route)),
+        Err(err) => {
+            tracing::warn!(key = %pair.key, error = %err, "skipping malformed registry entry");
+            None
         }
-    }))
+    });
+    Ok(RouteEntries::from_listing(listing))
 }
 
 impl ConsulRouteManager {
@@ -484,7 +526,8 @@ impl RouteManager for ConsulRouteManager {
             "list",
             async {
                 let listing = self.inner.agents.list(0).await?;
-                Ok(entries_of(&self.inner.config().layout, &listing.pairs).into_merged())
+                let layout = &self.inner.config().layout;
+                Ok(entries_of(layout, listing.pairs).await?.into_merged())
             },
             Vec::len,
         )

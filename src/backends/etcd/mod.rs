@@ -284,19 +284,23 @@ fn decode_page(layout: &KeyLayout, kvs: Vec<KeyValue>) -> Vec<(EntryKey, u64, Se
 }
 
 /// Lists and decodes every entry under the layout's prefix, pinned to one revision. Each page is
-/// decoded on a blocking thread while the next one is fetched, so decoding overlaps the reads.
+/// decoded in two halves on blocking threads while the next one is fetched, so decoding overlaps
+/// the reads and the last page's decoding takes half as long.
 pub(crate) async fn load_entries(
     client: &Client,
     layout: &KeyLayout,
 ) -> Result<(RouteEntries, i64)> {
-    let (decoding, revision) = read_pages(client, layout.prefix(), |page| {
-        let layout = layout.clone();
-        tokio::task::spawn_blocking(move || decode_page(&layout, page))
+    let (decoding, revision) = read_pages(client, layout.prefix(), |mut page| {
+        let second = page.split_off(page.len() / 2);
+        [page, second].map(|half| {
+            let layout = layout.clone();
+            tokio::task::spawn_blocking(move || decode_page(&layout, half))
+        })
     })
     .await?;
-    let mut decoded = Vec::with_capacity(decoding.len());
-    for page in decoding {
-        decoded.push(page.await.map_err(|e| {
+    let mut decoded = Vec::with_capacity(decoding.len() * 2);
+    for half in decoding.into_iter().flatten() {
+        decoded.push(half.await.map_err(|e| {
             Error::new(ErrorKind::Closed, "etcd page decoding ended abnormally").with_source(e)
         })?);
     }

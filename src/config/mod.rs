@@ -193,8 +193,9 @@ impl Config {
 
     /// The defaults overlaid with the `WAYFINDER_*` environment variables: `WAYFINDER_BACKEND`,
     /// `WAYFINDER_<OPTION>` for each of [`OPTION_NAMES`], `WAYFINDER_SELECTOR`,
-    /// `WAYFINDER_NEGATIVE_TTL` and `WAYFINDER_HEALTH__<FIELD>` (two underscores). Other
-    /// `WAYFINDER_*` variables are ignored with a warning.
+    /// `WAYFINDER_NEGATIVE_TTL` and `WAYFINDER_HEALTH__<FIELD>` (two underscores; a field
+    /// [`HealthConfig`] lacks is an error). Other `WAYFINDER_*` variables are ignored with a
+    /// warning.
     pub fn from_env() -> Result<Self> {
         Self::load(None)
     }

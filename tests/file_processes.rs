@@ -56,13 +56,7 @@ fn register_process(routes_path: &Path, address: &str, ttl: &str, routes: &Path)
 }
 
 async fn terminate(child: &mut Child) {
-    let pid = child.id().expect("running").to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
+    common::send_sigterm(child).await;
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .unwrap()

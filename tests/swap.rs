@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::consul_server::ConsulAgent;
 use common::etcd_server::EtcdServer;
-use common::{clear_wayfinder_env, eventually, example_binary, init_logging};
+use common::{clear_wayfinder_env, eventually, example_binary, init_logging, send_sigterm};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use wayfinder::{connect_with, Config};
@@ -48,12 +48,7 @@ async fn start_service(settings: &[(&str, String)], name: &str) -> Service {
 
 /// Stops a service with SIGTERM and checks that it deregistered and exited cleanly.
 async fn stop_service(mut service: Service) {
-    let pid = service.child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_sigterm(&service.child).await;
     let line = tokio::time::timeout(Duration::from_secs(20), service.stdout.next_line())
         .await
         .expect("the service answers SIGTERM within 20 s")

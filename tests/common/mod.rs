@@ -187,3 +187,14 @@ pub fn clear_wayfinder_env(command: &mut tokio::process::Command) -> &mut tokio:
     }
     command
 }
+
+/// Sends SIGTERM to a running child process.
+pub async fn send_sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}

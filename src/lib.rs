@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 pub mod backends;
+mod backoff;
 mod clock;
 pub mod config;
 #[cfg(feature = "tower")]

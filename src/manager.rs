@@ -95,6 +95,18 @@ pub trait RouteManager: Send + Sync + fmt::Debug {
     /// The backend's name: `memory`, `file`, `etcd` or `consul`.
     fn backend(&self) -> &'static str;
 
+    /// The liveness TTL registrations get when they name none. A resolver's empty protection
+    /// lasts twice this by default.
+    fn default_ttl(&self) -> Duration {
+        DEFAULT_TTL
+    }
+
+    /// What identifies this registry and namespace (backend, place, prefix), so that a
+    /// resolver's snapshot written for one registry is never served for another.
+    fn registry_id(&self) -> String {
+        self.backend().to_owned()
+    }
+
     /// Every route in the registry, read now, in service id order.
     async fn list(&self) -> Result<Vec<ServiceRoute>>;
 

@@ -11,9 +11,11 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::backoff::{jittered, Backoff};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::Instance;
 use crate::telemetry::traced;
+use crate::watch::note_write;
 
 /// Whether an instance's liveness record is still held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,7 @@ impl Registration {
             |_| routes,
         )
         .await?;
+        note_write();
         tracing::info!(instance = %instance_id, routes = instance.routes.len(), ?ttl, "registered");
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(keep_registered(store, instance, ttl, lease, stop_rx));
@@ -130,6 +133,9 @@ impl Registration {
 /// First retry delay after a failed renewal; doubles up to the renewal interval.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 
+/// Spread of the renewal interval, so many instances do not renew in lock-step.
+const RENEWAL_JITTER: f64 = 0.1;
+
 async fn keep_registered<S: LivenessStore>(
     store: Arc<S>,
     instance: Instance,
@@ -138,7 +144,8 @@ async fn keep_registered<S: LivenessStore>(
     mut stop: oneshot::Receiver<Stop>,
 ) -> Result<()> {
     let interval = ttl / 3;
-    let mut delay = interval;
+    let mut retry = Backoff::new(FIRST_RETRY, interval);
+    let mut delay = jittered(interval, RENEWAL_JITTER);
     loop {
         tokio::select! {
             biased;
@@ -152,12 +159,15 @@ async fn keep_registered<S: LivenessStore>(
                 let removal = store.remove_instance(&instance, lease);
                 let result = traced(S::BACKEND, "deregister", removal, |_| routes).await;
                 match &result {
-                    Ok(()) => tracing::info!(address = %instance.address, "deregistered"),
+                    Ok(()) => {
+                        note_write();
+                        tracing::info!(address = %instance.address, "deregistered")
+                    }
                     Err(e) => tracing::warn!(address = %instance.address, error = %e, "deregistration failed"),
                 }
                 return result;
             }
-            _ = tokio::time::sleep(jittered(delay)) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
         let renewal = store.keep_alive(&instance, &lease);
         let outcome = match traced(S::BACKEND, "keep_alive", renewal, |_| 0).await {
@@ -169,6 +179,7 @@ async fn keep_registered<S: LivenessStore>(
                 traced(S::BACKEND, "register", put, |_| routes)
                     .await
                     .map(|new_lease| {
+                        note_write();
                         lease = new_lease;
                         tracing::info!(address = %instance.address, "registered again");
                     })
@@ -176,20 +187,14 @@ async fn keep_registered<S: LivenessStore>(
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(()) => delay = interval,
+            Ok(()) => {
+                retry.reset();
+                delay = jittered(interval, RENEWAL_JITTER);
+            }
             Err(e) => {
-                delay = if delay >= interval {
-                    FIRST_RETRY.min(interval)
-                } else {
-                    (delay * 2).min(interval)
-                };
+                delay = retry.next_delay();
                 tracing::warn!(address = %instance.address, error = %e, retry_in = ?delay, "liveness renewal failed");
             }
         }
     }
-}
-
-/// `base` spread by +-10% so many instances do not renew in lock-step.
-fn jittered(base: Duration) -> Duration {
-    base.mul_f64(0.9 + fastrand::f64() * 0.2)
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -62,6 +63,11 @@ pub struct SyncStatus {
     /// How many times the backend's watch was re-established after an interruption (a failed
     /// or stalled stream, an unreachable agent or file, lost history).
     pub reconnects: u64,
+    /// How many times the registry as a whole was seen to reset: Consul's index or etcd's
+    /// revision went backwards, etcd's cluster id changed, a routes file was replaced by an empty
+    /// document. Removals that follow a reset may be a restarted registry that instances have not
+    /// refilled yet; a resolver holds them for its `empty_grace`.
+    pub resets: u64,
 }
 
 impl SyncStatus {
@@ -190,6 +196,25 @@ impl HubState {
 pub(crate) struct WatchHub {
     state: Mutex<HubState>,
     status: watch::Sender<SyncStatus>,
+    /// The process's write count (see [`note_write`]) as it was when the newest whole read that
+    /// the hub published began: every write counted up to it is in the hub's view.
+    read_through: watch::Sender<u64>,
+    /// Wakes the backend's reader for a fresh whole read (see [`SharedFeed::watch`]).
+    refresh: tokio::sync::Notify,
+}
+
+/// Writes to any registry completed by this process, counted for read-your-writes.
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Records that a write (a registration, a deregistration, a removal, a clear) completed: a
+/// watch or resolver started after this returns sees the registry at least as new as the write.
+pub(crate) fn note_write() {
+    WRITES.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The writes this process completed so far; a backend samples it when a whole read begins.
+pub(crate) fn writes_done() -> u64 {
+    WRITES.load(Ordering::SeqCst)
 }
 
 impl WatchHub {
@@ -199,10 +224,14 @@ impl WatchHub {
             last_sync: None,
             error: None,
             reconnects: 0,
+            resets: 0,
         });
+        let (read_through, _) = watch::channel(0);
         WatchHub {
             state: Mutex::new(HubState::default()),
             status,
+            read_through,
+            refresh: tokio::sync::Notify::new(),
         }
     }
 
@@ -289,6 +318,29 @@ impl WatchHub {
         });
     }
 
+    /// Records that the registry as a whole reset; call it before publishing what it now holds.
+    pub fn note_reset(&self) {
+        self.status.send_modify(|status| status.resets += 1);
+    }
+
+    /// Records that a whole read which began when the process's write count was `writes` (see
+    /// [`writes_done`]) is published.
+    pub fn mark_read_through(&self, writes: u64) {
+        self.read_through.send_if_modified(|through| {
+            let newer = writes > *through;
+            if newer {
+                *through = writes;
+            }
+            newer
+        });
+    }
+
+    /// Resolves when a new watcher asks for a fresh whole read; backends' readers wait on it
+    /// beside their stream and answer with a read followed by [`WatchHub::mark_read_through`].
+    pub async fn refresh_requested(&self) {
+        self.refresh.notified().await;
+    }
+
     /// Records a failed read: the routes stay as they are and the status says why.
     pub fn mark_error(&self, error: &Error) {
         let message = error.to_string();
@@ -301,6 +353,9 @@ impl WatchHub {
         });
     }
 }
+
+/// Longest wait of a new watch for a reader's fresh read (read-your-writes).
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
 
 /// Keeps a backend's reader task running; the task stops when the last holder drops it.
 #[cfg_attr(
@@ -350,15 +405,46 @@ impl SharedFeed {
     {
         let mut running = self.running.lock().await;
         let guard = match running.upgrade() {
-            Some(guard) => guard,
+            Some(guard) => {
+                self.catch_up().await;
+                guard
+            }
             None => {
+                // `start` publishes its first whole read before it returns.
+                let writes = writes_done();
                 let guard = Arc::new(FeedGuard {
                     task: start(self.hub.clone()).await?,
                 });
+                self.hub.mark_read_through(writes);
                 *running = Arc::downgrade(&guard);
                 guard
             }
         };
         Ok(self.hub.subscribe().keep_alive(guard))
+    }
+
+    /// Read-your-writes for a watch joining a running reader: when this process completed writes
+    /// since the reader's last whole read, asks it for a fresh one and waits (at most
+    /// [`CATCH_UP_LIMIT`]; an unreachable backend leaves the watch on the last good view).
+    async fn catch_up(&self) {
+        let target = writes_done();
+        let mut through = self.hub.read_through.subscribe();
+        if *through.borrow() >= target {
+            return;
+        }
+        let wait = async {
+            loop {
+                self.hub.refresh.notify_one();
+                let changed = tokio::time::timeout(Duration::from_millis(500), through.changed());
+                match changed.await {
+                    Ok(Err(_)) => return,
+                    _ if *through.borrow_and_update() >= target => return,
+                    _ => {}
+                }
+            }
+        };
+        if tokio::time::timeout(CATCH_UP_LIMIT, wait).await.is_err() {
+            tracing::warn!("the registry could not be read again for a new watch; it starts from the last good view");
+        }
     }
 }

@@ -123,6 +123,20 @@ impl MemoryRouteManager {
     }
 }
 
+impl MemoryRouteManager {
+    /// Simulates a registry restarted with no data (a server that lost its store): every key and
+    /// lease is gone at once, watchers are told the registry reset, and running registrations
+    /// find their liveness lost and register again.
+    pub fn restart_empty(&self) {
+        let mut state = self.inner.lock();
+        state.kv.clear();
+        state.leases.clear();
+        state.entries = RouteEntries::default();
+        self.inner.hub.note_reset();
+        self.inner.hub.replace_all(BTreeMap::new());
+    }
+}
+
 impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -275,6 +289,14 @@ impl LivenessStore for MemoryStore {
 impl RouteManager for MemoryRouteManager {
     fn backend(&self) -> &'static str {
         "memory"
+    }
+
+    fn default_ttl(&self) -> Duration {
+        self.inner.config.ttl
+    }
+
+    fn registry_id(&self) -> String {
+        format!("memory {}", self.inner.config.layout.prefix())
     }
 
     async fn list(&self) -> Result<Vec<ServiceRoute>> {

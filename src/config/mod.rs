@@ -27,7 +27,17 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::manager::RouteManager;
 use crate::resolve::select::selector_by_name;
-use crate::resolve::{HealthConfig, ResolverConfig, DEFAULT_NEGATIVE_TTL};
+use crate::resolve::{HealthConfig, ResolverConfig, DEFAULT_NEGATIVE_TTL, DEFAULT_START_TIMEOUT};
+
+/// Settings of `Config` that are not backend options.
+const RESOLVER_SETTINGS: [&str; 6] = [
+    "backend",
+    "selector",
+    "negative_ttl",
+    "empty_grace",
+    "snapshot",
+    "start_timeout",
+];
 
 pub use self::url::{duration, parse_duration, redact_url, BackendUrl, REDACTED};
 
@@ -107,6 +117,17 @@ pub struct Config {
     /// How long the resolver remembers that a path or id is unknown; default 2 s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub negative_ttl: Duration,
+    /// How long the resolver keeps a route's last addresses when the registry removes all of
+    /// them (or anything after a registry reset); default 2 x TTL, `0` turns it off.
+    #[serde(deserialize_with = "duration::deserialize_option")]
+    pub empty_grace: Option<Duration>,
+    /// A file where the resolver keeps its last good routes, served when the registry cannot be
+    /// read at start; default none.
+    pub snapshot: Option<PathBuf>,
+    /// How long the resolver waits for the registry at start before it serves the snapshot;
+    /// default 5 s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub start_timeout: Duration,
 }
 
 impl Default for Config {
@@ -127,6 +148,9 @@ impl Default for Config {
             selector: "round_robin".to_owned(),
             health: HealthConfig::default(),
             negative_ttl: DEFAULT_NEGATIVE_TTL,
+            empty_grace: None,
+            snapshot: None,
+            start_timeout: DEFAULT_START_TIMEOUT,
         }
     }
 }
@@ -150,6 +174,9 @@ impl std::fmt::Debug for Config {
             .field("selector", &self.selector)
             .field("health", &self.health)
             .field("negative_ttl", &self.negative_ttl)
+            .field("empty_grace", &self.empty_grace)
+            .field("snapshot", &self.snapshot)
+            .field("start_timeout", &self.start_timeout)
             .finish()
     }
 }
@@ -237,12 +264,16 @@ impl Config {
         )
     }
 
-    /// The resolver settings: selector, health checks and negative-cache TTL.
+    /// The resolver settings: selector, health checks, negative-cache TTL, empty protection
+    /// and snapshot.
     pub fn resolver_config(&self) -> Result<ResolverConfig> {
         Ok(ResolverConfig {
             selector: selector_by_name(&self.selector)?,
             health: self.health.clone(),
             negative_ttl: self.negative_ttl,
+            empty_grace: self.empty_grace,
+            snapshot: self.snapshot.clone(),
+            start_timeout: self.start_timeout,
             ..ResolverConfig::default()
         })
     }
@@ -311,7 +342,7 @@ fn env_source(vars: impl Iterator<Item = (String, String)>) -> ::config::Environ
             Some(_) => false,
             None => {
                 OPTION_NAMES.contains(&setting.as_str())
-                    || ["backend", "selector", "negative_ttl"].contains(&setting.as_str())
+                    || RESOLVER_SETTINGS.contains(&setting.as_str())
             }
         };
         if is_known {

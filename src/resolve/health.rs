@@ -197,10 +197,7 @@ struct Scheduled {
 }
 
 fn jittered(config: &HealthConfig) -> Duration {
-    let spread = config.jitter;
-    config
-        .interval
-        .mul_f64(1.0 - spread + 2.0 * spread * fastrand::f64())
+    crate::backoff::jittered(config.interval, config.jitter)
 }
 
 async fn run(

@@ -8,7 +8,9 @@ mod endpoint;
 mod health;
 mod resolver;
 pub mod select;
+mod snapshot;
 mod table;
+mod view;
 
 #[cfg(feature = "tower")]
 pub(crate) use table::trim_path;
@@ -17,5 +19,6 @@ pub use endpoint::{Endpoint, EndpointKey};
 pub use health::{probe, HealthConfig, HealthMonitor};
 pub use resolver::{
     AddressResolver, ResolveFuture, Resolved, ResolverConfig, ResolverStats, DEFAULT_NEGATIVE_TTL,
+    DEFAULT_START_TIMEOUT,
 };
 pub use table::{RouteEntry, RouteTable};

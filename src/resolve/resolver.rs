@@ -1,7 +1,8 @@
 //! [`AddressResolver`]: route path or service id -> one healthy address, fed by a watch.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,11 +16,15 @@ use arc_swap::ArcSwap;
 use thread_local::ThreadLocal;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use super::endpoint::{Endpoint, EndpointKey};
+use super::endpoint::EndpointKey;
 use super::health::{HealthConfig, HealthMonitor};
 use super::select::{RoundRobin, Selector};
+use super::snapshot;
 use super::table::{Choice, RouteEntry, RouteTable};
+use super::view::View;
+use crate::backoff::Backoff;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::RouteManager;
 use crate::route::{Address, ServiceRoute};
@@ -27,6 +32,9 @@ use crate::watch::{RouteEvent, RouteWatch, SyncStatus};
 
 /// Default time an unknown path or id is remembered as unknown.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(2);
+
+/// Default time a resolver waits for the registry at start before it serves its snapshot.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of an [`AddressResolver`].
 #[derive(Debug, Clone)]
@@ -39,6 +47,17 @@ pub struct ResolverConfig {
     pub health: HealthConfig,
     /// How long an unknown path or id is answered from memory before the backend is asked again.
     pub negative_ttl: Duration,
+    /// Empty protection: how long a route keeps its last addresses after the registry removed
+    /// all of them (and any address after a registry-wide reset) while health checks run. `None`
+    /// takes twice the manager's TTL; zero turns protection off.
+    pub empty_grace: Option<Duration>,
+    /// A file where the resolver keeps its last good routes. When the registry cannot be read
+    /// within `start_timeout` at start, the resolver serves them (marked stale) until the first
+    /// good read replaces them.
+    pub snapshot: Option<PathBuf>,
+    /// How long the start waits for the registry before it serves the snapshot (when there is
+    /// one; without one, a registry that cannot be read fails the start).
+    pub start_timeout: Duration,
 }
 
 impl Default for ResolverConfig {
@@ -48,12 +67,20 @@ impl Default for ResolverConfig {
             route_selectors: HashMap::new(),
             health: HealthConfig::default(),
             negative_ttl: DEFAULT_NEGATIVE_TTL,
+            empty_grace: None,
+            snapshot: None,
+            start_timeout: DEFAULT_START_TIMEOUT,
         }
     }
 }
 
 impl ResolverConfig {
-    fn selector_for(&self, service_id: &str) -> &dyn Selector {
+    /// The empty protection's grace period for a registry whose TTL is `ttl`.
+    fn grace_for(&self, ttl: Duration) -> Duration {
+        self.empty_grace.unwrap_or(ttl * 2)
+    }
+
+    pub(crate) fn selector_for(&self, service_id: &str) -> &dyn Selector {
         self.route_selectors
             .get(service_id)
             .unwrap_or(&self.selector)
@@ -130,12 +157,18 @@ pub struct ResolverStats {
     pub age: Duration,
     /// How many times the backend watch was re-established after an interruption.
     pub watch_reconnects: u64,
+    /// Routes served with addresses the registry removed, held by empty protection.
+    pub protected_routes: usize,
+    /// Whether the routes come from the snapshot file (the registry has not been read yet).
+    pub from_snapshot: bool,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     not_found: AtomicU64,
     fail_open: AtomicU64,
+    protected_routes: AtomicUsize,
+    from_snapshot: AtomicBool,
 }
 
 /// The current table. Readers go through a per-thread `arc_swap::Cache`, which revalidates its
@@ -204,8 +237,8 @@ impl TableSlot {
         self.current.load_full()
     }
 
-    fn store(&self, table: RouteTable) {
-        self.current.store(Arc::new(table));
+    fn store_arc(&self, table: Arc<RouteTable>) {
+        self.current.store(table);
     }
 }
 
@@ -216,8 +249,37 @@ struct Shared {
     not_found: moka::sync::Cache<String, ()>,
     last_listing: tokio::sync::Mutex<Option<(std::time::Instant, Arc<RouteTable>)>>,
     health: HealthMonitor,
-    status: watch::Receiver<SyncStatus>,
+    /// The watch's status; replaced when a start from the snapshot reaches the registry.
+    status: Mutex<watch::Receiver<SyncStatus>>,
     counters: Counters,
+    /// The newest table, for the snapshot writer (when a snapshot file is configured).
+    snapshot_tables: Option<watch::Sender<Option<Arc<RouteTable>>>>,
+}
+
+impl Shared {
+    /// Publishes a new table to readers, the health monitor and the snapshot writer.
+    fn publish(&self, table: RouteTable, view: &View) {
+        let table = Arc::new(table);
+        self.health
+            .set_targets(table.endpoints().cloned().collect());
+        self.counters
+            .protected_routes
+            .store(view.protected_routes(), Ordering::Relaxed);
+        self.table.store_arc(table.clone());
+        if let Some(tables) = &self.snapshot_tables {
+            if !self.counters.from_snapshot.load(Ordering::Relaxed) {
+                tables.send_replace(Some(table));
+            }
+        }
+    }
+
+    fn status(&self) -> SyncStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .borrow()
+            .clone()
+    }
 }
 
 /// Resolves route paths and service ids to addresses, from a table kept current by a watch.
@@ -227,6 +289,7 @@ struct Shared {
 pub struct AddressResolver {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+    snapshot_writer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for AddressResolver {
@@ -241,6 +304,9 @@ impl std::fmt::Debug for AddressResolver {
 impl Drop for AddressResolver {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(writer) = &self.snapshot_writer {
+            writer.abort();
+        }
     }
 }
 
@@ -250,43 +316,92 @@ impl AddressResolver {
         Self::with_config(manager, ResolverConfig::default()).await
     }
 
-    /// A resolver with `config`. Returns once the current routes are loaded.
+    /// A resolver with `config`. Returns once the current routes are loaded, or, when the
+    /// registry cannot be read within `config.start_timeout` and `config.snapshot` holds routes
+    /// of this registry, once those are loaded (marked stale until the registry answers).
     pub async fn with_config(
         manager: Arc<dyn RouteManager>,
         config: ResolverConfig,
     ) -> Result<Self> {
-        let mut watch = manager.watch().await?;
-        let mut follower = Follower::default();
-        loop {
-            match watch.next().await {
-                Some(RouteEvent::Synced) => break,
-                Some(event) => follower.apply(event, &config),
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::Closed,
-                        "the route watch ended before the initial routes arrived",
-                    ))
+        let mut view = View::new(config.grace_for(manager.default_ttl()));
+        let opened = match &config.snapshot {
+            None => Ok(open_watch(manager.as_ref(), &mut view, &config).await?),
+            Some(_) => {
+                let timeout = config.start_timeout.max(Duration::from_millis(1));
+                match tokio::time::timeout(
+                    timeout,
+                    open_watch(manager.as_ref(), &mut view, &config),
+                )
+                .await
+                {
+                    Ok(Ok(watch)) => Ok(watch),
+                    Ok(Err(err)) => Err(err),
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Unavailable,
+                        format!("the registry did not answer within {timeout:?}"),
+                    )),
                 }
             }
-        }
+        };
+        let (watch, status, snapshot_written) = match opened {
+            Ok(watch) => {
+                let status = watch.status_receiver();
+                (Some(watch), status, None)
+            }
+            Err(err) => {
+                let snapshot = match &config.snapshot {
+                    Some(path) => snapshot::load(path, &manager.registry_id()).await,
+                    None => None,
+                };
+                let Some(snapshot) = snapshot else {
+                    return Err(err);
+                };
+                tracing::warn!(error = %err, routes = snapshot.routes.len(), "the registry cannot be read; serving the snapshot");
+                for route in &snapshot.routes {
+                    view.apply(RouteEvent::Created(route.clone()), &config, Instant::now());
+                }
+                let (_, status) = watch::channel(SyncStatus {
+                    last_sync: Some(snapshot.written),
+                    error: Some(format!("serving the snapshot: {err}")),
+                    reconnects: 0,
+                    resets: 0,
+                });
+                (None, status, Some(()))
+            }
+        };
+        let (snapshot_tables, snapshot_writer) = match &config.snapshot {
+            Some(path) => {
+                let (tx, rx) = watch::channel(None);
+                let writer = snapshot::spawn_writer(path.clone(), manager.registry_id(), rx);
+                (Some(tx), Some(writer))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
-            table: TableSlot::new(follower.table()),
+            table: TableSlot::new(RouteTable::default()),
             not_found: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(config.negative_ttl.max(Duration::from_millis(1)))
                 .build(),
             last_listing: tokio::sync::Mutex::new(None),
             health: HealthMonitor::start(config.health.clone()),
-            status: watch.status_receiver(),
+            status: Mutex::new(status),
             counters: Counters::default(),
+            snapshot_tables,
             manager,
             config,
         });
         shared
-            .health
-            .set_targets(shared.table.load_full().endpoints().cloned().collect());
-        let task = tokio::spawn(follow(watch, follower, Arc::downgrade(&shared)));
-        Ok(AddressResolver { shared, task })
+            .counters
+            .from_snapshot
+            .store(snapshot_written.is_some(), Ordering::Relaxed);
+        shared.publish(view.table(), &view);
+        let task = tokio::spawn(follow(watch, view, Arc::downgrade(&shared)));
+        Ok(AddressResolver {
+            shared,
+            task,
+            snapshot_writer,
+        })
     }
 
     /// One address for a route path (exact, case-insensitive; then templates). `key` is the
@@ -424,16 +539,12 @@ impl AddressResolver {
             }
         }
         let routes = self.shared.manager.list().await?;
-        let mut follower = Follower::default();
-        for endpoint in self.shared.table.load_full().endpoints() {
-            follower
-                .endpoints
-                .insert(endpoint.key().clone(), endpoint.clone());
-        }
+        let mut view = View::new(Duration::ZERO);
+        view.adopt_endpoints(self.shared.table.load_full().endpoints());
         for route in routes {
-            follower.upsert(Arc::new(route), &self.shared.config);
+            view.upsert(Arc::new(route), &self.shared.config);
         }
-        let table = Arc::new(follower.table());
+        let table = Arc::new(view.table());
         *last = Some((std::time::Instant::now(), table.clone()));
         Ok(table)
     }
@@ -484,7 +595,7 @@ impl AddressResolver {
     /// Counters and freshness.
     pub fn stats(&self) -> ResolverStats {
         let table = self.shared.table.load_full();
-        let status = self.shared.status.borrow().clone();
+        let status = self.shared.status();
         ResolverStats {
             resolves: self.shared.table.lookups(),
             routes: table.len(),
@@ -496,6 +607,12 @@ impl AddressResolver {
             stale: status.is_stale(),
             age: status.age(),
             watch_reconnects: status.reconnects,
+            protected_routes: self
+                .shared
+                .counters
+                .protected_routes
+                .load(Ordering::Relaxed),
+            from_snapshot: self.shared.counters.from_snapshot.load(Ordering::Relaxed),
         }
     }
 }
@@ -571,58 +688,103 @@ impl Lookup<'_> {
     }
 }
 
-/// The resolver task's state: prepared entries by service id and the endpoints they share.
-#[derive(Default)]
-struct Follower {
-    entries: BTreeMap<String, Arc<RouteEntry>>,
-    endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
-}
-
-impl Follower {
-    fn apply(&mut self, event: RouteEvent, config: &ResolverConfig) {
-        match event {
-            RouteEvent::Created(route) | RouteEvent::Changed(route) => self.upsert(route, config),
-            RouteEvent::Removed(route) => {
-                self.entries.remove(route.id());
+/// Opens the manager's watch and applies its initial routes to `view`.
+async fn open_watch(
+    manager: &dyn RouteManager,
+    view: &mut View,
+    config: &ResolverConfig,
+) -> Result<RouteWatch> {
+    let mut watch = manager.watch().await?;
+    let mut initial = Vec::new();
+    loop {
+        match watch.next().await {
+            Some(RouteEvent::Synced) => break,
+            Some(RouteEvent::Created(route)) => initial.push(route),
+            Some(event) => view.apply(event, config, Instant::now()),
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    "the route watch ended before the initial routes arrived",
+                ))
             }
-            _ => {}
         }
     }
-
-    fn upsert(&mut self, route: Arc<ServiceRoute>, config: &ResolverConfig) {
-        let id = route.id().to_owned();
-        let endpoints = &mut self.endpoints;
-        let entry = RouteEntry::new(route, config.selector_for(&id), |address| {
-            endpoints
-                .entry(EndpointKey::of(address))
-                .or_insert_with(|| Arc::new(Endpoint::new(address.clone())))
-                .clone()
-        });
-        self.entries.insert(id, Arc::new(entry));
-    }
-
-    /// Indexes the entries; forgets endpoints no route uses any more.
-    fn table(&mut self) -> RouteTable {
-        let table = RouteTable::index(self.entries.values());
-        self.endpoints
-            .retain(|key, _| table.endpoint(key).is_some());
-        table
-    }
+    view.replace(initial, config);
+    Ok(watch)
 }
 
-async fn follow(mut watch: RouteWatch, mut follower: Follower, shared: std::sync::Weak<Shared>) {
-    while let Some(event) = watch.next().await {
+/// The resolver's task: reaches the registry when started from the snapshot, then follows the
+/// watch, releasing held addresses when their grace ends.
+async fn follow(watch: Option<RouteWatch>, mut view: View, shared: std::sync::Weak<Shared>) {
+    let mut watch = match watch {
+        Some(watch) => watch,
+        None => {
+            let mut backoff = Backoff::reconnect();
+            loop {
+                backoff.wait().await;
+                let Some(strong) = shared.upgrade() else {
+                    return;
+                };
+                let manager = strong.manager.clone();
+                match open_watch(manager.as_ref(), &mut view, &strong.config).await {
+                    Ok(watch) => {
+                        tracing::info!("the registry answered; its routes replace the snapshot");
+                        *strong
+                            .status
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                            watch.status_receiver();
+                        strong
+                            .counters
+                            .from_snapshot
+                            .store(false, Ordering::Relaxed);
+                        strong.publish(view.table(), &view);
+                        break watch;
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "the registry still cannot be read; serving the snapshot")
+                    }
+                }
+            }
+        }
+    };
+    let mut resets = watch.status().resets;
+    loop {
+        let release_at = view.next_release(Instant::now());
+        let event = tokio::select! {
+            event = watch.next() => match event {
+                Some(event) => Some(event),
+                None => return,
+            },
+            () = sleep_until_some(release_at) => None,
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        follower.apply(event, &shared.config);
-        while let Some(event) = watch.try_next() {
-            follower.apply(event, &shared.config);
+        let now = Instant::now();
+        let mut changed = view.release_due(&shared.config, now);
+        if let Some(event) = event {
+            let status_resets = watch.status().resets;
+            if status_resets > resets {
+                resets = status_resets;
+                view.note_reset(now);
+            }
+            view.apply(event, &shared.config, now);
+            while let Some(event) = watch.try_next() {
+                view.apply(event, &shared.config, now);
+            }
+            changed = true;
         }
-        let table = follower.table();
-        shared
-            .health
-            .set_targets(table.endpoints().cloned().collect());
-        shared.table.store(table);
+        if changed {
+            shared.publish(view.table(), &view);
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

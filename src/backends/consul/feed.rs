@@ -4,22 +4,21 @@
 //! fresh read); an index below 1 becomes 1; a return whose index did not move is not a change.
 //! Every answer is the whole prefix, so the hub diffs it against the last one; an answer filtered
 //! by ACLs is partial and never taken as deletions. Errors (and 429s) back off with jitter and
-//! leave the last good routes in place.
+//! leave the last good routes in place. An index that went backwards means the registry restarted:
+//! the next answer is published as a reset, which resolvers treat with their empty protection. A
+//! new watcher's request for a fresh read (read-your-writes) interrupts the blocking query.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
 use super::{decode_pairs, Agents, KvPair, Listing};
-use crate::error::Result;
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
 use crate::route::RouteEntries;
 use crate::telemetry::traced;
-use crate::watch::WatchHub;
-
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+use crate::watch::{writes_done, WatchHub};
 
 /// Reads once (an error here is returned), then follows the prefix in the background.
 pub(crate) async fn start(agents: Agents, hub: Arc<WatchHub>) -> Result<JoinHandle<()>> {
@@ -31,6 +30,7 @@ pub(crate) async fn start(agents: Agents, hub: Arc<WatchHub>) -> Result<JoinHand
         known: HashMap::new(),
         entries: RouteEntries::default(),
         decode_all: false,
+        reset_pending: false,
     };
     follower.publish(first).await?;
     follower.hub.mark_synced();
@@ -46,6 +46,9 @@ struct Follower {
     entries: RouteEntries,
     /// Decode every key of the next answer (indexes restarted, so equal ones prove nothing).
     decode_all: bool,
+    /// The index went backwards: the registry restarted, and the next answer is published as a
+    /// reset (see [`crate::SyncStatus::resets`]).
+    reset_pending: bool,
 }
 
 impl Follower {
@@ -97,42 +100,73 @@ impl Follower {
     }
 
     async fn run(mut self) {
-        let mut delay = BACKOFF_FIRST;
+        let mut backoff = Backoff::reconnect();
         loop {
-            let poll = self.agents.list(self.index);
-            match traced("consul", "watch_poll", poll, |l| l.pairs.len()).await {
-                Ok(listing) => {
-                    delay = BACKOFF_FIRST;
-                    if listing.index < self.index {
-                        tracing::info!(
-                            from = self.index,
-                            to = listing.index,
-                            "consul index went backwards; reading afresh"
-                        );
-                        self.index = 0;
-                        self.decode_all = true;
-                        continue;
+            // Every write this process completed before the read begins is in its answer.
+            let writes = writes_done();
+            let poll = traced("consul", "watch_poll", self.agents.list(self.index), |l| {
+                l.pairs.len()
+            });
+            let answer = tokio::select! {
+                answer = poll => answer,
+                () = self.hub.refresh_requested() => {
+                    // A new watcher wants this process's writes: read now, not at the next change.
+                    let writes = writes_done();
+                    let read = traced("consul", "watch_poll", self.agents.list(0), |l| l.pairs.len());
+                    match read.await {
+                        Ok(listing) => self.apply(listing, writes, &mut backoff).await,
+                        Err(err) => self.failed(&err, &mut backoff).await,
                     }
-                    if listing.index == self.index {
-                        // The wait ran out: not a change.
-                        self.hub.mark_good();
-                        continue;
-                    }
-                    if let Err(err) = self.publish(listing).await {
-                        tracing::warn!(error = %err, "consul answer not applied; reading afresh");
-                        self.hub.mark_error(&err);
-                        self.index = 0;
-                        self.decode_all = true;
-                        tokio::time::sleep(BACKOFF_MAX).await;
-                    }
+                    continue;
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?delay, "consul watch failed; keeping the last good routes");
-                    self.hub.mark_error(&err);
-                    tokio::time::sleep(delay.mul_f64(0.8 + 0.4 * fastrand::f64())).await;
-                    delay = (delay * 2).min(BACKOFF_MAX);
-                }
+            };
+            match answer {
+                Ok(listing) => self.apply(listing, writes, &mut backoff).await,
+                Err(err) => self.failed(&err, &mut backoff).await,
             }
         }
+    }
+
+    /// Applies one answer of the agents.
+    async fn apply(&mut self, listing: Listing, writes: u64, backoff: &mut Backoff) {
+        backoff.reset();
+        if listing.index < self.index {
+            tracing::info!(
+                from = self.index,
+                to = listing.index,
+                "consul index went backwards; reading afresh"
+            );
+            self.index = 0;
+            self.decode_all = true;
+            self.reset_pending = true;
+            return;
+        }
+        if listing.index == self.index {
+            // The wait ran out: not a change.
+            self.hub.mark_good();
+            self.hub.mark_read_through(writes);
+            return;
+        }
+        if std::mem::take(&mut self.reset_pending) {
+            self.hub.note_reset();
+        }
+        match self.publish(listing).await {
+            Ok(()) => self.hub.mark_read_through(writes),
+            Err(err) => {
+                tracing::warn!(error = %err, "consul answer not applied; reading afresh");
+                self.hub.mark_error(&err);
+                self.index = 0;
+                self.decode_all = true;
+                backoff.wait().await;
+            }
+        }
+    }
+
+    /// Keeps the last good routes after a failed read and waits before the next.
+    async fn failed(&mut self, err: &Error, backoff: &mut Backoff) {
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %err, retry_in = ?delay, "consul watch failed; keeping the last good routes");
+        self.hub.mark_error(err);
+        tokio::time::sleep(delay).await;
     }
 }

@@ -520,6 +520,15 @@ impl RouteManager for ConsulRouteManager {
         "consul"
     }
 
+    fn default_ttl(&self) -> Duration {
+        self.inner.config().ttl.max(MIN_SESSION_TTL)
+    }
+
+    fn registry_id(&self) -> String {
+        // Agents of one datacenter share the KV store: the prefix names the namespace.
+        format!("consul {}", self.inner.config().layout.prefix())
+    }
+
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
         traced(
             "consul",

@@ -1,0 +1,330 @@
+//! The resolver's view of the registry: what the registry says, the addresses it removed that
+//! are still held (empty protection), and the prepared entries and shared endpoints built from
+//! both.
+//!
+//! Empty protection (after Dubbo's empty-push protection, gRPC's A57 does-not-exist timer and
+//! Envoy's eventually consistent discovery): when a route would lose its last address, its last
+//! addresses stay for a grace period, so that a liveness blip (an agent dying under a healthy
+//! instance, a registry restarted empty) costs no lookups. After a registry-wide reset every
+//! removal is held the same way. A held address leaves when its grace ends, when local health
+//! marks it unhealthy (discovery and health agree), or when the registry lists the route with
+//! addresses again (after a reset: when it lists that address again). A route that keeps other
+//! addresses drops a removed one at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::endpoint::{Endpoint, EndpointKey};
+use super::resolver::ResolverConfig;
+use super::table::{RouteEntry, RouteTable};
+use crate::route::{Address, ServiceRoute};
+use crate::watch::RouteEvent;
+
+/// How often held addresses are checked against local health while any is held.
+const HELD_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Addresses of one route that the registry removed but the resolver still serves.
+struct Held {
+    /// The route as last listed with them (its descriptor serves while the registry has none).
+    route: Arc<ServiceRoute>,
+    /// Each held address and when its grace ends.
+    addresses: Vec<(Address, Instant)>,
+}
+
+/// The resolver task's state.
+pub(crate) struct View {
+    /// What the registry says, by service id.
+    registry: BTreeMap<String, Arc<ServiceRoute>>,
+    held: HashMap<String, Held>,
+    entries: BTreeMap<String, Arc<RouteEntry>>,
+    endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
+    grace: Duration,
+    /// Until when every removal is held, after a registry-wide reset.
+    reset_until: Option<Instant>,
+}
+
+impl View {
+    /// An empty view whose protection lasts `grace` (zero turns it off).
+    pub(crate) fn new(grace: Duration) -> Self {
+        View {
+            registry: BTreeMap::new(),
+            held: HashMap::new(),
+            entries: BTreeMap::new(),
+            endpoints: HashMap::new(),
+            grace,
+            reset_until: None,
+        }
+    }
+
+    /// Reuses these endpoints (and their health) for addresses they serve.
+    pub(crate) fn adopt_endpoints<'a>(
+        &mut self,
+        endpoints: impl Iterator<Item = &'a Arc<Endpoint>>,
+    ) {
+        for endpoint in endpoints {
+            self.endpoints
+                .insert(endpoint.key().clone(), endpoint.clone());
+        }
+    }
+
+    /// The registry reset as a whole: for the grace period, every removal is held.
+    pub(crate) fn note_reset(&mut self, now: Instant) {
+        if !self.grace.is_zero() {
+            tracing::warn!(grace = ?self.grace, "the registry reset; holding removed addresses");
+            self.reset_until = Some(now + self.grace);
+        }
+    }
+
+    fn holding_every_removal(&self, now: Instant) -> bool {
+        self.reset_until.is_some_and(|until| now < until)
+    }
+
+    /// Applies one event of the registry's watch.
+    pub(crate) fn apply(&mut self, event: RouteEvent, config: &ResolverConfig, now: Instant) {
+        match event {
+            RouteEvent::Created(route) | RouteEvent::Changed(route) => {
+                let id = route.id().to_owned();
+                let old = self.registry.insert(id.clone(), route.clone());
+                if let Some(old) = old.filter(|_| self.holding_every_removal(now)) {
+                    let gone = old
+                        .addresses
+                        .iter()
+                        .filter(|a| !route.addresses.iter().any(|b| b.same_endpoint(a)));
+                    let gone: Vec<Address> = gone.cloned().collect();
+                    self.hold(&old, gone, now);
+                }
+                let resetting = self.holding_every_removal(now);
+                if let Some(held) = self.held.get_mut(&id) {
+                    if resetting {
+                        // Others may still be refilling the registry: only those listed leave.
+                        held.addresses
+                            .retain(|(a, _)| !route.addresses.iter().any(|b| b.same_endpoint(a)));
+                    } else if !route.addresses.is_empty() {
+                        // The route has live addresses again: it no longer needs the old ones.
+                        held.addresses.clear();
+                    }
+                    if held.addresses.is_empty() {
+                        self.held.remove(&id);
+                    }
+                }
+                self.rebuild(&id, config);
+            }
+            RouteEvent::Removed(route) => {
+                let id = route.id().to_owned();
+                self.registry.remove(&id);
+                self.hold(&route, route.addresses.clone(), now);
+                self.rebuild(&id, config);
+            }
+            _ => {}
+        }
+    }
+
+    /// Replaces the registry's side with `routes` outright, holding nothing (a first good read
+    /// replacing a snapshot).
+    pub(crate) fn replace(&mut self, routes: Vec<Arc<ServiceRoute>>, config: &ResolverConfig) {
+        let mut fresh: BTreeMap<String, Arc<ServiceRoute>> = routes
+            .into_iter()
+            .map(|route| (route.id().to_owned(), route))
+            .collect();
+        self.held.clear();
+        let gone: Vec<String> = self
+            .registry
+            .keys()
+            .filter(|id| !fresh.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.registry.remove(&id);
+            self.rebuild(&id, config);
+        }
+        for (id, route) in std::mem::take(&mut fresh) {
+            if self.registry.get(&id) != Some(&route) {
+                self.registry.insert(id.clone(), route);
+                self.rebuild(&id, config);
+            }
+        }
+    }
+
+    fn hold(&mut self, route: &Arc<ServiceRoute>, addresses: Vec<Address>, now: Instant) {
+        if self.grace.is_zero() || addresses.is_empty() {
+            return;
+        }
+        let until = now + self.grace;
+        let held = self
+            .held
+            .entry(route.id().to_owned())
+            .or_insert_with(|| Held {
+                route: route.clone(),
+                addresses: Vec::new(),
+            });
+        held.route = route.clone();
+        for address in addresses {
+            if !held
+                .addresses
+                .iter()
+                .any(|(a, _)| a.same_endpoint(&address))
+            {
+                tracing::info!(service_id = %route.id(), %address, grace = ?self.grace, "holding an address the registry removed");
+                held.addresses.push((address, until));
+            }
+        }
+    }
+
+    /// Releases held addresses whose grace ended or that local health marks unhealthy; returns
+    /// whether the view changed.
+    pub(crate) fn release_due(&mut self, config: &ResolverConfig, now: Instant) -> bool {
+        let endpoints = &self.endpoints;
+        let mut changed = Vec::new();
+        for (id, held) in &mut self.held {
+            let before = held.addresses.len();
+            held.addresses.retain(|(address, until)| {
+                let unhealthy = endpoints
+                    .get(&EndpointKey::of(address))
+                    .is_some_and(|e| !e.is_healthy());
+                let keep = now < *until && !unhealthy;
+                if !keep {
+                    tracing::info!(service_id = %id, %address, unhealthy, "released a held address");
+                }
+                keep
+            });
+            if held.addresses.len() != before {
+                changed.push(id.clone());
+            }
+        }
+        self.held.retain(|_, held| !held.addresses.is_empty());
+        for id in &changed {
+            self.rebuild(id, config);
+        }
+        !changed.is_empty()
+    }
+
+    /// When [`View::release_due`] should run next; `None` while nothing is held.
+    pub(crate) fn next_release(&self, now: Instant) -> Option<Instant> {
+        let earliest = self
+            .held
+            .values()
+            .flat_map(|held| held.addresses.iter().map(|(_, until)| *until))
+            .min()?;
+        Some(earliest.min(now + HELD_CHECK_INTERVAL))
+    }
+
+    /// Routes holding addresses the registry removed.
+    pub(crate) fn protected_routes(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The route the resolver serves for `id`: the registry's, plus held addresses.
+    fn effective(&self, id: &str) -> Option<Arc<ServiceRoute>> {
+        let listed = self.registry.get(id);
+        let Some(held) = self.held.get(id) else {
+            return listed.cloned();
+        };
+        let (descriptor, mut addresses) = match listed {
+            Some(route) => (route.descriptor.clone(), route.addresses.clone()),
+            None => (held.route.descriptor.clone(), Vec::new()),
+        };
+        addresses.extend(held.addresses.iter().map(|(a, _)| a.clone()));
+        Some(Arc::new(ServiceRoute::new(descriptor, addresses)))
+    }
+
+    fn rebuild(&mut self, id: &str, config: &ResolverConfig) {
+        match self.effective(id) {
+            Some(route) if !route.addresses.is_empty() => self.upsert(route, config),
+            _ => {
+                self.entries.remove(id);
+            }
+        }
+    }
+
+    /// Prepares one route's entry, sharing endpoints with every other route at the same address.
+    pub(crate) fn upsert(&mut self, route: Arc<ServiceRoute>, config: &ResolverConfig) {
+        let id = route.id().to_owned();
+        let endpoints = &mut self.endpoints;
+        let entry = RouteEntry::new(route, config.selector_for(&id), |address| {
+            endpoints
+                .entry(EndpointKey::of(address))
+                .or_insert_with(|| Arc::new(Endpoint::new(address.clone())))
+                .clone()
+        });
+        self.entries.insert(id, Arc::new(entry));
+    }
+
+    /// Indexes the entries; forgets endpoints no route uses any more.
+    pub(crate) fn table(&mut self) -> RouteTable {
+        let table = RouteTable::index(self.entries.values());
+        self.endpoints
+            .retain(|key, _| table.endpoint(key).is_some());
+        table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::ServiceDescriptor;
+
+    fn route(ports: &[u16]) -> Arc<ServiceRoute> {
+        Arc::new(ServiceRoute::new(
+            ServiceDescriptor::new("A.IDemoService.Get", "api/demo/get"),
+            ports
+                .iter()
+                .map(|p| Address::new("127.0.0.1", *p))
+                .collect(),
+        ))
+    }
+
+    fn ports(view: &mut View) -> Vec<u16> {
+        let table = view.table();
+        let mut ports: Vec<u16> = table
+            .by_path("api/demo/get")
+            .map(|e| e.route().addresses.iter().map(|a| a.port).collect())
+            .unwrap_or_default();
+        ports.sort();
+        ports
+    }
+
+    #[test]
+    fn after_a_reset_every_removal_is_held_until_listed_again_or_due() {
+        let config = ResolverConfig::default();
+        let mut view = View::new(Duration::from_secs(10));
+        let start = Instant::now();
+        view.apply(RouteEvent::Created(route(&[1, 2, 3])), &config, start);
+        // Outside a reset, a route that keeps other addresses drops a removed one at once.
+        view.apply(RouteEvent::Changed(route(&[1, 2])), &config, start);
+        assert_eq!(ports(&mut view), [1, 2]);
+        assert_eq!(view.protected_routes(), 0);
+        // After a reset, the registry refills: the first answer lists only one instance.
+        view.note_reset(start);
+        view.apply(RouteEvent::Changed(route(&[1])), &config, start);
+        assert_eq!(ports(&mut view), [1, 2], "2 is held");
+        assert_eq!(view.protected_routes(), 1);
+        view.apply(RouteEvent::Changed(route(&[1, 2])), &config, start);
+        assert_eq!(view.protected_routes(), 0, "2 is listed again");
+        view.apply(RouteEvent::Changed(route(&[2])), &config, start);
+        assert!(view.next_release(start).is_some());
+        assert!(!view.release_due(&config, start + Duration::from_secs(1)));
+        assert_eq!(ports(&mut view), [1, 2]);
+        assert!(view.release_due(&config, start + Duration::from_secs(11)));
+        assert_eq!(ports(&mut view), [2], "the grace ended");
+        // Once the reset window is over, removals are ordinary again.
+        let later = start + Duration::from_secs(12);
+        view.apply(RouteEvent::Changed(route(&[2, 4])), &config, later);
+        view.apply(RouteEvent::Changed(route(&[4])), &config, later);
+        assert_eq!(ports(&mut view), [4]);
+    }
+
+    #[test]
+    fn zero_grace_holds_nothing_even_after_a_reset() {
+        let config = ResolverConfig::default();
+        let mut view = View::new(Duration::ZERO);
+        let now = Instant::now();
+        view.apply(RouteEvent::Created(route(&[1])), &config, now);
+        view.note_reset(now);
+        view.apply(RouteEvent::Removed(route(&[1])), &config, now);
+        assert_eq!(ports(&mut view), Vec::<u16>::new());
+        assert!(view.next_release(now).is_none());
+    }
+}

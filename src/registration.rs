@@ -41,6 +41,11 @@ pub(crate) trait LivenessStore: Send + Sync + 'static {
     /// Renews the liveness record; never writes route entries.
     async fn keep_alive(&self, instance: &Instance, lease: &Self::Lease) -> Result<Liveness>;
 
+    /// Writes back, bound to `lease`, every entry of the instance that is missing although the
+    /// liveness record lives (deleted by hand, say); returns how many it wrote. Entries that a
+    /// deregistration removed (see [`crate::RouteManager::remove_addresses`]) stay removed.
+    async fn heal(&self, instance: &Instance, lease: &Self::Lease) -> Result<usize>;
+
     /// Removes the instance's entries and its liveness record.
     async fn remove_instance(&self, instance: &Instance, lease: Self::Lease) -> Result<()>;
 }
@@ -136,6 +141,10 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// Spread of the renewal interval, so many instances do not renew in lock-step.
 const RENEWAL_JITTER: f64 = 0.1;
 
+/// Renewals between two checks that the entries are all there (renewals come at TTL/3, so a
+/// missing entry is written back within TTL).
+const HEAL_EVERY: u32 = 2;
+
 async fn keep_registered<S: LivenessStore>(
     store: Arc<S>,
     instance: Instance,
@@ -146,6 +155,7 @@ async fn keep_registered<S: LivenessStore>(
     let interval = ttl / 3;
     let mut retry = Backoff::new(FIRST_RETRY, interval);
     let mut delay = jittered(interval, RENEWAL_JITTER);
+    let mut renewals: u32 = 0;
     loop {
         tokio::select! {
             biased;
@@ -171,7 +181,14 @@ async fn keep_registered<S: LivenessStore>(
         }
         let renewal = store.keep_alive(&instance, &lease);
         let outcome = match traced(S::BACKEND, "keep_alive", renewal, |_| 0).await {
-            Ok(Liveness::Alive) => Ok(()),
+            Ok(Liveness::Alive) => {
+                renewals += 1;
+                if renewals % HEAL_EVERY == 0 {
+                    heal(store.as_ref(), &instance, &lease).await
+                } else {
+                    Ok(())
+                }
+            }
             Ok(Liveness::Lost) => {
                 tracing::warn!(address = %instance.address, "liveness lost; registering again");
                 let routes = instance.routes.len();
@@ -197,4 +214,14 @@ async fn keep_registered<S: LivenessStore>(
             }
         }
     }
+}
+
+/// Writes back entries that vanished under a live liveness record.
+async fn heal<S: LivenessStore>(store: &S, instance: &Instance, lease: &S::Lease) -> Result<()> {
+    let healed = traced(S::BACKEND, "heal", store.heal(instance, lease), |n| *n).await?;
+    if healed > 0 {
+        note_write();
+        tracing::warn!(address = %instance.address, entries = healed, "registry entries had vanished; wrote them again");
+    }
+    Ok(())
 }

@@ -84,6 +84,17 @@ impl Harness for ConsulHarness {
         .await;
     }
 
+    async fn delete_entries_by_hand(&self) {
+        // As `consul kv delete -recurse` does: the keys go, the sessions stay.
+        let url = format!(
+            "http://{}/v1/kv/{}?recurse=true",
+            self.agent_endpoint(),
+            self.prefix
+        );
+        let response = reqwest::Client::new().delete(url).send().await.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+
     async fn break_backend(&self) {
         self.proxy.cut();
     }

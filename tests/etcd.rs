@@ -82,6 +82,14 @@ impl Harness for EtcdHarness {
         .await;
     }
 
+    async fn delete_entries_by_hand(&self) {
+        let prefix = self.prefix.clone();
+        control(&self.server, move |server| {
+            server.etcdctl_ok(&["del", "--prefix", &prefix]);
+        })
+        .await;
+    }
+
     async fn break_backend(&self) {
         control(&self.server, EtcdServer::kill).await;
     }

@@ -65,6 +65,13 @@ impl Harness for FileHarness {
         self.write_atomically(&serde_json::to_vec(&doc).unwrap());
     }
 
+    async fn delete_entries_by_hand(&self) {
+        // An edit that takes every route out and leaves the heartbeat records.
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(self.path()).unwrap()).unwrap();
+        doc["Routes"] = json!({});
+        self.write_atomically(&serde_json::to_vec(&doc).unwrap());
+    }
+
     async fn break_backend(&self) {
         let bytes = std::fs::read(self.path()).unwrap();
         *self.saved.lock().unwrap() = Some(bytes);

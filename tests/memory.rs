@@ -43,6 +43,10 @@ impl Harness for MemoryHarness {
             .insert_raw(&format!("{prefix}Bad.Empty/127.0.0.1_1"), "");
     }
 
+    async fn delete_entries_by_hand(&self) {
+        assert!(self.registry.delete_raw("services/serviceRoutes/") > 0);
+    }
+
     async fn break_backend(&self) {
         self.registry.set_outage(true);
     }

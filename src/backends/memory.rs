@@ -59,6 +59,8 @@ struct State {
     next_lease: u64,
     revision: u64,
     entries: RouteEntries,
+    /// Leases whose instance was deregistered by `remove_addresses`: never healed.
+    deregistered: std::collections::HashSet<u64>,
 }
 
 struct MemoryStore {
@@ -227,6 +229,7 @@ impl State {
 
     fn revoke(&mut self, store: &MemoryStore, lease: u64) {
         self.leases.remove(&lease);
+        self.deregistered.remove(&lease);
         let keys: Vec<String> = self
             .kv
             .iter()
@@ -278,10 +281,49 @@ impl LivenessStore for MemoryStore {
         })
     }
 
+    async fn heal(&self, instance: &Instance, lease: &u64) -> Result<usize> {
+        self.check_available()?;
+        let id = instance.id()?;
+        let mut state = self.lock();
+        if !state.leases.contains_key(lease) || state.deregistered.contains(lease) {
+            return Ok(0);
+        }
+        let mut healed = 0;
+        for descriptor in &instance.routes {
+            let key = self.config.layout.instance_key(&descriptor.id, &id)?;
+            if state
+                .kv
+                .get(&key)
+                .is_none_or(|stored| stored.lease != Some(*lease))
+            {
+                let value = encode_route(&instance.route(descriptor))?;
+                state.put(self, key, value, Some(*lease));
+                healed += 1;
+            }
+        }
+        Ok(healed)
+    }
+
     async fn remove_instance(&self, _instance: &Instance, lease: u64) -> Result<()> {
         self.check_available()?;
         self.lock().revoke(self, lease);
         Ok(())
+    }
+}
+
+impl MemoryRouteManager {
+    /// Deletes raw keys under the prefix as a tool might (`etcdctl del`), without touching leases.
+    pub fn delete_raw(&self, prefix: &str) -> usize {
+        let mut state = self.inner.lock();
+        let keys: Vec<String> = state
+            .kv
+            .keys()
+            .filter(|key| key.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.iter()
+            .filter(|key| state.delete(&self.inner, key))
+            .count()
     }
 }
 
@@ -342,6 +384,10 @@ impl RouteManager for MemoryRouteManager {
                     };
                     match entry_key.instance_id {
                         Some(instance) if ids.contains(&instance) => {
+                            // Its registration must not write it back while its lease lives.
+                            if let Some(lease) = state.kv[&key].lease {
+                                state.deregistered.insert(lease);
+                            }
                             removed += usize::from(state.delete(&self.inner, &key));
                         }
                         Some(_) => {}

@@ -191,6 +191,19 @@ impl KeyLayout {
         Ok(key)
     }
 
+    /// The key that marks an instance as deregistered while its liveness lives, so that its
+    /// registration does not write back the entries a deregistration removed. It lives beside
+    /// the prefix (`services/serviceRoutes-removed/<instance-id>`), never under it, since readers
+    /// of the prefix (Surging among them) take every value there for a route.
+    pub fn tombstone_key(&self, instance_id: &str) -> Result<String> {
+        let key = format!(
+            "{}-removed/{instance_id}",
+            self.prefix.trim_end_matches('/')
+        );
+        validate_key(&key)?;
+        Ok(key)
+    }
+
     /// Splits a key under the prefix into service id and instance id; `None` for foreign keys.
     pub fn parse(&self, key: &str) -> Option<EntryKey> {
         let rest = key.strip_prefix(&self.prefix)?;

@@ -22,6 +22,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@tests $h;
             register_then_list, get_by_id, watch_replays_then_follows_in_order, shutdown_deregisters,
             deregister_removes_address_and_heartbeat_does_not_restore_it,
+            entries_deleted_by_hand_are_written_back_within_two_ttls,
             abandoned_instance_expires_after_ttl, wiped_instance_registers_again,
             concurrent_registrations_lose_nothing, malformed_entries_are_skipped,
             outage_keeps_last_good_routes, invalid_registrations_are_refused,
@@ -165,6 +166,35 @@ pub async fn deregister_removes_address_and_heartbeat_does_not_restore_it<H: Har
     );
     reg.shutdown().await.unwrap();
     other.shutdown().await.unwrap();
+}
+
+pub async fn entries_deleted_by_hand_are_written_back_within_two_ttls<H: Harness>() {
+    init_logging();
+    let h = H::new().await;
+    let client = h.client().await;
+    let reg = client
+        .register(instance(7036, &["A", "B"]).with_ttl(SHORT_TTL))
+        .await
+        .unwrap();
+    h.delete_entries_by_hand().await;
+    assert!(
+        client.list().await.unwrap().is_empty(),
+        "the entries were deleted"
+    );
+    let deleted = Instant::now();
+    let routes = eventually(SHORT_TTL * 3, "the entries written back", || async {
+        let routes = client.list().await.ok()?;
+        (routes.len() == 2).then_some(routes)
+    })
+    .await;
+    let took = deleted.elapsed();
+    assert!(took <= SHORT_TTL * 2, "healing took {took:?}");
+    assert_eq!(
+        addresses_of(&routes, "Test.IDemoService.B"),
+        ["127.0.0.1:7036"]
+    );
+    reg.shutdown().await.unwrap();
+    assert!(client.list().await.unwrap().is_empty());
 }
 
 pub async fn abandoned_instance_expires_after_ttl<H: Harness>() {

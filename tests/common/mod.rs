@@ -22,6 +22,9 @@ pub trait Harness: Sized {
     async fn client(&self) -> Arc<dyn RouteManager>;
     /// Writes malformed entries under service ids that start with `Bad.`, bypassing the API.
     async fn put_malformed(&self);
+    /// Deletes every route entry under the test's prefix bypassing the API (`etcdctl del
+    /// --prefix`, `consul kv delete -recurse`, an edited file), leaving liveness records alone.
+    async fn delete_entries_by_hand(&self);
     /// Makes the registry unreadable (an outage, a corrupt file).
     async fn break_backend(&self);
     /// Undoes `break_backend`, restoring what was there.

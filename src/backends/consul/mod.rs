@@ -25,7 +25,7 @@ use crate::route::{
     ServiceRoute,
 };
 use crate::telemetry::traced;
-use crate::watch::{RouteWatch, SharedFeed};
+use crate::watch::{note_write, RouteWatch, SharedFeed};
 
 /// Most operations in one `/v1/txn` request (the limit of Consul 1.8).
 pub const MAX_TXN_OPS: usize = 64;
@@ -117,6 +117,9 @@ pub(crate) struct KvPair {
     pub value: Option<String>,
     #[serde(rename = "ModifyIndex", default)]
     pub modify_index: u64,
+    /// The session holding the key, if any.
+    #[serde(rename = "Session", default)]
+    pub session: Option<String>,
 }
 
 impl KvPair {
@@ -277,6 +280,55 @@ impl Agents {
         Ok(())
     }
 
+    /// Runs check operations through `/v1/txn`; `false` when one of them does not hold (409).
+    async fn txn_holds(&self, action: &str, ops: Vec<TxnOp>) -> Result<bool> {
+        for batch in ops.chunks(MAX_TXN_OPS) {
+            let response = self
+                .send(action, self.config.timeout, |http, agent| {
+                    http.put(format!("{agent}/v1/txn")).json(batch)
+                })
+                .await?;
+            match response.status() {
+                s if s.is_success() => {}
+                StatusCode::CONFLICT => return Ok(false),
+                s => {
+                    return Err(error_from(
+                        action,
+                        s,
+                        &response.text().await.unwrap_or_default(),
+                    ))
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads one key; `None` when it does not exist.
+    async fn get_key(&self, key: &str) -> Result<Option<KvPair>> {
+        let response = self
+            .send("get", self.config.timeout, |http, agent| {
+                http.get(format!("{agent}/v1/kv/{key}"))
+            })
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let pairs = response.json::<Vec<KvPair>>().await.map_err(|e| {
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        format!("consul get: bad answer: {e}"),
+                    )
+                })?;
+                Ok(pairs.into_iter().next())
+            }
+            s => Err(error_from(
+                "get",
+                s,
+                &response.text().await.unwrap_or_default(),
+            )),
+        }
+    }
+
     async fn put_json(
         &self,
         action: &str,
@@ -300,6 +352,19 @@ impl Agents {
 struct TxnOp {
     #[serde(rename = "KV")]
     kv: TxnKv,
+}
+
+impl TxnOp {
+    fn kv(verb: &'static str, key: String, value: Option<String>, session: Option<String>) -> Self {
+        TxnOp {
+            kv: TxnKv {
+                verb,
+                key,
+                value,
+                session,
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -403,6 +468,22 @@ impl ConsulStore {
     fn config(&self) -> &ConsulConfig {
         &self.agents.config
     }
+
+    /// Operations that write every entry of the instance, locked by `session`.
+    fn lock_ops(&self, instance: &Instance, id: &str, session: &str) -> Result<Vec<TxnOp>> {
+        let mut ops = Vec::with_capacity(instance.routes.len());
+        for descriptor in &instance.routes {
+            let key = self.config().layout.instance_key(&descriptor.id, id)?;
+            let value = encode_route(&instance.route(descriptor))?;
+            ops.push(TxnOp::kv(
+                "lock",
+                key,
+                Some(base64::engine::general_purpose::STANDARD.encode(value)),
+                Some(session.to_owned()),
+            ));
+        }
+        Ok(ops)
+    }
 }
 
 #[async_trait]
@@ -446,19 +527,7 @@ impl LivenessStore for ConsulStore {
                 )
             })?
             .id;
-        let mut ops = Vec::with_capacity(instance.routes.len());
-        for descriptor in &instance.routes {
-            let key = self.config().layout.instance_key(&descriptor.id, &id)?;
-            let value = encode_route(&instance.route(descriptor))?;
-            ops.push(TxnOp {
-                kv: TxnKv {
-                    verb: "lock",
-                    key,
-                    value: Some(base64::engine::general_purpose::STANDARD.encode(value)),
-                    session: Some(session.clone()),
-                },
-            });
-        }
+        let ops = self.lock_ops(instance, &id, &session)?;
         if let Err(err) = self.agents.txn("register", ops).await {
             let _ = self
                 .agents
@@ -491,6 +560,34 @@ impl LivenessStore for ConsulStore {
                 &response.text().await.unwrap_or_default(),
             )),
         }
+    }
+
+    async fn heal(&self, instance: &Instance, session: &String) -> Result<usize> {
+        let id = instance.id()?;
+        let layout = &self.config().layout;
+        let keys = instance
+            .routes
+            .iter()
+            .map(|d| layout.instance_key(&d.id, &id))
+            .collect::<Result<Vec<_>>>()?;
+        let checks: Vec<TxnOp> = keys
+            .iter()
+            .map(|key| TxnOp::kv("check-session", key.clone(), None, Some(session.clone())))
+            .collect();
+        if self.agents.txn_holds("heal check", checks).await? {
+            return Ok(0);
+        }
+        // Something is missing: unless a deregistration removed the instance, write it all back
+        // (taking a lock the session already holds changes nothing).
+        let tombstone = layout.tombstone_key(&id)?;
+        let marked = self.agents.get_key(&tombstone).await?;
+        if marked.is_some_and(|pair| pair.session.as_deref() == Some(session.as_str())) {
+            return Ok(0);
+        }
+        let ops = self.lock_ops(instance, &id, session)?;
+        let count = ops.len();
+        self.agents.txn("heal", ops).await?;
+        Ok(count)
     }
 
     async fn remove_instance(&self, _instance: &Instance, session: String) -> Result<()> {
@@ -558,26 +655,29 @@ impl RouteManager for ConsulRouteManager {
                     .collect::<Result<Vec<_>>>()?;
                 let layout = &self.inner.config().layout;
                 let listing = self.inner.agents.list(0).await?;
-                let ops: Vec<TxnOp> = listing
-                    .pairs
-                    .iter()
-                    .filter(|p| {
-                        layout
-                            .parse(&p.key)
-                            .and_then(|k| k.instance_id)
-                            .is_some_and(|instance| ids.contains(&instance))
-                    })
-                    .map(|p| TxnOp {
-                        kv: TxnKv {
-                            verb: "delete",
-                            key: p.key.clone(),
-                            value: None,
-                            session: None,
-                        },
-                    })
-                    .collect();
+                let mut ops = Vec::new();
+                let mut tombstones = std::collections::BTreeMap::new();
+                for pair in &listing.pairs {
+                    let Some(instance) = layout.parse(&pair.key).and_then(|k| k.instance_id) else {
+                        continue;
+                    };
+                    if !ids.contains(&instance) {
+                        continue;
+                    }
+                    ops.push(TxnOp::kv("delete", pair.key.clone(), None, None));
+                    // The instance's registration must not write it back while its session lives.
+                    if let Some(session) = &pair.session {
+                        tombstones.insert(layout.tombstone_key(&instance)?, session.clone());
+                    }
+                }
                 let count = ops.len();
+                ops.extend(
+                    tombstones
+                        .into_iter()
+                        .map(|(key, session)| TxnOp::kv("lock", key, None, Some(session))),
+                );
                 self.inner.agents.txn("deregister", ops).await?;
+                note_write();
                 Ok(count)
             },
             |removed| *removed,
@@ -624,15 +724,10 @@ impl RouteManager for ConsulRouteManager {
                             .await;
                     }
                 }
-                let op = TxnOp {
-                    kv: TxnKv {
-                        verb: "delete-tree",
-                        key: prefix,
-                        value: None,
-                        session: None,
-                    },
-                };
-                self.inner.agents.txn("clear", vec![op]).await
+                let op = TxnOp::kv("delete-tree", prefix, None, None);
+                self.inner.agents.txn("clear", vec![op]).await?;
+                note_write();
+                Ok(())
             },
             |_| 0,
         )

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, KeyValue,
-    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp,
+    LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, TlsOptions, Txn, TxnOp,
 };
 use tokio::sync::Mutex;
 
@@ -25,7 +25,7 @@ use crate::route::{
     ServiceRoute,
 };
 use crate::telemetry::traced;
-use crate::watch::{RouteWatch, SharedFeed};
+use crate::watch::{note_write, RouteWatch, SharedFeed};
 
 /// Most operations in one etcd transaction (etcd's default `--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -447,6 +447,49 @@ impl LivenessStore for EtcdStore {
         }
     }
 
+    async fn heal(&self, instance: &Instance, lease: &EtcdLease) -> Result<usize> {
+        let keys = self.instance_keys(instance)?;
+        let mut client = self.client.clone();
+        let options = LeaseTimeToLiveOptions::new().with_keys();
+        let attached = client
+            .lease_time_to_live(lease.id, Some(options))
+            .await
+            .map_err(|e| etcd_error("lease time-to-live", e))?;
+        if attached.ttl() <= 0 {
+            // The lease is gone: the next renewal finds out and registers again.
+            return Ok(0);
+        }
+        let held: std::collections::HashSet<&[u8]> =
+            attached.keys().iter().map(Vec::as_slice).collect();
+        let missing: Vec<(String, &crate::route::ServiceDescriptor)> = keys
+            .into_iter()
+            .zip(&instance.routes)
+            .filter(|(key, _)| !held.contains(key.as_bytes()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let tombstone = self.config.layout.tombstone_key(&instance.id()?)?;
+        let marked = client
+            .get(tombstone, None)
+            .await
+            .map_err(|e| etcd_error("read", e))?;
+        if marked.kvs().iter().any(|kv| kv.lease() == lease.id) {
+            return Ok(0);
+        }
+        let mut ops = Vec::with_capacity(missing.len());
+        for (key, descriptor) in &missing {
+            let value = encode_route(&instance.route(descriptor))?;
+            ops.push(TxnOp::put(
+                key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(lease.id)),
+            ));
+        }
+        run_batched(&self.client, ops, "heal").await?;
+        Ok(missing.len())
+    }
+
     async fn remove_instance(&self, _instance: &Instance, lease: EtcdLease) -> Result<()> {
         drop(lease.stream.lock().await.take());
         let mut client = self.client.clone();
@@ -494,19 +537,29 @@ impl RouteManager for EtcdRouteManager {
                     .collect::<Result<Vec<_>>>()?;
                 let layout = &self.inner.config.layout;
                 let (raw, _) = read_prefix(&self.inner.client, layout.prefix()).await?;
-                let doomed: Vec<TxnOp> = raw
-                    .iter()
-                    .filter(|kv| {
-                        kv.key_str()
-                            .ok()
-                            .and_then(|key| layout.parse(key))
-                            .and_then(|k| k.instance_id)
-                            .is_some_and(|instance| ids.contains(&instance))
-                    })
-                    .map(|kv| TxnOp::delete(kv.key(), None))
-                    .collect();
+                let mut doomed = Vec::new();
+                let mut tombstones = std::collections::BTreeMap::new();
+                for kv in &raw {
+                    let instance = kv
+                        .key_str()
+                        .ok()
+                        .and_then(|key| layout.parse(key))
+                        .and_then(|k| k.instance_id);
+                    let Some(instance) = instance.filter(|i| ids.contains(i)) else {
+                        continue;
+                    };
+                    doomed.push(TxnOp::delete(kv.key(), None));
+                    // The instance's registration must not write it back while its lease lives.
+                    if kv.lease() != 0 {
+                        tombstones.insert(layout.tombstone_key(&instance)?, kv.lease());
+                    }
+                }
                 let count = doomed.len();
+                doomed.extend(tombstones.into_iter().map(|(key, lease)| {
+                    TxnOp::put(key, "", Some(PutOptions::new().with_lease(lease)))
+                }));
                 run_batched(&self.inner.client, doomed, "deregister").await?;
+                note_write();
                 Ok(count)
             },
             |removed| *removed,

@@ -29,6 +29,14 @@ pub(crate) struct InstanceRecord {
     /// Random token of the registration holding the record.
     #[serde(rename = "Lease")]
     pub lease: String,
+    /// Set when a deregistration removed the instance's addresses while the record lives: its
+    /// heartbeat must not write them back.
+    #[serde(
+        rename = "Removed",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub removed: bool,
 }
 
 /// The whole file, with each route kept as raw JSON so a malformed one is preserved, not lost.
@@ -195,13 +203,75 @@ impl Document {
         self.instances.remove(instance_id);
     }
 
-    /// Removes these addresses from every route (records stay); returns how many were removed.
+    /// Removes these addresses from every route; their records stay, marked removed so that
+    /// their heartbeats do not write them back. Returns how many were removed.
     pub fn remove_addresses(&mut self, addresses: &[Address]) -> Result<usize> {
         let ids = addresses
             .iter()
             .map(instance_id)
             .collect::<Result<Vec<_>>>()?;
+        for id in &ids {
+            if let Some(record) = self.record(id) {
+                self.set_record(
+                    id,
+                    InstanceRecord {
+                        removed: true,
+                        ..record
+                    },
+                );
+            }
+        }
         Ok(self.remove_instance_addresses(&ids, |_| true))
+    }
+
+    /// The instance's routes that lack its address although `lease` holds its live record and
+    /// no deregistration removed it (edited out by hand, say).
+    pub fn missing_routes<'a>(
+        &self,
+        instance: &'a Instance,
+        lease: &str,
+    ) -> Result<Vec<&'a crate::route::ServiceDescriptor>> {
+        let id = instance.id()?;
+        match self.record(&id) {
+            Some(record) if record.lease == lease && !record.removed => {}
+            _ => return Ok(Vec::new()),
+        }
+        Ok(instance
+            .routes
+            .iter()
+            .filter(|descriptor| {
+                let route = self
+                    .routes
+                    .get(&descriptor.id)
+                    .and_then(|value| self.decode(&descriptor.id, value));
+                !route.is_some_and(|r| {
+                    r.addresses
+                        .iter()
+                        .any(|a| a.same_endpoint(&instance.address))
+                })
+            })
+            .collect())
+    }
+
+    /// Writes the instance's address back into the routes that lack it (see
+    /// [`Document::missing_routes`]); returns how many it wrote.
+    pub fn heal(&mut self, instance: &Instance, lease: &str) -> Result<usize> {
+        let missing: Vec<crate::route::ServiceDescriptor> = self
+            .missing_routes(instance, lease)?
+            .into_iter()
+            .cloned()
+            .collect();
+        for descriptor in &missing {
+            let mut route = self
+                .routes
+                .get(&descriptor.id)
+                .and_then(|value| self.decode(&descriptor.id, value))
+                .unwrap_or_else(|| ServiceRoute::new(descriptor.clone(), Vec::new()));
+            route.addresses.push(instance.address.clone());
+            self.routes
+                .insert(descriptor.id.clone(), encode_route_value(&route)?);
+        }
+        Ok(missing.len())
     }
 
     /// Drops every expired record and its addresses.

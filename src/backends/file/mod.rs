@@ -128,6 +128,7 @@ impl LivenessStore for FileStore {
         let record = InstanceRecord {
             expires: expiry(ttl),
             lease: lease.clone(),
+            removed: false,
         };
         let instance = instance.clone();
         self.update(move |doc| doc.put_instance(&instance, record))
@@ -147,6 +148,26 @@ impl LivenessStore for FileStore {
         } else {
             Liveness::Lost
         })
+    }
+
+    async fn heal(&self, instance: &Instance, lease: &String) -> Result<usize> {
+        // Read without the lock first: the file is rewritten only when something is missing.
+        let storage = self.storage.clone();
+        let (check, lease_) = (instance.clone(), lease.clone());
+        let missing = blocking(move || match storage.read()? {
+            Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
+                Ok(!Document::parse(&bytes)?
+                    .missing_routes(&check, &lease_)?
+                    .is_empty())
+            }
+            _ => Ok(false),
+        })
+        .await?;
+        if !missing {
+            return Ok(0);
+        }
+        let (instance, lease) = (instance.clone(), lease.clone());
+        self.update(move |doc| doc.heal(&instance, &lease)).await
     }
 
     async fn remove_instance(&self, instance: &Instance, lease: String) -> Result<()> {

@@ -119,6 +119,7 @@ conformance_suite!(ConsulHarness);
 
 use std::time::Instant;
 
+use common::lookups::Lookups;
 use common::{eventually, init_logging, initial_routes, instance, next_event};
 use wayfinder::{AddressResolver, RouteEvent};
 
@@ -204,7 +205,9 @@ async fn sigkilled_instance_is_reported_removed() {
 }
 
 /// The agent killed and restarted (a dev agent comes back empty): clients serve the last good
-/// routes meanwhile, and every live instance registers itself again.
+/// routes meanwhile, every live instance registers itself again, and a client resolving through
+/// the whole window (outage, then a registry that comes back empty and refills) sees no failed
+/// lookup: the index going backwards is a reset, and empty protection holds what it removes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_empty_agent_gets_every_live_instance_back() {
     init_logging();
@@ -217,6 +220,8 @@ async fn restarted_empty_agent_gets_every_live_instance_back() {
         .await
         .unwrap();
     assert_eq!(resolver.stats().routes, 2);
+    let resolver = Arc::new(resolver);
+    let lookups = Lookups::start(resolver.clone(), &["api/demo/a", "api/demo/b"]);
 
     let agent = h.agent.clone();
     tokio::task::spawn_blocking(move || agent.lock().unwrap().kill())
@@ -253,6 +258,13 @@ async fn restarted_empty_agent_gets_every_live_instance_back() {
     )
     .await;
     assert_eq!(writer.list().await.unwrap().len(), 2);
+    eventually(Duration::from_secs(30), "protection over", || async {
+        (resolver.stats().protected_routes == 0).then_some(())
+    })
+    .await;
+    let count = lookups.finish("consul agent restarted empty").await;
+    assert!(count.total > 100, "{count:?}");
+    assert_eq!(count.failures, 0, "{count:?}");
 }
 
 /// ACLs on (default deny): a writer registers; a read-only token can resolve but not register;

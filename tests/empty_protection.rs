@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::lookups::Lookups;
 use common::{descriptor, eventually, init_logging, without_health_checks};
 use tokio::net::TcpListener;
 use wayfinder::backends::memory::{MemoryConfig, MemoryRouteManager};
@@ -24,49 +24,6 @@ async fn register(registry: &MemoryRouteManager, port: u16) -> wayfinder::Regist
     let instance = Instance::new(Address::new("127.0.0.1", port), vec![descriptor("A")])
         .with_ttl(Duration::from_secs(1));
     registry.register(instance).await.unwrap()
-}
-
-/// Resolves `api/demo/a` every 2 ms on its own task until stopped; counts the failures.
-struct Lookups {
-    failures: Arc<AtomicU64>,
-    total: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Lookups {
-    fn start(resolver: Arc<AddressResolver>) -> Self {
-        let (failures, total, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (f, t, s) = (failures.clone(), total.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            while !s.load(Ordering::Relaxed) {
-                if resolver.resolve_path("api/demo/a", None).await.is_err() {
-                    f.fetch_add(1, Ordering::Relaxed);
-                }
-                t.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        });
-        Lookups {
-            failures,
-            total,
-            stop,
-            task,
-        }
-    }
-
-    async fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        (
-            self.failures.load(Ordering::Relaxed),
-            self.total.load(Ordering::Relaxed),
-        )
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +195,7 @@ async fn a_registry_restarted_empty_costs_no_lookups() {
             .await
             .unwrap(),
     );
-    let lookups = Lookups::start(resolver.clone());
+    let lookups = Lookups::start(resolver.clone(), &["api/demo/a"]);
     registry.restart_empty();
     assert!(registry.list().await.unwrap().is_empty());
     assert!(resolver.stats().protected_routes <= 1);
@@ -255,8 +212,10 @@ async fn a_registry_restarted_empty_costs_no_lookups() {
         (resolver.stats().protected_routes == 0).then_some(())
     })
     .await;
-    let (failures, total) = lookups.finish().await;
-    eprintln!("registry restarted empty: {failures} failed lookups of {total}");
-    assert!(total > 100, "the client kept resolving ({total})");
-    assert_eq!(failures, 0, "no lookup failed while the registry refilled");
+    let count = lookups.finish("memory registry restarted empty").await;
+    assert!(count.total > 100, "the client kept resolving ({count:?})");
+    assert_eq!(
+        count.failures, 0,
+        "no lookup failed while the registry refilled"
+    );
 }

@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod consul_server;
 pub mod etcd_server;
+pub mod lookups;
 pub mod proxy;
 
 use std::sync::Arc;

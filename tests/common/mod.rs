@@ -198,3 +198,63 @@ pub async fn send_sigterm(child: &tokio::process::Child) {
         .unwrap();
     assert!(status.success());
 }
+
+/// What a [`ResolveLoop`] saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopCounts {
+    /// Lookups that returned an address.
+    pub resolved: u64,
+    /// Lookups that failed.
+    pub failures: u64,
+    /// From the first failed lookup to the last one (zero without failures).
+    pub failing_for: Duration,
+}
+
+/// Resolves one route path over and over in a background task, counting failed lookups, as a
+/// long-lived client would while something happens to the registry.
+pub struct ResolveLoop {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<LoopCounts>,
+}
+
+impl ResolveLoop {
+    /// Starts resolving `path` through `resolver` every `every`.
+    pub fn start(
+        resolver: Arc<wayfinder::AddressResolver>,
+        path: &str,
+        every: Duration,
+    ) -> ResolveLoop {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, path) = (stop.clone(), path.to_owned());
+        let task = tokio::spawn(async move {
+            let mut counts = LoopCounts::default();
+            let mut failing: Option<(Instant, Instant)> = None;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                match resolver.resolve_path(&path, None).await {
+                    Ok(_) => counts.resolved += 1,
+                    Err(err) => {
+                        if counts.failures == 0 {
+                            eprintln!("first failed lookup of {path}: {err}");
+                        }
+                        counts.failures += 1;
+                        let now = Instant::now();
+                        let (first, _) = failing.unwrap_or((now, now));
+                        failing = Some((first, now));
+                    }
+                }
+            }
+            counts.failing_for = failing.map_or(Duration::ZERO, |(first, last)| last - first);
+            counts
+        });
+        ResolveLoop { stop, task }
+    }
+
+    /// Stops the loop and returns its counts.
+    pub async fn stop(self) -> LoopCounts {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("the resolve loop panicked")
+    }
+}

@@ -119,6 +119,7 @@ conformance_suite!(ConsulHarness);
 
 use std::time::Instant;
 
+use common::consul_cluster::ConsulCluster;
 use common::lookups::Lookups;
 use common::{eventually, init_logging, initial_routes, instance, next_event};
 use wayfinder::{AddressResolver, RouteEvent};
@@ -367,5 +368,97 @@ async fn acl_tokens_are_enforced_and_never_shown() {
     assert!(
         !denied.to_string().contains("not-a-real-token"),
         "the token shows in an error: {denied}"
+    );
+}
+
+/// The session holding `prefix`'s one key, read straight from the agent at `agent`'s KV API;
+/// `None` while there is no key.
+async fn holding_session(http: &reqwest::Client, agent: &str, prefix: &str) -> Option<String> {
+    let url = format!("http://{agent}/v1/kv/{prefix}?recurse=true");
+    let response = http.get(url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let pairs: Vec<serde_json::Value> = response.json().await.ok()?;
+    pairs.first()?["Session"].as_str().map(str::to_owned)
+}
+
+/// An instance registered through its node's client agent (the server agent second), and that
+/// client agent killed: Consul invalidates the client node's sessions and deletes their keys,
+/// and the instance registers again through the server agent. The instance never stopped
+/// serving, so a long-lived resolver (on a manager of its own, through the server) should fail
+/// no lookup meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_agent_dying_under_a_healthy_instance() {
+    init_logging();
+    let mut cluster = tokio::task::spawn_blocking(ConsulCluster::start)
+        .await
+        .unwrap();
+    let prefix = format!("wayfinder-test/{:016x}/", fastrand::u64(..));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let serving = tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            drop(connection);
+        }
+    });
+
+    let writer = connect(&format!(
+        "consul://{},{}?prefix={prefix}&ttl=10s",
+        cluster.client_endpoint(),
+        cluster.server_endpoint()
+    ))
+    .await
+    .unwrap();
+    let reg = writer.register(instance(port, &["A"])).await.unwrap();
+    let reader = connect(&format!(
+        "consul://{}?prefix={prefix}",
+        cluster.server_endpoint()
+    ))
+    .await
+    .unwrap();
+    let resolver = Arc::new(
+        AddressResolver::with_config(reader, common::without_health_checks())
+            .await
+            .unwrap(),
+    );
+    let resolved = resolver.resolve_path("api/demo/a", None).await.unwrap();
+    assert_eq!(resolved.address().port, port);
+
+    let http = reqwest::Client::new();
+    let server = cluster.server_endpoint();
+    let first_session = holding_session(&http, &server, &prefix)
+        .await
+        .expect("the key is held by a session");
+    let lookups = Lookups::start(resolver.clone(), &["api/demo/a"]);
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| cluster.kill_client());
+    eventually(
+        Duration::from_secs(30),
+        "the instance registered again through the server agent",
+        || async {
+            holding_session(&http, &server, &prefix)
+                .await
+                .filter(|session| *session != first_session)
+        },
+    )
+    .await;
+    let registered_again = killed.elapsed();
+    eventually(Duration::from_secs(5), "protection over", || async {
+        (resolver.stats().protected_routes == 0).then_some(())
+    })
+    .await;
+
+    let counts = lookups.finish("consul client agent killed under a healthy instance").await;
+    eprintln!(
+        "client agent killed; registered again through the server after {registered_again:?}; \
+         lookups: {counts:?}"
+    );
+    serving.abort();
+    reg.shutdown().await.unwrap();
+    assert_eq!(
+        counts.failures, 0,
+        "lookups failed for {:?} while the instance was registering again: {counts:?}",
+        counts.failing_for
     );
 }

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{initial_routes, instance, Harness};
+use common::lookups::Lookups;
+use common::{eventually, init_logging, initial_routes, instance, Harness};
 use serde_json::{json, Value};
 use wayfinder::backends::file::{FileConfig, FileRouteManager};
-use wayfinder::RouteManager;
+use wayfinder::{AddressResolver, Instance, RouteEvent, RouteManager, RouteWatch, SyncStatus};
 
 struct FileHarness {
     dir: tempfile::TempDir,
@@ -177,4 +178,236 @@ async fn an_old_registration_shutting_down_leaves_a_newer_one_alone() {
     );
     new.shutdown().await.unwrap();
     assert!(h.client().await.list().await.unwrap().is_empty());
+}
+
+/// An instance whose heartbeats (every TTL / 3) fall outside these tests: a writer renewing while
+/// the file is missing writes a file of its own, which is another scenario than an editor's save.
+fn long_lived(port: u16, names: &[&str]) -> Instance {
+    let mut instance = instance(port, names);
+    instance.ttl = Some(Duration::from_secs(120));
+    instance
+}
+
+/// A route written by hand: no liveness record, so it is static.
+fn static_route(name: &str, port: u16) -> Value {
+    json!({
+        "AddressDescriptors": [{"Value": format!("{{\"Ip\":\"127.0.0.1\",\"Port\":{port}}}")}],
+        "ServiceDescriptor": {
+            "Id": format!("Test.IDemoService.{name}"),
+            "RoutePath": format!("api/demo/{}", name.to_lowercase()),
+        },
+    })
+}
+
+/// Waits until the watch reports itself stale for a reason containing `reason`.
+async fn stale_because(watch: &RouteWatch, reason: &str) -> SyncStatus {
+    eventually(
+        Duration::from_secs(5),
+        &format!("a stale status mentioning {reason:?}"),
+        || async {
+            let status = watch.status();
+            status
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains(reason))
+                .then_some(status)
+        },
+    )
+    .await
+}
+
+/// Waits until the watch is current again.
+async fn current(watch: &RouteWatch) {
+    eventually(Duration::from_secs(5), "a current status", || async {
+        (!watch.status().is_stale()).then_some(())
+    })
+    .await;
+}
+
+/// The events waiting in `watch`, as `(name, service id)`, sorted.
+fn pending(watch: &mut RouteWatch) -> Vec<(&'static str, String)> {
+    let mut events: Vec<_> = std::iter::from_fn(|| watch.try_next())
+        .map(|e| {
+            (
+                e.name(),
+                e.route().map(|r| r.id().to_owned()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    events.sort();
+    events
+}
+
+/// An editor's save: the file renamed away, then a new version written in its place. The moment
+/// without a file is an outage (stale, no events); watchers then see only what really changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_save_renaming_the_file_away_sends_only_real_changes() {
+    init_logging();
+    let h = FileHarness::new().await;
+    let _reg = h
+        .client()
+        .await
+        .register(long_lived(7341, &["A", "B"]))
+        .await
+        .unwrap();
+    let mut watch = h.client().await.watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 2);
+
+    // The new version: B dropped, C added by hand, A as it was.
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(h.path()).unwrap()).unwrap();
+    let routes = doc["Routes"].as_object_mut().unwrap();
+    routes.remove("Test.IDemoService.B").unwrap();
+    routes.insert("Test.IDemoService.C".into(), static_route("C", 7342));
+
+    std::fs::rename(h.path(), h.dir.path().join("routes.json~")).unwrap();
+    stale_because(&watch, "missing").await;
+    assert_eq!(
+        pending(&mut watch),
+        [],
+        "no events while the file is missing"
+    );
+
+    // Written in place, as an editor does: readers may catch it empty or half written.
+    std::fs::write(h.path(), serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    current(&watch).await;
+    assert_eq!(
+        pending(&mut watch),
+        [
+            ("created", "Test.IDemoService.C".to_owned()),
+            ("removed", "Test.IDemoService.B".to_owned()),
+        ],
+        "only the real differences"
+    );
+}
+
+/// The file deleted and written again 3 s later: a long-lived resolver fails no lookup, reports
+/// itself stale during the gap and current after, and watchers see no event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_deleted_for_three_seconds_fails_no_lookup() {
+    init_logging();
+    let h = FileHarness::new().await;
+    let _reg = h
+        .client()
+        .await
+        .register(long_lived(7351, &["A"]))
+        .await
+        .unwrap();
+    let reader = h.client().await;
+    let resolver = Arc::new(
+        AddressResolver::with_config(reader.clone(), common::without_health_checks())
+            .await
+            .unwrap(),
+    );
+    let mut watch = reader.watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 1);
+    let lookups = Lookups::start(resolver.clone(), &["api/demo/a"]);
+
+    let saved = std::fs::read(h.path()).unwrap();
+    std::fs::remove_file(h.path()).unwrap();
+    let gap = std::time::Instant::now();
+    eventually(Duration::from_secs(5), "a stale resolver", || async {
+        resolver.stats().stale.then_some(())
+    })
+    .await;
+    // The gap itself, not a wait for something to happen.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(gap.elapsed())).await;
+    assert!(resolver.stats().stale, "stale until the file is back");
+    std::fs::write(h.path(), &saved).unwrap();
+    eventually(Duration::from_secs(5), "a current resolver", || async {
+        (!resolver.stats().stale).then_some(())
+    })
+    .await;
+    let gap = gap.elapsed();
+
+    let counts = lookups.finish("routes file deleted for 3 s").await;
+    eprintln!("file missing for {gap:?}: {counts:?}");
+    assert_eq!(
+        counts.failures, 0,
+        "lookups failed while the file was missing: {counts:?}"
+    );
+    assert!(counts.total > 100, "the loop ran: {counts:?}");
+    assert_eq!(pending(&mut watch), [], "no events for an unchanged file");
+}
+
+/// A truncated, empty or garbage file is an outage: the routes stay, the status says why, and
+/// the good file coming back sends nothing when nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_or_garbage_file_keeps_the_routes_and_reports_stale() {
+    init_logging();
+    let h = FileHarness::new().await;
+    let _reg = h
+        .client()
+        .await
+        .register(long_lived(7361, &["A", "B"]))
+        .await
+        .unwrap();
+    let reader = h.client().await;
+    let resolver = AddressResolver::with_config(reader.clone(), common::without_health_checks())
+        .await
+        .unwrap();
+    let mut watch = reader.watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 2);
+    let saved = std::fs::read(h.path()).unwrap();
+
+    for (bytes, reason) in [
+        (&saved[..saved.len() / 2], "does not parse"),
+        (&b""[..], "is empty"),
+        (&b"42"[..], "neither a JSON object nor an array"),
+    ] {
+        std::fs::write(h.path(), bytes).unwrap();
+        stale_because(&watch, reason).await;
+        assert!(resolver.stats().stale);
+        assert_eq!(pending(&mut watch), [], "no events for a {reason:?} file");
+        for path in ["api/demo/a", "api/demo/b"] {
+            let resolved = resolver.resolve_path(path, None).await.unwrap();
+            assert_eq!(
+                resolved.address().port,
+                7361,
+                "{path} with a {reason:?} file"
+            );
+        }
+    }
+
+    h.write_atomically(&saved);
+    current(&watch).await;
+    assert_eq!(pending(&mut watch), [], "the same routes came back");
+}
+
+/// A document without routes is authoritative: written by hand or by `clear`, it removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_without_routes_removes_every_route() {
+    init_logging();
+    let h = FileHarness::new().await;
+    let writer = h.client().await;
+    let _reg = writer
+        .register(long_lived(7371, &["A", "B"]))
+        .await
+        .unwrap();
+    let mut watch = h.client().await.watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 2);
+
+    std::fs::write(h.path(), br#"{"Routes":{},"Instances":{}}"#).unwrap();
+    let mut removed: Vec<_> = common::next_events(&mut watch, 2, Duration::from_secs(5))
+        .await
+        .into_iter()
+        .map(|e| match e {
+            RouteEvent::Removed(route) => route.id().to_owned(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    removed.sort();
+    assert_eq!(removed, ["Test.IDemoService.A", "Test.IDemoService.B"]);
+    current(&watch).await;
+
+    let _reg = writer.register(long_lived(7372, &["C"])).await.unwrap();
+    assert!(matches!(
+        common::next_event(&mut watch, Duration::from_secs(5)).await,
+        RouteEvent::Created(_)
+    ));
+    writer.clear().await.unwrap();
+    match common::next_event(&mut watch, Duration::from_secs(5)).await {
+        RouteEvent::Removed(route) => assert_eq!(route.id(), "Test.IDemoService.C"),
+        other => panic!("unexpected {other:?}"),
+    }
+    current(&watch).await;
 }

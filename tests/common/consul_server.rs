@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::etcd_server::free_port;
 
-fn consul_bin() -> PathBuf {
+/// The `consul` binary installed by `backends/install.sh`.
+pub fn consul_bin() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("backends/.local/bin/consul");
     assert!(
         path.exists(),
@@ -95,21 +96,8 @@ impl ConsulAgent {
         }
     }
 
-    /// A plain HTTP/1.0 request without a body; the body, or `None` unless the agent answers 200.
     fn request(&self, method: &str, path: &str) -> Option<String> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nX-Consul-Token: {}\r\n\r\n",
-            self.token.as_deref().unwrap_or("")
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        let status_ok = head.split_whitespace().nth(1) == Some("200");
-        status_ok.then(|| body.to_owned())
+        request(self.http_port, self.token.as_deref(), method, path)
     }
 
     /// `127.0.0.1:port` of the HTTP API.
@@ -137,4 +125,22 @@ impl Drop for ConsulAgent {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A plain HTTP/1.0 request without a body to the agent whose HTTP API is on `http_port`; the
+/// body, or `None` unless the agent answers 200. Blocking, for readiness probes.
+pub fn request(http_port: u16, token: Option<&str>, method: &str, path: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nX-Consul-Token: {}\r\n\r\n",
+        token.unwrap_or("")
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status_ok = head.split_whitespace().nth(1) == Some("200");
+    status_ok.then(|| body.to_owned())
 }

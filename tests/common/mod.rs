@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod consul_cluster;
 pub mod consul_server;
 pub mod etcd_server;
 pub mod lookups;

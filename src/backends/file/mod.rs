@@ -2,6 +2,15 @@
 //!
 //! The file's layout, the writers' locking and the readers' watch are described in the
 //! `document`, `storage` and `feed` modules.
+//!
+//! A watch (and so an [`crate::AddressResolver`]) treats the file as an outage, not as an empty
+//! registry, once it has read it and it then goes missing, unreadable, empty, partly written or
+//! unparsable: it keeps the last good routes, reports itself stale, and sends only the real
+//! differences when the file reads again. An editor's save (rename away and write anew, or
+//! delete and recreate) thus causes no spurious `Removed` / `Created` events. A document without
+//! routes is authoritative, so [`RouteManager::clear`] still empties the registry, and a file that
+//! does not exist yet when the watch starts is an empty registry. [`RouteManager::list`] is a
+//! single read and reports a missing file as empty.
 
 mod document;
 mod feed;

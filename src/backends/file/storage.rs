@@ -3,7 +3,12 @@
 //! Writers take an exclusive lock on a separate `<file>.lock` (never the data file, which is
 //! replaced by rename), re-read the file under the lock, write a temp file in the same directory,
 //! fsync it, rename it over the file and fsync the directory. Readers never lock: they always see
-//! either the old or the new file, never a partial one.
+//! either the old or the new file, never a partial one, as long as every writer is this code.
+//!
+//! Other writers (an editor, a deploy script) may not be as careful: a save that renames the file
+//! away before writing the new one leaves no file for a moment, and a write in place leaves an
+//! empty or half-written one. Readers cannot tell those apart from a real outage, so the watch
+//! feed treats all of them as one (see `feed`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind as IoKind, Write};
@@ -87,12 +92,15 @@ impl FileStorage {
         }
     }
 
-    /// Reads and parses the file; a missing file is an empty document.
-    pub fn load(&self) -> Result<Document> {
-        match self.read()? {
-            Some(bytes) => Document::parse(&bytes),
-            None => Ok(Document::default()),
-        }
+    /// Reads and parses the file; `None` when it does not exist.
+    ///
+    /// What a missing file means is the caller's call: the watch feed treats it as an empty
+    /// registry only until it has read the file once, and as an outage after (see `feed`).
+    /// An empty or partial file is an error, never an empty document.
+    pub fn load(&self) -> Result<Option<Document>> {
+        self.read()?
+            .map(|bytes| Document::parse(&bytes))
+            .transpose()
     }
 
     /// Runs `edit` on the current document under the writers' lock and writes the result.

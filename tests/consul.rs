@@ -449,7 +449,9 @@ async fn a_client_agent_dying_under_a_healthy_instance() {
     })
     .await;
 
-    let counts = lookups.finish("consul client agent killed under a healthy instance").await;
+    let counts = lookups
+        .finish("consul client agent killed under a healthy instance")
+        .await;
     eprintln!(
         "client agent killed; registered again through the server after {registered_again:?}; \
          lookups: {counts:?}"

@@ -398,6 +398,11 @@ async fn a_document_without_routes_removes_every_route() {
     removed.sort();
     assert_eq!(removed, ["Test.IDemoService.A", "Test.IDemoService.B"]);
     current(&watch).await;
+    assert_eq!(
+        watch.status().resets,
+        1,
+        "a file replaced by an empty document is a registry-wide reset"
+    );
 
     let _reg = writer.register(long_lived(7372, &["C"])).await.unwrap();
     assert!(matches!(
@@ -410,4 +415,37 @@ async fn a_document_without_routes_removes_every_route() {
         other => panic!("unexpected {other:?}"),
     }
     current(&watch).await;
+}
+
+/// The quickstart registers three instances and then starts a resolver: round robin must pick
+/// among all three (read-your-writes), and once one listener closes, among the other two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_resolves_over_every_registered_instance() {
+    let mut command = tokio::process::Command::new(common::example_binary("quickstart"));
+    let output = common::clear_wayfinder_env(&mut command)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "quickstart failed:\n{stdout}");
+    let listening: std::collections::BTreeSet<&str> = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("three instances listening at "))
+        .expect("the quickstart names its instances")
+        .split(", ")
+        .collect();
+    let picks: Vec<std::collections::BTreeSet<&str>> = stdout
+        .lines()
+        .filter_map(|line| line.trim().split_once(" x6: "))
+        .map(|(_, picks)| picks.split(' ').collect())
+        .collect();
+    assert_eq!(picks.len(), 2, "{stdout}");
+    assert_eq!(picks[0], listening, "round robin over all three:\n{stdout}");
+    let closed = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("closed the listener of "))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap();
+    assert_eq!(picks[1].len(), 2, "{stdout}");
+    assert!(!picks[1].contains(closed), "{stdout}");
 }

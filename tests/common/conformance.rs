@@ -26,7 +26,7 @@ macro_rules! conformance_suite {
             abandoned_instance_expires_after_ttl, wiped_instance_registers_again,
             concurrent_registrations_lose_nothing, malformed_entries_are_skipped,
             outage_keeps_last_good_routes, invalid_registrations_are_refused,
-            watch_cycles_leak_no_tasks);
+            watch_cycles_leak_no_tasks, a_new_watch_or_resolver_sees_every_completed_write);
     };
     (@tests $h:ty; $($name:ident),*) => {
         $(
@@ -403,4 +403,46 @@ pub async fn watch_cycles_leak_no_tasks<H: Harness>() {
     })
     .await;
     reg.shutdown().await.unwrap();
+}
+
+/// Read-your-writes: a watch or resolver started after writes completed sees all of them, even
+/// when it joins a reader already running for an earlier watch of the same manager.
+pub async fn a_new_watch_or_resolver_sees_every_completed_write<H: Harness>() {
+    init_logging();
+    let h = H::new().await;
+    let client = h.client().await;
+    let mut running = client.watch().await.unwrap();
+    initial_routes(&mut running).await;
+    let mut registrations = Vec::new();
+    for port in [7091, 7092, 7093] {
+        registrations.push(client.register(instance(port, &["A"])).await.unwrap());
+    }
+    let started = Instant::now();
+    let mut watch = client.watch().await.unwrap();
+    let routes = initial_routes(&mut watch).await;
+    assert_eq!(
+        addresses_of(&routes, "Test.IDemoService.A"),
+        ["127.0.0.1:7091", "127.0.0.1:7092", "127.0.0.1:7093"],
+        "a new watch starts from a view with every completed write"
+    );
+    let config = super::without_health_checks();
+    let resolver = wayfinder::AddressResolver::with_config(client.clone(), config)
+        .await
+        .unwrap();
+    let entry = resolver.table().by_path("api/demo/a").cloned().unwrap();
+    assert_eq!(entry.route().addresses.len(), 3, "so does a new resolver");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "catching up took {:?}",
+        started.elapsed()
+    );
+    registrations.pop().unwrap().shutdown().await.unwrap();
+    let mut watch = client.watch().await.unwrap();
+    let routes = initial_routes(&mut watch).await;
+    assert_eq!(
+        addresses_of(&routes, "Test.IDemoService.A"),
+        ["127.0.0.1:7091", "127.0.0.1:7092"],
+        "and a deregistration"
+    );
+    drop(running);
 }

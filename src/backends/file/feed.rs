@@ -18,6 +18,9 @@
 //!   is re-read on every poll tick and directory event until it reads again. That first good read
 //!   is diffed against the last good routes, so routes present in both versions produce no events.
 //!   Heartbeat expiries wait for it too: during an outage the last good routes stay as read.
+//! - **A file replaced by a document without routes is a registry-wide reset** (see
+//!   [`crate::SyncStatus::resets`]): the routes are removed, and resolvers hold them for their
+//!   empty protection's grace while instances write themselves back.
 //! - **A file that is missing when the feed starts, and not seen since, is an empty registry**:
 //!   there is nothing to protect yet (a fresh deployment whose first writer creates the file).
 //!   A file that exists but does not parse when the feed starts fails the watch.
@@ -35,7 +38,7 @@ use super::storage::{FileStorage, Fingerprint};
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::telemetry::traced;
-use crate::watch::WatchHub;
+use crate::watch::{writes_done, WatchHub};
 
 /// Loads the file once (an error here is returned), then starts following it.
 pub(crate) async fn start(
@@ -51,6 +54,7 @@ pub(crate) async fn start(
         seen: doc.is_some(),
         outage: None,
         next_expiry: None,
+        had_routes: false,
     };
     reader.publish(&doc.unwrap_or_default());
     Ok(tokio::spawn(reader.follow(poll, fingerprint)))
@@ -76,6 +80,8 @@ struct Reader {
     outage: Option<String>,
     /// The next heartbeat expiry among the last good routes.
     next_expiry: Option<u64>,
+    /// Whether the last good document held any route.
+    had_routes: bool,
 }
 
 impl Reader {
@@ -87,8 +93,12 @@ impl Reader {
                 .next_expiry
                 .map(|at| Duration::from_millis(at.saturating_sub(now_ms()) + 5))
                 .unwrap_or(Duration::from_secs(3600));
+            // Every write this process completed before the read begins is in what it reads.
+            let mut writes = writes_done();
             tokio::select! {
                 Some(()) = events.recv() => while events.try_recv().is_ok() {},
+                // A new watcher wants this process's writes (read-your-writes): read now.
+                () = self.hub.refresh_requested() => writes = writes_done(),
                 _ = tokio::time::sleep(poll) => {
                     // During an outage every tick retries: a file made readable again (its
                     // permissions fixed) keeps its fingerprint.
@@ -99,23 +109,36 @@ impl Reader {
                 _ = tokio::time::sleep(until_expiry) => {}
             }
             fingerprint = self.storage.fingerprint();
-            self.reload().await;
+            if self.reload().await {
+                self.hub.mark_read_through(writes);
+            }
         }
     }
 
-    /// Reads the file and applies the rule in the module's documentation.
-    async fn reload(&mut self) {
+    /// Reads the file and applies the rule in the module's documentation; returns whether the
+    /// read counted.
+    async fn reload(&mut self) -> bool {
         match load(&self.storage).await {
             Ok(Some(doc)) => {
                 self.seen = true;
                 self.publish(&doc);
+                true
             }
-            Ok(None) if !self.seen => self.publish(&Document::default()),
-            Ok(None) => self.fail(Error::new(
-                ErrorKind::Unavailable,
-                format!("routes file {} is missing", self.storage.path().display()),
-            )),
-            Err(err) => self.fail(err),
+            Ok(None) if !self.seen => {
+                self.publish(&Document::default());
+                true
+            }
+            Ok(None) => {
+                self.fail(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("routes file {} is missing", self.storage.path().display()),
+                ));
+                false
+            }
+            Err(err) => {
+                self.fail(err);
+                false
+            }
         }
     }
 
@@ -125,6 +148,12 @@ impl Reader {
             tracing::info!(path = %self.storage.path().display(), was = %reason, "routes file readable again");
         }
         let (routes, next_expiry) = doc.live_routes(now_ms());
+        if doc.route_count() == 0 && self.had_routes {
+            // The file was replaced by an empty document: a registry-wide reset, which
+            // resolvers' empty protection rides out while instances write themselves back.
+            self.hub.note_reset();
+        }
+        self.had_routes = doc.route_count() > 0;
         self.hub.replace_all(
             routes
                 .into_iter()

@@ -30,7 +30,7 @@ use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{Address, ServiceRoute};
 use crate::telemetry::traced;
-use crate::watch::{RouteWatch, SharedFeed};
+use crate::watch::{note_write, RouteWatch, SharedFeed};
 
 /// Default interval of the polling fallback that catches changes the directory watch missed.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -67,6 +67,9 @@ struct FileStore {
     config: FileConfig,
     storage: FileStorage,
     feed: SharedFeed,
+    /// Since when renewals have found the file missing (an editor's save in progress, or a file
+    /// deleted for good: after a whole TTL, registrations write it again).
+    missing_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -86,6 +89,7 @@ impl FileRouteManager {
                 config,
                 storage,
                 feed: SharedFeed::new(),
+                missing_since: Arc::default(),
             }),
         })
     }
@@ -148,10 +152,35 @@ impl LivenessStore for FileStore {
     async fn keep_alive(&self, instance: &Instance, lease: &String) -> Result<Liveness> {
         let id = instance.id()?;
         let lease = lease.clone();
-        let expires = expiry(self.ttl_of(instance));
-        let alive = self
-            .update(move |doc| Ok(doc.touch(&id, &lease, expires)))
-            .await?;
+        let ttl = self.ttl_of(instance);
+        let expires = expiry(ttl);
+        let missing_since = self.missing_since.clone();
+        let path = self.storage.path().display().to_string();
+        let storage = self.storage.clone();
+        let alive = blocking(move || {
+            storage.update_with(move |doc, existed| {
+                let mut since = missing_since
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if existed {
+                    *since = None;
+                    return Ok(doc.touch(&id, &lease, expires));
+                }
+                // A missing file is most often an editor's save in progress: writing now would
+                // replace everybody's routes with this instance's alone. Wait for the file for a
+                // whole TTL; after that it is gone for good and the instance registers again.
+                let first = *since.get_or_insert_with(std::time::Instant::now);
+                if first.elapsed() < ttl {
+                    return Err(Error::new(
+                        ErrorKind::Unavailable,
+                        format!("routes file {path} is missing; renewal waits for it"),
+                    ));
+                }
+                *since = None;
+                Ok(false)
+            })
+        })
+        .await?;
         Ok(if alive {
             Liveness::Alive
         } else {
@@ -195,6 +224,17 @@ impl RouteManager for FileRouteManager {
         "file"
     }
 
+    fn default_ttl(&self) -> Duration {
+        self.inner.config.ttl
+    }
+
+    fn registry_id(&self) -> String {
+        // The directory exists once the manager does; the file may not yet.
+        let storage = &self.inner.storage;
+        let dir = std::fs::canonicalize(storage.dir()).unwrap_or_else(|_| storage.dir().into());
+        format!("file {}", dir.join(storage.file_name()).display())
+    }
+
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
         traced(
             "file",
@@ -225,9 +265,12 @@ impl RouteManager for FileRouteManager {
             "remove_addresses",
             async {
                 let addresses = addresses.to_vec();
-                self.inner
+                let removed = self
+                    .inner
                     .update(move |doc| doc.remove_addresses(&addresses))
-                    .await
+                    .await?;
+                note_write();
+                Ok(removed)
             },
             |removed| *removed,
         )
@@ -244,7 +287,9 @@ impl RouteManager for FileRouteManager {
                         doc.clear();
                         Ok(())
                     })
-                    .await
+                    .await?;
+                note_write();
+                Ok(())
             },
             |_| 0,
         )

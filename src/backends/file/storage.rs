@@ -108,6 +108,12 @@ impl FileStorage {
     /// Expired instances are pruned first. A file that does not parse is left alone (an error is
     /// returned) so nothing in it is lost; an empty file counts as an empty document.
     pub fn update<R>(&self, edit: impl FnOnce(&mut Document) -> Result<R>) -> Result<R> {
+        self.update_with(|doc, _| edit(doc))
+    }
+
+    /// Like [`FileStorage::update`], telling `edit` whether the file existed; an error from
+    /// `edit` leaves the file as it is.
+    pub fn update_with<R>(&self, edit: impl FnOnce(&mut Document, bool) -> Result<R>) -> Result<R> {
         fs::create_dir_all(&self.dir).map_err(|e| io_error(&self.dir, "create directory", e))?;
         let lock = OpenOptions::new()
             .create(true)
@@ -117,7 +123,9 @@ impl FileStorage {
             .map_err(|e| io_error(&self.lock_path, "open lock file", e))?;
         lock.lock()
             .map_err(|e| io_error(&self.lock_path, "lock", e))?;
-        let mut doc = match self.read()? {
+        let current = self.read()?;
+        let existed = current.is_some();
+        let mut doc = match current {
             Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => Document::parse(&bytes)
                 .map_err(|e| {
                     Error::malformed(format!(
@@ -129,7 +137,7 @@ impl FileStorage {
             _ => Document::default(),
         };
         doc.prune(now_ms());
-        let result = edit(&mut doc)?;
+        let result = edit(&mut doc, existed)?;
         self.write_atomically(&doc.to_bytes()?)?;
         drop(lock);
         Ok(result)

@@ -182,8 +182,8 @@ async fn keep_registered<S: LivenessStore>(
         let renewal = store.keep_alive(&instance, &lease);
         let outcome = match traced(S::BACKEND, "keep_alive", renewal, |_| 0).await {
             Ok(Liveness::Alive) => {
-                renewals += 1;
-                if renewals % HEAL_EVERY == 0 {
+                renewals = renewals.wrapping_add(1);
+                if renewals.is_multiple_of(HEAL_EVERY) {
                     heal(store.as_ref(), &instance, &lease).await
                 } else {
                     Ok(())

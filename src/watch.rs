@@ -337,6 +337,10 @@ impl WatchHub {
 
     /// Resolves when a new watcher asks for a fresh whole read; backends' readers wait on it
     /// beside their stream and answer with a read followed by [`WatchHub::mark_read_through`].
+    #[cfg_attr(
+        not(any(feature = "file", feature = "etcd", feature = "consul")),
+        allow(dead_code)
+    )]
     pub async fn refresh_requested(&self) {
         self.refresh.notified().await;
     }

@@ -1,7 +1,10 @@
 //! The reader side of the etcd backend: one task per manager that keeps the [`WatchHub`] current.
 //!
-//! It lists the prefix (pinned to one revision), then watches from that revision + 1 on a client
-//! that sends `hasleader`, so a member cut off from the cluster does not keep a silent stream.
+//! It lists the prefix (pinned to one revision), then watches from that revision + 1 on clients
+//! that send `hasleader`, so a member cut off from the cluster does not keep a silent stream.
+//! Each stream is opened through [`Members`], on a member that answers; a watch that etcd
+//! cancels because it no longer knows the client's token (after a restart, say) counts as a
+//! refused token, so that member's client authenticates again.
 //! Every response advances the revision (progress notifications too), so a reconnect resumes
 //! where the stream stopped. A compacted revision means events were lost: it lists again and
 //! the hub emits whatever changed meanwhile, deletions included. An idle stream is probed with a
@@ -11,10 +14,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
+use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::members::{is_stale_token_message, Members};
 use super::{etcd_error, is_compacted, load_entries, EtcdConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::route::{decode_entry, RouteEntries};
@@ -32,20 +36,17 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Lists once (an error here is returned), then follows the prefix in the background.
 pub(crate) async fn start(
     config: EtcdConfig,
-    client: Client,
+    members: Arc<Members>,
+    watch_members: Arc<Members>,
     hub: Arc<WatchHub>,
 ) -> Result<JoinHandle<()>> {
-    let load = load_entries(&client, &config.layout);
+    let load = load_entries(&members, &config.layout);
     let (entries, revision) = traced("etcd", "watch_list", load, |(e, _)| e.key_count()).await?;
     hub.replace_all(entries.all_merged());
-    let options = config.connect_options()?.with_require_leader(true);
-    let watch_client = Client::connect(&config.endpoints, Some(options))
-        .await
-        .map_err(|e| etcd_error("connect", e))?;
     let follower = Follower {
         config,
-        client,
-        watch_client,
+        members,
+        watch_members,
         hub,
         entries,
         revision,
@@ -63,8 +64,10 @@ enum Interruption {
 
 struct Follower {
     config: EtcdConfig,
-    client: Client,
-    watch_client: Client,
+    /// Listings.
+    members: Arc<Members>,
+    /// Watch streams (clients that require a leader).
+    watch_members: Arc<Members>,
     hub: Arc<WatchHub>,
     entries: RouteEntries,
     /// Every event up to and including this revision has been applied.
@@ -104,7 +107,7 @@ impl Follower {
     }
 
     async fn relist(&mut self) -> Result<()> {
-        let load = load_entries(&self.client, &self.config.layout);
+        let load = load_entries(&self.members, &self.config.layout);
         let (entries, revision) =
             traced("etcd", "watch_list", load, |(e, _)| e.key_count()).await?;
         self.entries = entries;
@@ -120,24 +123,31 @@ impl Follower {
             .with_prefix()
             .with_start_revision(self.revision + 1)
             .with_progress_notify();
-        let prefix = self.config.layout.prefix().to_owned();
-        let mut stream = match self.watch_client.watch(prefix, Some(options)).await {
-            Ok(stream) => stream,
-            Err(err) if is_compacted(&err) => return Interruption::Compacted,
-            Err(err) => return Interruption::Failed(etcd_error("watch", err)),
+        let prefix = self.config.layout.prefix();
+        let opened = self
+            .watch_members
+            .call("watch", |mut client| {
+                let options = options.clone();
+                async move { open(&mut client, prefix, options).await }
+            })
+            .await;
+        let (mut stream, first) = match opened {
+            Ok(Some(opened)) => opened,
+            Ok(None) => return Interruption::Compacted,
+            Err(err) => return Interruption::Failed(err),
         };
+        if let Some(interruption) = self.receive(first) {
+            return interruption;
+        }
         let mut quiet_until = Instant::now() + PROGRESS_INTERVAL;
         let mut progress_asked = false;
         loop {
             tokio::select! {
                 message = stream.message() => match message {
                     Ok(Some(response)) => {
-                        if let Some(interruption) = self.apply(response) {
+                        if let Some(interruption) = self.receive(response) {
                             return interruption;
                         }
-                        // A reply after an outage: the view is current again.
-                        self.hub.mark_good();
-                        self.delivered = true;
                         quiet_until = Instant::now() + PROGRESS_INTERVAL;
                         progress_asked = false;
                     }
@@ -162,6 +172,17 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// Takes one response of the stream; returns why the stream must end, if it must.
+    fn receive(&mut self, response: WatchResponse) -> Option<Interruption> {
+        let interruption = self.apply(response);
+        if interruption.is_none() {
+            // A reply after an outage: the view is current again.
+            self.hub.mark_good();
+            self.delivered = true;
+        }
+        interruption
     }
 
     /// Applies one watch response; returns why the stream must end, if it must.
@@ -214,5 +235,36 @@ impl Follower {
             }
         }
         None
+    }
+}
+
+/// Opens a watch stream and waits for its first response (the creation reply, or a
+/// cancellation); `None` when the start revision was compacted away. A watch etcd cancels at
+/// once because it does not know the token is reported as a refused token, so [`Members`]
+/// authenticates that member again and repeats; a stream that ends before answering counts as a
+/// failed member.
+async fn open(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+    options: WatchOptions,
+) -> std::result::Result<Option<(WatchStream, WatchResponse)>, etcd_client::Error> {
+    let mut stream = match client.watch(prefix, Some(options)).await {
+        Ok(stream) => stream,
+        Err(err) if is_compacted(&err) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    match stream.message().await {
+        Ok(Some(first)) if first.canceled() && is_stale_token_message(first.cancel_reason()) => {
+            Err(etcd_client::Error::WatchError(format!(
+                "etcd canceled the watch: {}",
+                first.cancel_reason()
+            )))
+        }
+        Ok(Some(first)) => Ok(Some((stream, first))),
+        Ok(None) => Err(etcd_client::Error::WatchError(
+            "the watch stream ended before the watch was created".to_owned(),
+        )),
+        Err(err) if is_compacted(&err) => Ok(None),
+        Err(err) => Err(err),
     }
 }

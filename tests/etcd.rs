@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::etcd_server::{EtcdCluster, EtcdServer};
+use common::lookups::Lookups;
 use common::{eventually, init_logging, initial_routes, instance, next_event, Harness};
 use wayfinder::resolve::HealthConfig;
 use wayfinder::{connect, AddressResolver, ResolverConfig, RouteEvent, RouteManager};
@@ -363,61 +364,68 @@ async fn a_route_deleted_and_compacted_while_cut_off_is_gone_after_reconnection(
     keep.shutdown().await.unwrap();
 }
 
+/// A single etcd with authentication on (started with `extra_args`): `root`, `svc` (password
+/// `svcpw`, read-write on `app/`) and `viewer` (password `viewpw`, read-only on `app/`).
+fn start_with_users(extra_args: &[&str]) -> EtcdServer {
+    let mut server = EtcdServer::start_with(extra_args);
+    for args in [
+        &[
+            "user",
+            "add",
+            "root",
+            "--new-user-password=rootpw",
+            "--interactive=false",
+        ][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "writer"],
+        &[
+            "role",
+            "grant-permission",
+            "writer",
+            "--prefix=true",
+            "readwrite",
+            "app/",
+        ],
+        &[
+            "user",
+            "add",
+            "svc",
+            "--new-user-password=svcpw",
+            "--interactive=false",
+        ],
+        &["user", "grant-role", "svc", "writer"],
+        &["role", "add", "reader"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "--prefix=true",
+            "read",
+            "app/",
+        ],
+        &[
+            "user",
+            "add",
+            "viewer",
+            "--new-user-password=viewpw",
+            "--interactive=false",
+        ],
+        &["user", "grant-role", "viewer", "reader"],
+        &["auth", "enable"],
+    ] {
+        server.etcdctl_ok(args);
+    }
+    server.use_etcdctl_user("root:rootpw");
+    server
+}
+
 /// Authentication: a read-write user works across token expiry (tokens live 1 s here), a
 /// read-only user can read but not register, and a wrong password is refused clearly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticated_users_work_across_token_expiry_and_are_refused_clearly() {
     init_logging();
     let server = tokio::task::spawn_blocking(|| {
-        let server = EtcdServer::start_with(&["--auth-token", "simple", "--auth-token-ttl", "1"]);
-        for args in [
-            &[
-                "user",
-                "add",
-                "root",
-                "--new-user-password=rootpw",
-                "--interactive=false",
-            ][..],
-            &["user", "grant-role", "root", "root"],
-            &["role", "add", "writer"],
-            &[
-                "role",
-                "grant-permission",
-                "writer",
-                "--prefix=true",
-                "readwrite",
-                "app/",
-            ],
-            &[
-                "user",
-                "add",
-                "svc",
-                "--new-user-password=svcpw",
-                "--interactive=false",
-            ],
-            &["user", "grant-role", "svc", "writer"],
-            &["role", "add", "reader"],
-            &[
-                "role",
-                "grant-permission",
-                "reader",
-                "--prefix=true",
-                "read",
-                "app/",
-            ],
-            &[
-                "user",
-                "add",
-                "viewer",
-                "--new-user-password=viewpw",
-                "--interactive=false",
-            ],
-            &["user", "grant-role", "viewer", "reader"],
-            &["auth", "enable"],
-        ] {
-            server.etcdctl_ok(args);
-        }
-        server
+        start_with_users(&["--auth-token", "simple", "--auth-token-ttl", "1"])
     })
     .await
     .unwrap();
@@ -598,4 +606,227 @@ async fn a_stalled_watch_stream_is_detected_and_replaced() {
         }
     }
     assert!(!watch.status().is_stale());
+}
+
+/// etcd restarted under an authenticated watch (tokens live 1 s, and a restart forgets them): the
+/// watch comes back, and a route registered after the restart reaches it within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_watch_follows_changes_after_an_etcd_restart() {
+    init_logging();
+    let server = tokio::task::spawn_blocking(|| {
+        start_with_users(&["--auth-token", "simple", "--auth-token-ttl", "1"])
+    })
+    .await
+    .unwrap();
+    let url = format!(
+        "etcd://svc:svcpw@{}?prefix=app/&ttl=3s&timeout=2s",
+        server.endpoint()
+    );
+    let server = Arc::new(Mutex::new(server));
+    let writer = connect(&url).await.unwrap();
+    let _a = writer.register(instance(7791, &["A"])).await.unwrap();
+    let mut watch = connect(&url).await.unwrap().watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 1);
+
+    // Down for longer than a token lives, and long enough for the watch to try again only
+    // once etcd is back up: it re-creates its stream with a token etcd no longer knows.
+    control(&server, EtcdServer::kill).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    control(&server, EtcdServer::restart).await;
+    let restarted = Instant::now();
+    let _b = writer.register(instance(7792, &["B"])).await.unwrap();
+    loop {
+        match next_event(&mut watch, Duration::from_secs(8)).await {
+            RouteEvent::Created(route) if route.id() == "Test.IDemoService.B" => break,
+            RouteEvent::Removed(route) => panic!("{} removed wrongly", route.id()),
+            _ => {}
+        }
+    }
+    eprintln!(
+        "route registered after the restart seen {:?} after it",
+        restarted.elapsed()
+    );
+    assert!(!watch.status().is_stale());
+}
+
+/// Runs blocking cluster control off the async threads.
+async fn cluster_control<R: Send + 'static>(
+    cluster: &Arc<Mutex<EtcdCluster>>,
+    f: impl FnOnce(&mut EtcdCluster) -> R + Send + 'static,
+) -> R {
+    let cluster = cluster.clone();
+    tokio::task::spawn_blocking(move || f(&mut cluster.lock().unwrap()))
+        .await
+        .unwrap()
+}
+
+/// Fresh managers on `url` (whose first member is down), each listing, registering and
+/// deregistering: every call must succeed within the 2 s request timeout. Returns the longest.
+async fn fresh_rounds(url: &str, rounds: u16, port: u16) -> Duration {
+    let timeout = Duration::from_secs(2);
+    let mut longest = Duration::ZERO;
+    let mut timed = |what: &str, round: u16, started: Instant| {
+        let took = started.elapsed();
+        assert!(took <= timeout, "round {round}: {what} took {took:?}");
+        longest = longest.max(took);
+    };
+    for round in 0..rounds {
+        let started = Instant::now();
+        let manager = connect(url).await.unwrap();
+        timed("connect", round, started);
+        let started = Instant::now();
+        let routes = manager
+            .list()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: list: {e}"));
+        timed("list", round, started);
+        assert!(routes.iter().any(|r| r.id() == "Test.IDemoService.Steady"));
+        let started = Instant::now();
+        let registration = manager
+            .register(instance(port + round, &["Round"]))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: register: {e}"));
+        timed("register", round, started);
+        let started = Instant::now();
+        registration
+            .shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: shutdown: {e}"));
+        timed("shutdown", round, started);
+    }
+    longest
+}
+
+/// A three-member cluster with the leader killed, then (after it is back) a follower: fresh
+/// managers whose URL names the dead member first list, register and deregister in every one
+/// of 20 rounds, each call within the request timeout, and a resolver running through the
+/// whole fault window fails no lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_to_live_members_while_the_leader_or_a_follower_is_down() {
+    init_logging();
+    let cluster = tokio::task::spawn_blocking(EtcdCluster::start)
+        .await
+        .unwrap();
+    let prefix = unique_prefix();
+    let url = move |cluster: &EtcdCluster, first: usize| {
+        format!(
+            "etcd://{}?prefix={prefix}&ttl=3s&timeout=2s",
+            cluster.endpoints_starting_with(first)
+        )
+    };
+    let cluster = Arc::new(Mutex::new(cluster));
+    let leader = cluster_control(&cluster, |c| c.leader_index()).await;
+    let steady_url = url(&cluster.lock().unwrap(), leader);
+    let steady = connect(&steady_url).await.unwrap();
+    let _steady = steady.register(instance(7801, &["Steady"])).await.unwrap();
+    let resolver = AddressResolver::with_config(
+        connect(&steady_url).await.unwrap(),
+        common::without_health_checks(),
+    )
+    .await
+    .unwrap();
+    let resolver = Arc::new(resolver);
+    let lookups = Lookups::start(resolver.clone(), &["api/demo/steady"]);
+
+    let leader_url = url(&cluster.lock().unwrap(), leader);
+    let elected = cluster_control(&cluster, move |c| {
+        c.members[leader].kill();
+        let killed = Instant::now();
+        let new_leader = c.leader_index();
+        (new_leader, killed.elapsed())
+    })
+    .await;
+    eprintln!(
+        "leader {leader} killed; member {} leads after {:?}",
+        elected.0, elected.1
+    );
+    let longest_leader_down = fresh_rounds(&leader_url, 20, 7810).await;
+
+    let follower = cluster_control(&cluster, move |c| {
+        c.members[leader].restart();
+        let current = c.leader_index();
+        let follower = (current + 1) % c.members.len();
+        c.members[follower].kill();
+        follower
+    })
+    .await;
+    let follower_url = url(&cluster.lock().unwrap(), follower);
+    let longest_follower_down = fresh_rounds(&follower_url, 20, 7840).await;
+    cluster_control(&cluster, move |c| c.members[follower].restart()).await;
+
+    let count = lookups
+        .finish("etcd leader, then a follower, of three down")
+        .await;
+    eprintln!(
+        "20/20 rounds each with the leader and a follower down; longest call {:?} / {:?}",
+        longest_leader_down, longest_follower_down
+    );
+    assert_eq!(count.failures, 0, "{count:?}");
+    let steady_port = resolver
+        .resolve_path("api/demo/steady", None)
+        .await
+        .unwrap()
+        .address()
+        .port;
+    assert_eq!(steady_port, 7801);
+    assert!(steady
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.id() == "Test.IDemoService.Steady"));
+}
+
+/// etcd restarted on an empty data directory (a store rebuilt or restored): its revision goes
+/// backwards, the watch publishes that as a reset, and a client resolving through the whole
+/// window (outage, then an empty registry that instances refill) fails no lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restarted_empty_costs_no_lookups() {
+    init_logging();
+    let h = EtcdHarness::new().await;
+    let writer = connect(&h.server.lock().unwrap().url(&h.prefix, "2s"))
+        .await
+        .unwrap();
+    let _a = writer.register(instance(7901, &["A"])).await.unwrap();
+    let _b = writer.register(instance(7902, &["A", "B"])).await.unwrap();
+    // Some history, so that the empty store starts well behind the watch's revision.
+    for _ in 0..3 {
+        writer
+            .register(instance(7903, &["C"]))
+            .await
+            .unwrap()
+            .shutdown()
+            .await
+            .unwrap();
+    }
+    let reader = h.client().await;
+    let mut watch = reader.watch().await.unwrap();
+    initial_routes(&mut watch).await;
+    let resolver = Arc::new(
+        AddressResolver::with_config(reader.clone(), common::without_health_checks())
+            .await
+            .unwrap(),
+    );
+    let lookups = Lookups::start(resolver.clone(), &["api/demo/a", "api/demo/b"]);
+
+    control(&h.server, EtcdServer::restart_empty).await;
+    eventually(
+        Duration::from_secs(20),
+        "a reset seen by the watch",
+        || async { (watch.status().resets >= 1).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "both instances back", || async {
+        let routes = writer.list().await.ok()?;
+        let a = routes.iter().find(|r| r.id() == "Test.IDemoService.A")?;
+        (a.addresses.len() == 2).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "protection over", || async {
+        (resolver.stats().protected_routes == 0 && !resolver.stats().stale).then_some(())
+    })
+    .await;
+    let count = lookups.finish("etcd restarted empty").await;
+    assert!(count.total > 100, "{count:?}");
+    assert_eq!(count.failures, 0, "{count:?}");
 }

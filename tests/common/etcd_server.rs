@@ -38,6 +38,8 @@ pub struct EtcdServer {
     extra_args: Vec<String>,
     /// `--cacert/--cert/--key` for etcdctl when the client port speaks TLS.
     etcdctl_tls: Vec<String>,
+    /// `--user` for etcdctl once authentication is on.
+    etcdctl_user: Vec<String>,
     log: tempfile::NamedTempFile,
     child: Option<Child>,
 }
@@ -113,6 +115,7 @@ impl EtcdServer {
             data_dir: tempfile::tempdir().unwrap(),
             extra_args: Vec::new(),
             etcdctl_tls: Vec::new(),
+            etcdctl_user: Vec::new(),
             log: tempfile::NamedTempFile::new().unwrap(),
             child: None,
         }
@@ -165,6 +168,7 @@ impl EtcdServer {
                     "1s",
                 ])
                 .args(&self.etcdctl_tls)
+                .args(&self.etcdctl_user)
                 .args(["endpoint", "health"])
                 .output()
                 .expect("run etcdctl");
@@ -214,11 +218,54 @@ impl EtcdServer {
         }
     }
 
+    /// Whether the server process is running (it was not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// This member's id and the id of the leader it follows (0 when it knows none), from
+    /// `etcdctl endpoint status`; `None` when the member does not answer.
+    pub fn raft_status(&self) -> Option<(u64, u64)> {
+        let out = self.etcdctl(&[
+            "--command-timeout",
+            "1s",
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ]);
+        if !out.status.success() {
+            return None;
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let status = &doc[0]["Status"];
+        Some((
+            status["header"]["member_id"].as_u64()?,
+            status["leader"].as_u64()?,
+        ))
+    }
+
+    /// Starts the server again on the same ports with an empty data directory, as a store that
+    /// was lost and rebuilt: every key, lease and revision is gone.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.data_dir.path());
+        std::fs::create_dir_all(self.data_dir.path()).unwrap();
+        self.spawn();
+        self.wait_ready();
+    }
+
     /// Starts the server again on the same data directory and ports.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
         self.wait_ready();
+    }
+
+    /// Makes etcdctl (here and in `wait_ready`) authenticate as `user:password`, for a server
+    /// with authentication on.
+    pub fn use_etcdctl_user(&mut self, user_and_password: &str) {
+        self.etcdctl_user = vec!["--user".to_owned(), user_and_password.to_owned()];
     }
 
     /// Runs etcdctl against this server and insists that it succeeds.
@@ -236,6 +283,7 @@ impl EtcdServer {
         Command::new(server_bin("etcdctl"))
             .args(["--endpoints", &self.etcdctl_endpoint()])
             .args(&self.etcdctl_tls)
+            .args(&self.etcdctl_user)
             .args(args)
             .output()
             .expect("run etcdctl")
@@ -280,6 +328,37 @@ impl EtcdCluster {
             member.wait_ready();
         }
         EtcdCluster { members }
+    }
+
+    /// The index of the member that is the leader, as the running members see it: waits (up to
+    /// 20 s) until a running member reports itself as the leader.
+    pub fn leader_index(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leader = self.members.iter().position(|member| {
+                member.is_running()
+                    && member
+                        .raft_status()
+                        .is_some_and(|(id, leader)| id == leader)
+            });
+            if let Some(index) = leader {
+                return index;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no etcd member became the leader"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The client endpoints with member `first` first, comma-separated, for a URL.
+    pub fn endpoints_starting_with(&self, first: usize) -> String {
+        let count = self.members.len();
+        (0..count)
+            .map(|step| self.members[(first + step) % count].endpoint())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// All client endpoints, comma-separated, for a URL.

@@ -3,9 +3,11 @@
 //! Each instance's copy of a route is one key, `<prefix><service-id>/<instance-id>`, attached to
 //! the instance's lease: a crashed instance's keys vanish when its lease expires. Listings read
 //! the prefix in pages pinned to one revision; the watch (in `feed`) resumes from the last seen
-//! revision and re-lists after a compaction, so deletions made meanwhile are not missed.
+//! revision and re-lists after a compaction, so deletions made meanwhile are not missed. Every
+//! request goes through [`Members`], which sends it to a member that answers.
 
 mod feed;
+mod members;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,8 @@ use etcd_client::{
     LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, TlsOptions, Txn, TxnOp,
 };
 use tokio::sync::Mutex;
+
+use members::Members;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
@@ -44,7 +48,7 @@ pub struct EtcdConfig {
     pub ttl: Duration,
     /// User name and password, when etcd has authentication on.
     pub credentials: Option<(String, String)>,
-    /// Time allowed to connect and for each request.
+    /// Time allowed for each request, including moving on to another member when one fails.
     pub timeout: Duration,
     /// TLS: PEM files of the CA to trust and, for client-certificate auth, the client's own.
     pub tls: Option<EtcdTls>,
@@ -112,6 +116,13 @@ impl EtcdConfig {
         self
     }
 
+    /// The cluster's members, with clients built from these options (`require_leader` for
+    /// watches, so a member cut off from the cluster does not keep a silent stream).
+    fn members(&self, require_leader: bool) -> Result<Members> {
+        let options = self.connect_options()?.with_require_leader(require_leader);
+        Ok(Members::new(self.endpoints.clone(), options, self.timeout))
+    }
+
     fn connect_options(&self) -> Result<ConnectOptions> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
@@ -148,7 +159,10 @@ pub struct EtcdRouteManager {
 
 struct EtcdStore {
     config: EtcdConfig,
-    client: Client,
+    /// Requests other than watches.
+    members: Arc<Members>,
+    /// Watches (clients that require a leader).
+    watch_members: Arc<Members>,
     feed: SharedFeed,
 }
 
@@ -222,12 +236,11 @@ pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
 /// `per_page` as it arrives; returns what it made of the pages, in order, and the revision. A
 /// compaction in the middle drops what was made and restarts at the newest revision.
 async fn read_pages<T>(
-    client: &Client,
+    members: &Members,
     prefix: &str,
     mut per_page: impl FnMut(Vec<KeyValue>) -> T,
 ) -> Result<(Vec<T>, i64)> {
     'restart: loop {
-        let mut client = client.clone();
         let end = prefix_end(prefix);
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = 0;
@@ -239,10 +252,19 @@ async fn read_pages<T>(
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let mut response = match client.get(from.clone(), Some(options)).await {
-                Ok(response) => response,
-                Err(err) if revision > 0 && is_compacted(&err) => continue 'restart,
-                Err(err) => return Err(etcd_error("range read", err)),
+            let pinned = revision > 0;
+            let read = members.call("range read", |mut client| {
+                let (from, options) = (from.clone(), options.clone());
+                async move {
+                    match client.get(from, Some(options)).await {
+                        Ok(response) => Ok(Some(response)),
+                        Err(err) if pinned && is_compacted(&err) => Ok(None),
+                        Err(err) => Err(err),
+                    }
+                }
+            });
+            let Some(mut response) = read.await? else {
+                continue 'restart;
             };
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
@@ -262,8 +284,8 @@ async fn read_pages<T>(
 }
 
 /// Every key under `prefix`, pinned to one revision, and that revision.
-pub(crate) async fn read_prefix(client: &Client, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-    let (pages, revision) = read_pages(client, prefix, |page| page).await?;
+pub(crate) async fn read_prefix(members: &Members, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+    let (pages, revision) = read_pages(members, prefix, |page| page).await?;
     Ok((pages.into_iter().flatten().collect(), revision))
 }
 
@@ -287,10 +309,10 @@ fn decode_page(layout: &KeyLayout, kvs: Vec<KeyValue>) -> Vec<(EntryKey, u64, Se
 /// decoded in two halves on blocking threads while the next one is fetched, so decoding overlaps
 /// the reads and the last page's decoding takes half as long.
 pub(crate) async fn load_entries(
-    client: &Client,
+    members: &Members,
     layout: &KeyLayout,
 ) -> Result<(RouteEntries, i64)> {
-    let (decoding, revision) = read_pages(client, layout.prefix(), |mut page| {
+    let (decoding, revision) = read_pages(members, layout.prefix(), |mut page| {
         let second = page.split_off(page.len() / 2);
         [page, second].map(|half| {
             let layout = layout.clone();
@@ -309,41 +331,58 @@ pub(crate) async fn load_entries(
 }
 
 impl EtcdRouteManager {
-    /// Connects to etcd (the connection is established lazily by the client on first use).
+    /// Prepares the connection to etcd. Nothing is sent yet: each member is connected (and,
+    /// with credentials, authenticated) when a request first needs it, so this succeeds while
+    /// members are down.
     pub async fn connect(config: EtcdConfig) -> Result<Self> {
         if config.endpoints.is_empty() {
             return Err(Error::invalid_input("etcd URL names no endpoint"));
         }
-        let client = Client::connect(&config.endpoints, Some(config.connect_options()?))
-            .await
-            .map_err(|e| etcd_error("connect", e))?;
+        let members = Arc::new(config.members(false)?);
+        let watch_members = Arc::new(config.members(true)?);
         Ok(EtcdRouteManager {
             inner: Arc::new(EtcdStore {
                 config,
-                client,
+                members,
+                watch_members,
                 feed: SharedFeed::new(),
             }),
         })
     }
 
-    /// The underlying etcd client (for tools and tests).
-    pub fn client(&self) -> Client {
-        self.inner.client.clone()
+    /// A client of the etcd member that answered last (for tools and tests), connected to that
+    /// member alone; another member's if that one cannot be reached.
+    pub async fn client(&self) -> Result<Client> {
+        self.inner.members.preferred_client().await
     }
 }
 
 /// Runs operations in transactions of at most [`MAX_TXN_OPS`].
-async fn run_batched(client: &Client, ops: Vec<TxnOp>, action: &str) -> Result<()> {
-    let mut client = client.clone();
+async fn run_batched(members: &Members, ops: Vec<TxnOp>, action: &str) -> Result<()> {
     let mut ops = ops.into_iter().peekable();
     while ops.peek().is_some() {
-        let batch: Vec<TxnOp> = ops.by_ref().take(MAX_TXN_OPS).collect();
-        client
-            .txn(Txn::new().and_then(batch))
-            .await
-            .map_err(|e| etcd_error(action, e))?;
+        let txn = Txn::new().and_then(ops.by_ref().take(MAX_TXN_OPS).collect::<Vec<_>>());
+        members
+            .call(action, |mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await?;
     }
     Ok(())
+}
+
+/// Revokes a lease; one already gone counts as revoked (its keys went with it).
+async fn revoke_lease(members: &Members, lease: i64) -> Result<()> {
+    members
+        .call("lease revoke", |mut client| async move {
+            match client.lease_revoke(lease).await {
+                Ok(_) => Ok(()),
+                Err(err) if status_code(&err) == Some(NOT_FOUND) => Ok(()),
+                Err(err) => Err(err),
+            }
+        })
+        .await
 }
 
 /// One registration's lease and its keep-alive stream.
@@ -374,11 +413,13 @@ impl LivenessStore for EtcdStore {
 
     async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<EtcdLease> {
         let keys = self.instance_keys(instance)?;
-        let mut client = self.client.clone();
-        let lease = client
-            .lease_grant(lease_seconds(ttl), None)
-            .await
-            .map_err(|e| etcd_error("lease grant", e))?
+        let seconds = lease_seconds(ttl);
+        let lease = self
+            .members
+            .call("lease grant", |mut client| async move {
+                client.lease_grant(seconds, None).await
+            })
+            .await?
             .id();
         let mut ops = Vec::with_capacity(keys.len());
         for (key, descriptor) in keys.into_iter().zip(&instance.routes) {
@@ -389,9 +430,9 @@ impl LivenessStore for EtcdStore {
                 Some(PutOptions::new().with_lease(lease)),
             ));
         }
-        if let Err(err) = run_batched(&self.client, ops, "register").await {
+        if let Err(err) = run_batched(&self.members, ops, "register").await {
             // Take back what a partial write put up, rather than leave it for a TTL.
-            let _ = client.lease_revoke(lease).await;
+            let _ = revoke_lease(&self.members, lease).await;
             return Err(err);
         }
         Ok(EtcdLease {
@@ -403,12 +444,21 @@ impl LivenessStore for EtcdStore {
     async fn keep_alive(&self, _instance: &Instance, lease: &EtcdLease) -> Result<Liveness> {
         let mut slot = lease.stream.lock().await;
         if slot.is_none() {
-            let mut client = self.client.clone();
+            let id = lease.id;
             // Opening the stream already sends one keep-alive.
-            match client.lease_keep_alive(lease.id).await {
-                Ok(stream) => *slot = Some(stream),
-                Err(err) if is_lease_gone(&err) => return Ok(Liveness::Lost),
-                Err(err) => return Err(etcd_error("lease keep-alive", err)),
+            let opened = self
+                .members
+                .call("lease keep-alive", |mut client| async move {
+                    match client.lease_keep_alive(id).await {
+                        Ok(stream) => Ok(Some(stream)),
+                        Err(err) if is_lease_gone(&err) => Ok(None),
+                        Err(err) => Err(err),
+                    }
+                })
+                .await?;
+            match opened {
+                Some(stream) => *slot = Some(stream),
+                None => return Ok(Liveness::Lost),
             }
         }
         let Some((keeper, stream)) = slot.as_mut() else {
@@ -417,9 +467,20 @@ impl LivenessStore for EtcdStore {
                 "etcd keep-alive stream missing",
             ));
         };
-        let answer = match keeper.keep_alive().await {
-            Ok(()) => stream.message().await,
-            Err(err) => Err(err),
+        let renewal = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        let Ok(answer) = tokio::time::timeout(self.config.timeout, renewal).await else {
+            // The member holding the stream went quiet: reopen it (on a member that answers).
+            *slot = None;
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "etcd lease keep-alive: no answer within {:?}",
+                    self.config.timeout
+                ),
+            ));
         };
         match answer {
             Ok(Some(response)) if response.ttl() > 0 => Ok(Liveness::Alive),
@@ -449,12 +510,14 @@ impl LivenessStore for EtcdStore {
 
     async fn heal(&self, instance: &Instance, lease: &EtcdLease) -> Result<usize> {
         let keys = self.instance_keys(instance)?;
-        let mut client = self.client.clone();
-        let options = LeaseTimeToLiveOptions::new().with_keys();
-        let attached = client
-            .lease_time_to_live(lease.id, Some(options))
-            .await
-            .map_err(|e| etcd_error("lease time-to-live", e))?;
+        let id = lease.id;
+        let attached = self
+            .members
+            .call("lease time-to-live", |mut client| async move {
+                let options = LeaseTimeToLiveOptions::new().with_keys();
+                client.lease_time_to_live(id, Some(options)).await
+            })
+            .await?;
         if attached.ttl() <= 0 {
             // The lease is gone: the next renewal finds out and registers again.
             return Ok(0);
@@ -470,10 +533,13 @@ impl LivenessStore for EtcdStore {
             return Ok(0);
         }
         let tombstone = self.config.layout.tombstone_key(&instance.id()?)?;
-        let marked = client
-            .get(tombstone, None)
-            .await
-            .map_err(|e| etcd_error("read", e))?;
+        let marked = self
+            .members
+            .call("read", |mut client| {
+                let tombstone = tombstone.clone();
+                async move { client.get(tombstone, None).await }
+            })
+            .await?;
         if marked.kvs().iter().any(|kv| kv.lease() == lease.id) {
             return Ok(0);
         }
@@ -486,19 +552,13 @@ impl LivenessStore for EtcdStore {
                 Some(PutOptions::new().with_lease(lease.id)),
             ));
         }
-        run_batched(&self.client, ops, "heal").await?;
+        run_batched(&self.members, ops, "heal").await?;
         Ok(missing.len())
     }
 
     async fn remove_instance(&self, _instance: &Instance, lease: EtcdLease) -> Result<()> {
         drop(lease.stream.lock().await.take());
-        let mut client = self.client.clone();
-        match client.lease_revoke(lease.id).await {
-            Ok(_) => Ok(()),
-            // Already gone: its keys went with it.
-            Err(err) if status_code(&err) == Some(NOT_FOUND) => Ok(()),
-            Err(err) => Err(etcd_error("lease revoke", err)),
-        }
+        revoke_lease(&self.members, lease.id).await
     }
 }
 
@@ -508,13 +568,22 @@ impl RouteManager for EtcdRouteManager {
         "etcd"
     }
 
+    fn default_ttl(&self) -> Duration {
+        self.inner.config.ttl
+    }
+
+    fn registry_id(&self) -> String {
+        // Members of one cluster share the key space: the prefix names the namespace.
+        format!("etcd {}", self.inner.config.layout.prefix())
+    }
+
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
         traced(
             "etcd",
             "list",
             async {
                 let (entries, _) =
-                    load_entries(&self.inner.client, &self.inner.config.layout).await?;
+                    load_entries(&self.inner.members, &self.inner.config.layout).await?;
                 Ok(entries.into_merged())
             },
             Vec::len,
@@ -536,7 +605,7 @@ impl RouteManager for EtcdRouteManager {
                     .map(instance_id)
                     .collect::<Result<Vec<_>>>()?;
                 let layout = &self.inner.config.layout;
-                let (raw, _) = read_prefix(&self.inner.client, layout.prefix()).await?;
+                let (raw, _) = read_prefix(&self.inner.members, layout.prefix()).await?;
                 let mut doomed = Vec::new();
                 let mut tombstones = std::collections::BTreeMap::new();
                 for kv in &raw {
@@ -558,7 +627,7 @@ impl RouteManager for EtcdRouteManager {
                 doomed.extend(tombstones.into_iter().map(|(key, lease)| {
                     TxnOp::put(key, "", Some(PutOptions::new().with_lease(lease)))
                 }));
-                run_batched(&self.inner.client, doomed, "deregister").await?;
+                run_batched(&self.inner.members, doomed, "deregister").await?;
                 note_write();
                 Ok(count)
             },
@@ -573,8 +642,8 @@ impl RouteManager for EtcdRouteManager {
             "clear",
             async {
                 let prefix = self.inner.config.layout.prefix();
-                let (raw, _) = read_prefix(&self.inner.client, prefix).await?;
-                let mut client = self.inner.client.clone();
+                let members = &self.inner.members;
+                let (raw, _) = read_prefix(members, prefix).await?;
                 let mut leases: Vec<i64> = raw
                     .iter()
                     .map(|kv| kv.lease())
@@ -584,14 +653,18 @@ impl RouteManager for EtcdRouteManager {
                 leases.dedup();
                 // Revoking the leases tells running instances their liveness is gone.
                 for lease in leases {
-                    if let Err(err) = client.lease_revoke(lease).await {
-                        tracing::debug!(lease, error = %err, "lease already gone");
+                    if let Err(err) = revoke_lease(members, lease).await {
+                        tracing::debug!(lease, error = %err, "lease revoke failed");
                     }
                 }
-                client
-                    .delete(prefix, Some(DeleteOptions::new().with_prefix()))
-                    .await
-                    .map_err(|e| etcd_error("delete prefix", e))?;
+                members
+                    .call("delete prefix", |mut client| async move {
+                        client
+                            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                            .await
+                    })
+                    .await?;
+                note_write();
                 Ok(())
             },
             |_| 0,
@@ -600,10 +673,12 @@ impl RouteManager for EtcdRouteManager {
     }
 
     async fn watch(&self) -> Result<RouteWatch> {
-        let (config, client) = (self.inner.config.clone(), self.inner.client.clone());
+        let config = self.inner.config.clone();
+        let members = self.inner.members.clone();
+        let watch_members = self.inner.watch_members.clone();
         self.inner
             .feed
-            .watch(|hub| feed::start(config, client, hub))
+            .watch(|hub| feed::start(config, members, watch_members, hub))
             .await
     }
 }

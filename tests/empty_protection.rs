@@ -20,6 +20,19 @@ fn grace(grace: Duration) -> ResolverConfig {
     }
 }
 
+/// Waits until `api/demo/a` answers `NotFound`.
+async fn not_found_within(resolver: &AddressResolver, within: Duration) {
+    let kind = eventually(within, "api/demo/a gone", || async {
+        resolver
+            .resolve_path("api/demo/a", None)
+            .await
+            .err()
+            .map(|e| e.kind())
+    })
+    .await;
+    assert_eq!(kind, ErrorKind::NotFound);
+}
+
 async fn register(registry: &MemoryRouteManager, port: u16) -> wayfinder::Registration {
     let instance = Instance::new(Address::new("127.0.0.1", port), vec![descriptor("A")])
         .with_ttl(Duration::from_secs(1));
@@ -52,15 +65,7 @@ async fn the_last_address_is_held_for_the_grace_then_released() {
         7501,
         "the last address is still served"
     );
-    let kind = eventually(Duration::from_secs(3), "the route released", || async {
-        resolver
-            .resolve_path("api/demo/a", None)
-            .await
-            .err()
-            .map(|e| e.kind())
-    })
-    .await;
-    assert_eq!(kind, ErrorKind::NotFound);
+    not_found_within(&resolver, Duration::from_secs(3)).await;
     assert_eq!(resolver.stats().protected_routes, 0);
 }
 
@@ -116,23 +121,8 @@ async fn a_held_address_leaves_early_when_health_checks_fail() {
     assert!(resolver.resolve_path("api/demo/a", None).await.is_ok());
     accept.abort();
     let _ = accept.await;
-    let kind = eventually(
-        Duration::from_secs(5),
-        "the held address released",
-        || async {
-            resolver
-                .resolve_path("api/demo/a", None)
-                .await
-                .err()
-                .map(|e| e.kind())
-        },
-    )
-    .await;
-    assert_eq!(
-        kind,
-        ErrorKind::NotFound,
-        "discovery and health agree: gone long before 60 s"
-    );
+    // Discovery and health agree: gone long before the 60 s grace.
+    not_found_within(&resolver, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,15 +158,7 @@ async fn zero_grace_removes_the_last_address_at_once() {
         .await
         .unwrap();
     reg.shutdown().await.unwrap();
-    let kind = eventually(Duration::from_secs(2), "the route gone", || async {
-        resolver
-            .resolve_path("api/demo/a", None)
-            .await
-            .err()
-            .map(|e| e.kind())
-    })
-    .await;
-    assert_eq!(kind, ErrorKind::NotFound);
+    not_found_within(&resolver, Duration::from_secs(2)).await;
     assert_eq!(resolver.stats().protected_routes, 0);
 }
 

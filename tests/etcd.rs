@@ -784,9 +784,8 @@ async fn requests_go_to_live_members_while_the_leader_or_a_follower_is_down() {
 async fn etcd_restarted_empty_costs_no_lookups() {
     init_logging();
     let h = EtcdHarness::new().await;
-    let writer = connect(&h.server.lock().unwrap().url(&h.prefix, "2s"))
-        .await
-        .unwrap();
+    let url = h.server.lock().unwrap().url(&h.prefix, "2s");
+    let writer = connect(&url).await.unwrap();
     let _a = writer.register(instance(7901, &["A"])).await.unwrap();
     let _b = writer.register(instance(7902, &["A", "B"])).await.unwrap();
     // Some history, so that the empty store starts well behind the watch's revision.

@@ -144,6 +144,16 @@ pub(crate) struct Listing {
     pub filtered: bool,
 }
 
+/// The key-value pairs of a successful KV read.
+async fn pairs_of(action: &str, response: Response) -> Result<Vec<KvPair>> {
+    response.json::<Vec<KvPair>>().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("consul {action}: bad answer: {e}"),
+        )
+    })
+}
+
 fn error_from(action: &str, status: StatusCode, body: &str) -> Error {
     let kind = match status {
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => ErrorKind::PermissionDenied,
@@ -240,12 +250,7 @@ impl Agents {
                 filtered,
             }),
             s if s.is_success() => {
-                let pairs = response.json::<Vec<KvPair>>().await.map_err(|e| {
-                    Error::new(
-                        ErrorKind::Unavailable,
-                        format!("consul list: bad answer: {e}"),
-                    )
-                })?;
+                let pairs = pairs_of("list", response).await?;
                 Ok(Listing {
                     pairs,
                     index,
@@ -312,15 +317,7 @@ impl Agents {
             .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => {
-                let pairs = response.json::<Vec<KvPair>>().await.map_err(|e| {
-                    Error::new(
-                        ErrorKind::Unavailable,
-                        format!("consul get: bad answer: {e}"),
-                    )
-                })?;
-                Ok(pairs.into_iter().next())
-            }
+            s if s.is_success() => Ok(pairs_of("get", response).await?.into_iter().next()),
             s => Err(error_from(
                 "get",
                 s,

@@ -4,7 +4,7 @@
 //! the instance's lease: a crashed instance's keys vanish when its lease expires. Listings read
 //! the prefix in pages pinned to one revision; the watch (in `feed`) resumes from the last seen
 //! revision and re-lists after a compaction, so deletions made meanwhile are not missed. Every
-//! request goes through [`Members`], which sends it to a member that answers.
+//! request goes through `Members` (in `members`), which sends it to a member that answers.
 
 mod feed;
 mod members;

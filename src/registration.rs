@@ -216,12 +216,18 @@ async fn keep_registered<S: LivenessStore>(
     }
 }
 
-/// Writes back entries that vanished under a live liveness record.
+/// Writes back entries that vanished under a live liveness record. A failed check is logged and
+/// tried again at a later renewal; it never counts as a failed renewal.
 async fn heal<S: LivenessStore>(store: &S, instance: &Instance, lease: &S::Lease) -> Result<()> {
-    let healed = traced(S::BACKEND, "heal", store.heal(instance, lease), |n| *n).await?;
-    if healed > 0 {
-        note_write();
-        tracing::warn!(address = %instance.address, entries = healed, "registry entries had vanished; wrote them again");
+    match traced(S::BACKEND, "heal", store.heal(instance, lease), |n| *n).await {
+        Ok(0) => {}
+        Ok(healed) => {
+            note_write();
+            tracing::warn!(address = %instance.address, entries = healed, "registry entries had vanished; wrote them again");
+        }
+        Err(err) => {
+            tracing::warn!(address = %instance.address, error = %err, "could not check that the registry entries are all there")
+        }
     }
     Ok(())
 }

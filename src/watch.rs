@@ -54,6 +54,7 @@ impl RouteEvent {
 }
 
 /// How current a watcher's view of the registry is.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncStatus {
     /// When the backend last gave an authoritative answer.
@@ -116,6 +117,12 @@ impl RouteWatch {
     /// How current the view is (see [`SyncStatus`]).
     pub fn status(&self) -> SyncStatus {
         self.status.borrow().clone()
+    }
+
+    /// How many registry-wide resets the backend has seen (see [`SyncStatus::resets`]); the
+    /// count rises before the events that follow a reset are sent.
+    pub(crate) fn resets(&self) -> u64 {
+        self.status.borrow().resets
     }
 
     /// A handle on the status that outlives borrowing the watch.
@@ -359,7 +366,7 @@ impl WatchHub {
 }
 
 /// Longest wait of a new watch for a reader's fresh read (read-your-writes).
-const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(3);
 
 /// Keeps a backend's reader task running; the task stops when the last holder drops it.
 #[cfg_attr(
@@ -410,6 +417,7 @@ impl SharedFeed {
         let mut running = self.running.lock().await;
         let guard = match running.upgrade() {
             Some(guard) => {
+                drop(running);
                 self.catch_up().await;
                 guard
             }
@@ -433,7 +441,9 @@ impl SharedFeed {
     async fn catch_up(&self) {
         let target = writes_done();
         let mut through = self.hub.read_through.subscribe();
-        if *through.borrow() >= target {
+        if *through.borrow() >= target || self.hub.status.borrow().is_stale() {
+            // Nothing to catch up on, or the backend cannot be read: the last good view is the
+            // newest there is.
             return;
         }
         let wait = async {

@@ -44,12 +44,10 @@ async fn the_last_address_is_held_for_the_grace_then_released() {
     init_logging();
     let registry = MemoryRouteManager::default();
     let reg = register(&registry, 7501).await;
-    let resolver = AddressResolver::with_config(
-        Arc::new(registry.clone()),
-        grace(Duration::from_millis(600)),
-    )
-    .await
-    .unwrap();
+    let resolver =
+        AddressResolver::with_config(Arc::new(registry.clone()), grace(Duration::from_secs(2)))
+            .await
+            .unwrap();
     reg.shutdown().await.unwrap();
     assert!(
         registry.list().await.unwrap().is_empty(),
@@ -162,16 +160,23 @@ async fn zero_grace_removes_the_last_address_at_once() {
     assert_eq!(resolver.stats().protected_routes, 0);
 }
 
+/// A registry restarted empty refills as its instances renew: one with a short TTL comes back
+/// first, the other only at its next renewal (TTL/3 of 6 s). Until then the route is listed with
+/// one address; after a reset that does not drop the other one, which is still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_restarted_empty_costs_no_lookups() {
     init_logging();
     let registry = MemoryRouteManager::new(MemoryConfig {
-        ttl: Duration::from_secs(1),
+        ttl: Duration::from_secs(10),
         ..MemoryConfig::default()
     });
-    let _a = register(&registry, 7541).await;
-    let _b = register(&registry, 7542).await;
-    // Default grace: twice the registry's TTL.
+    let quick = Instance::new(Address::new("127.0.0.1", 7541), vec![descriptor("A")])
+        .with_ttl(Duration::from_secs(1));
+    let slow = Instance::new(Address::new("127.0.0.1", 7542), vec![descriptor("A")])
+        .with_ttl(Duration::from_secs(6));
+    let _quick = registry.register(quick).await.unwrap();
+    let _slow = registry.register(slow).await.unwrap();
+    // Default grace: twice the registry's TTL (20 s).
     let resolver = Arc::new(
         AddressResolver::with_config(Arc::new(registry.clone()), without_health_checks())
             .await
@@ -180,15 +185,24 @@ async fn a_registry_restarted_empty_costs_no_lookups() {
     let lookups = Lookups::start(resolver.clone(), &["api/demo/a"]);
     registry.restart_empty();
     assert!(registry.list().await.unwrap().is_empty());
-    assert!(resolver.stats().protected_routes <= 1);
     eventually(
-        Duration::from_secs(3),
-        "both instances registered again",
+        Duration::from_secs(2),
+        "the quick instance back",
         || async {
             let routes = registry.list().await.ok()?;
-            (routes.first()?.addresses.len() == 2).then_some(())
+            (routes.first()?.addresses.len() == 1).then_some(())
         },
     )
+    .await;
+    let served = resolver.table().by_path("api/demo/a").cloned().unwrap();
+    let mut ports: Vec<u16> = served.route().addresses.iter().map(|a| a.port).collect();
+    ports.sort();
+    assert_eq!(ports, [7541, 7542], "the instance not back yet is held");
+    assert_eq!(resolver.stats().protected_routes, 1);
+    eventually(Duration::from_secs(5), "the slow instance back", || async {
+        let routes = registry.list().await.ok()?;
+        (routes.first()?.addresses.len() == 2).then_some(())
+    })
     .await;
     eventually(Duration::from_secs(2), "protection over", || async {
         (resolver.stats().protected_routes == 0).then_some(())

@@ -77,7 +77,7 @@ impl Default for ResolverConfig {
 impl ResolverConfig {
     /// The empty protection's grace period for a registry whose TTL is `ttl`.
     fn grace_for(&self, ttl: Duration) -> Duration {
-        self.empty_grace.unwrap_or(ttl * 2)
+        self.empty_grace.unwrap_or(ttl.saturating_mul(2))
     }
 
     pub(crate) fn selector_for(&self, service_id: &str) -> &dyn Selector {
@@ -135,6 +135,7 @@ impl Drop for Resolved {
 }
 
 /// A snapshot of a resolver's counters and freshness.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolverStats {
     /// Lookups made (`resolve_*` and `try_resolve_*`), found or not.
@@ -349,9 +350,13 @@ impl AddressResolver {
                 (Some(watch), status, None)
             }
             Err(err) => {
+                // Only an unreachable registry falls back: refused credentials or a bad
+                // configuration are errors to see, not outages to ride out.
                 let snapshot = match &config.snapshot {
-                    Some(path) => snapshot::load(path, &manager.registry_id()).await,
-                    None => None,
+                    Some(path) if err.kind() == ErrorKind::Unavailable => {
+                        snapshot::load(path, &manager.registry_id()).await
+                    }
+                    _ => None,
                 };
                 let Some(snapshot) = snapshot else {
                     return Err(err);
@@ -695,6 +700,8 @@ async fn open_watch(
     config: &ResolverConfig,
 ) -> Result<RouteWatch> {
     let mut watch = manager.watch().await?;
+    // Resets counted so far are in the routes the watch replays; later ones are news.
+    view.baseline_resets(watch.resets());
     let mut initial = Vec::new();
     loop {
         match watch.next().await {
@@ -709,7 +716,7 @@ async fn open_watch(
             }
         }
     }
-    view.replace(initial, config);
+    view.replace(initial, config, Instant::now());
     Ok(watch)
 }
 
@@ -748,7 +755,6 @@ async fn follow(watch: Option<RouteWatch>, mut view: View, shared: std::sync::We
             }
         }
     };
-    let mut resets = watch.status().resets;
     loop {
         let release_at = view.next_release(Instant::now());
         let event = tokio::select! {
@@ -763,17 +769,14 @@ async fn follow(watch: Option<RouteWatch>, mut view: View, shared: std::sync::We
         };
         let now = Instant::now();
         let mut changed = view.release_due(&shared.config, now);
-        if let Some(event) = event {
-            let status_resets = watch.status().resets;
-            if status_resets > resets {
-                resets = status_resets;
-                view.note_reset(now);
-            }
+        let mut next = event;
+        while let Some(event) = next {
+            // A reset is counted before the events that follow it are sent: checking before
+            // each event applies every one of those as after the reset.
+            view.observe_resets(watch.resets(), now);
             view.apply(event, &shared.config, now);
-            while let Some(event) = watch.try_next() {
-                view.apply(event, &shared.config, now);
-            }
             changed = true;
+            next = watch.try_next();
         }
         if changed {
             shared.publish(view.table(), &view);

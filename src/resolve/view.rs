@@ -26,6 +26,12 @@ use crate::watch::RouteEvent;
 /// How often held addresses are checked against local health while any is held.
 const HELD_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// `now + grace`, or a year from now for a grace too long to add.
+fn deadline(now: Instant, grace: Duration) -> Instant {
+    now.checked_add(grace)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
 /// Addresses of one route that the registry removed but the resolver still serves.
 struct Held {
     /// The route as last listed with them (its descriptor serves while the registry has none).
@@ -44,6 +50,8 @@ pub(crate) struct View {
     grace: Duration,
     /// Until when every removal is held, after a registry-wide reset.
     reset_until: Option<Instant>,
+    /// The watch's reset count already accounted for.
+    resets_seen: u64,
 }
 
 impl View {
@@ -56,6 +64,20 @@ impl View {
             endpoints: HashMap::new(),
             grace,
             reset_until: None,
+            resets_seen: 0,
+        }
+    }
+
+    /// Takes `count` as the watch's resets already reflected in what it replays.
+    pub(crate) fn baseline_resets(&mut self, count: u64) {
+        self.resets_seen = count;
+    }
+
+    /// Notes a reset when the watch's count rose past what was accounted for.
+    pub(crate) fn observe_resets(&mut self, count: u64, now: Instant) {
+        if count > self.resets_seen {
+            self.resets_seen = count;
+            self.note_reset(now);
         }
     }
 
@@ -74,7 +96,7 @@ impl View {
     pub(crate) fn note_reset(&mut self, now: Instant) {
         if !self.grace.is_zero() {
             tracing::warn!(grace = ?self.grace, "the registry reset; holding removed addresses");
-            self.reset_until = Some(now + self.grace);
+            self.reset_until = Some(deadline(now, self.grace));
         }
     }
 
@@ -122,25 +144,32 @@ impl View {
         }
     }
 
-    /// Replaces the registry's side with `routes` outright, holding nothing (a first good read
-    /// replacing a snapshot).
-    pub(crate) fn replace(&mut self, routes: Vec<Arc<ServiceRoute>>, config: &ResolverConfig) {
-        let mut fresh: BTreeMap<String, Arc<ServiceRoute>> = routes
+    /// Replaces the registry's side with `routes` (a first good read replacing a snapshot):
+    /// listed routes are taken outright; a route the read no longer lists loses its last
+    /// addresses, so it is held as any such route is.
+    pub(crate) fn replace(
+        &mut self,
+        routes: Vec<Arc<ServiceRoute>>,
+        config: &ResolverConfig,
+        now: Instant,
+    ) {
+        let fresh: BTreeMap<String, Arc<ServiceRoute>> = routes
             .into_iter()
             .map(|route| (route.id().to_owned(), route))
             .collect();
         self.held.clear();
-        let gone: Vec<String> = self
+        let gone: Vec<Arc<ServiceRoute>> = self
             .registry
-            .keys()
-            .filter(|id| !fresh.contains_key(*id))
-            .cloned()
+            .iter()
+            .filter(|(id, _)| !fresh.contains_key(*id))
+            .map(|(_, route)| route.clone())
             .collect();
-        for id in gone {
-            self.registry.remove(&id);
-            self.rebuild(&id, config);
+        for route in gone {
+            self.registry.remove(route.id());
+            self.hold(&route, route.addresses.clone(), now);
+            self.rebuild(route.id(), config);
         }
-        for (id, route) in std::mem::take(&mut fresh) {
+        for (id, route) in fresh {
             if self.registry.get(&id) != Some(&route) {
                 self.registry.insert(id.clone(), route);
                 self.rebuild(&id, config);
@@ -152,7 +181,7 @@ impl View {
         if self.grace.is_zero() || addresses.is_empty() {
             return;
         }
-        let until = now + self.grace;
+        let until = deadline(now, self.grace);
         let held = self
             .held
             .entry(route.id().to_owned())
@@ -252,9 +281,18 @@ impl View {
         self.entries.insert(id, Arc::new(entry));
     }
 
-    /// Indexes the entries; forgets endpoints no route uses any more.
+    /// Indexes the entries; forgets endpoints no route uses any more. Routes the registry lists
+    /// come first, so a path claimed by a listed route is never shadowed by a held one.
     pub(crate) fn table(&mut self) -> RouteTable {
-        let table = RouteTable::index(self.entries.values());
+        let table = if self.held.is_empty() {
+            RouteTable::index(self.entries.values())
+        } else {
+            let (listed, held_only): (Vec<_>, Vec<_>) = self
+                .entries
+                .iter()
+                .partition(|(id, _)| self.registry.contains_key(*id));
+            RouteTable::index(listed.into_iter().chain(held_only).map(|(_, entry)| entry))
+        };
         self.endpoints
             .retain(|key, _| table.endpoint(key).is_some());
         table

@@ -398,8 +398,11 @@ pub async fn watch_cycles_leak_no_tasks<H: Harness>() {
         let mut watch = client.watch().await.unwrap();
         assert_eq!(initial_routes(&mut watch).await.len(), 1);
     }
+    // Fifty cycles that each left a task behind would show as fifty more; the slack allows for
+    // the registration's keep-alive stream, which opens at its first renewal (TTL/3), and a
+    // client connection to a second member that the cycles may have started.
     eventually(H::settle_time(), "tasks to wind down", || async {
-        (metrics.num_alive_tasks() <= baseline).then_some(())
+        (metrics.num_alive_tasks() <= baseline + 2).then_some(())
     })
     .await;
     reg.shutdown().await.unwrap();

@@ -4,9 +4,11 @@
 //! fresh read); an index below 1 becomes 1; a return whose index did not move is not a change.
 //! Every answer is the whole prefix, so the hub diffs it against the last one; an answer filtered
 //! by ACLs is partial and never taken as deletions. Errors (and 429s) back off with jitter and
-//! leave the last good routes in place. An index that went backwards means the registry restarted:
-//! the next answer is published as a reset, which resolvers treat with their empty protection. A
-//! new watcher's request for a fresh read (read-your-writes) interrupts the blocking query.
+//! leave the last good routes in place. When the index went backwards and the fresh answer shows
+//! a restarted store (keys rewritten with lower indexes, or an index below every key we knew),
+//! it is published as a reset, which resolvers ride out with their empty protection; tombstones
+//! reaped under deleted keys also move the index back, and are not a reset. A new watcher's
+//! request for a fresh read (read-your-writes) interrupts the blocking query.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -46,8 +48,8 @@ struct Follower {
     entries: RouteEntries,
     /// Decode every key of the next answer (indexes restarted, so equal ones prove nothing).
     decode_all: bool,
-    /// The index went backwards: the registry restarted, and the next answer is published as a
-    /// reset (see [`crate::SyncStatus::resets`]).
+    /// The index went backwards: the next answer tells whether the registry restarted, and is
+    /// then published as a reset (see [`crate::SyncStatus::resets`]).
     reset_pending: bool,
 }
 
@@ -147,7 +149,7 @@ impl Follower {
             self.hub.mark_read_through(writes);
             return;
         }
-        if std::mem::take(&mut self.reset_pending) {
+        if std::mem::take(&mut self.reset_pending) && self.restarted(&listing) {
             self.hub.note_reset();
         }
         match self.publish(listing).await {
@@ -160,6 +162,24 @@ impl Follower {
                 backoff.wait().await;
             }
         }
+    }
+
+    /// Whether an answer read after the index went backwards comes from a restarted store,
+    /// rather than from tombstones reaped under a deleted key (Consul's docs: indexes may go
+    /// backwards in normal use): a key now older than we saw it was written anew, and an index
+    /// below every key we knew predates all of them.
+    fn restarted(&self, listing: &Listing) -> bool {
+        let rewritten = listing.pairs.iter().any(|pair| {
+            self.known
+                .get(&pair.key)
+                .is_some_and(|seen| pair.modify_index < *seen)
+        });
+        let before_all = self
+            .known
+            .values()
+            .min()
+            .is_some_and(|oldest| listing.index < *oldest);
+        rewritten || before_all
     }
 
     /// Keeps the last good routes after a failed read and waits before the next.

@@ -345,7 +345,7 @@ impl Agents {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct TxnOp {
     #[serde(rename = "KV")]
     kv: TxnKv,
@@ -364,7 +364,7 @@ impl TxnOp {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct TxnKv {
     #[serde(rename = "Verb")]
     verb: &'static str,
@@ -581,10 +581,21 @@ impl LivenessStore for ConsulStore {
         if marked.is_some_and(|pair| pair.session.as_deref() == Some(session.as_str())) {
             return Ok(0);
         }
-        let ops = self.lock_ops(instance, &id, session)?;
-        let count = ops.len();
-        self.agents.txn("heal", ops).await?;
-        Ok(count)
+        // Each batch writes only while no marker exists: a deregistration that starts now wins.
+        let mut written = 0;
+        for batch in self
+            .lock_ops(instance, &id, session)?
+            .chunks(MAX_TXN_OPS - 1)
+        {
+            let size = batch.len();
+            let mut ops = vec![TxnOp::kv("check-not-exists", tombstone.clone(), None, None)];
+            ops.extend(batch.iter().cloned());
+            if !self.agents.txn_holds("heal", ops).await? {
+                break;
+            }
+            written += size;
+        }
+        Ok(written)
     }
 
     async fn remove_instance(&self, _instance: &Instance, session: String) -> Result<()> {
@@ -668,14 +679,27 @@ impl RouteManager for ConsulRouteManager {
                     }
                 }
                 let count = ops.len();
-                ops.extend(
-                    tombstones
-                        .into_iter()
-                        .map(|(key, session)| TxnOp::kv("lock", key, None, Some(session))),
-                );
-                self.inner.agents.txn("deregister", ops).await?;
+                // Markers first, so a heartbeat between two batches never finds an entry gone
+                // and no marker.
+                let marked: Vec<TxnOp> = tombstones
+                    .into_iter()
+                    .map(|(key, session)| TxnOp::kv("lock", key, None, Some(session)))
+                    .collect();
+                let agents = &self.inner.agents;
+                let written = match agents.txn("deregister", marked).await {
+                    Err(err) if err.kind() == ErrorKind::PermissionDenied => {
+                        tracing::warn!(error = %err, "cannot write deregistration markers beside the prefix (grant the token it too); a running instance may write its entries back");
+                        Ok(())
+                    }
+                    other => other,
+                };
+                let deleted = match written {
+                    Ok(()) => agents.txn("deregister", ops).await,
+                    Err(err) => Err(err),
+                };
+                // Counted even when only part of it went through.
                 note_write();
-                Ok(count)
+                deleted.map(|()| count)
             },
             |removed| *removed,
         )
@@ -722,9 +746,10 @@ impl RouteManager for ConsulRouteManager {
                     }
                 }
                 let op = TxnOp::kv("delete-tree", prefix, None, None);
-                self.inner.agents.txn("clear", vec![op]).await?;
+                let deleted = self.inner.agents.txn("clear", vec![op]).await;
+                // Destroyed sessions already took keys with them, even if the delete failed.
                 note_write();
-                Ok(())
+                deleted
             },
             |_| 0,
         )

@@ -5,8 +5,9 @@
 //! included, and with credentials it authenticates eagerly against one of them. [`Members`]
 //! instead keeps one client per endpoint, each connected to that endpoint alone and only when
 //! first needed, so building it never touches the network. A request goes to the member that
-//! last answered; a member that is unreachable, has no leader or does not answer in time is
-//! passed over at once for the next one, within one deadline for the whole request. Errors that
+//! last answered; a member that is unreachable, has no leader or does not answer within its
+//! share of the request's deadline (the time left, split among the members not yet tried) is
+//! passed over for the next one, and the next request starts past it. Errors that
 //! another member would repeat (permission denied, invalid argument, not found, compaction) are
 //! returned as they are. A member whose token the server no longer knows (expired, or lost when
 //! etcd restarted) gets a new client, which authenticates afresh, and the request is repeated
@@ -81,10 +82,16 @@ impl Members {
         let first = self.preferred.load(Ordering::Relaxed);
         let count = self.endpoints.len();
         let mut last = None;
-        for index in (0..count).map(|step| (first + step) % count) {
+        for step in 0..count {
+            let index = (first + step) % count;
+            // Each member gets an equal share of the time left, so one that accepts connections
+            // but never answers (frozen, partitioned) cannot use up the whole request.
+            let left = u32::try_from(count - step).unwrap_or(u32::MAX);
+            let attempt_deadline =
+                Instant::now() + deadline.saturating_duration_since(Instant::now()) / left;
             let mut reauthenticated = false;
             let failure = loop {
-                let attempt = tokio::time::timeout_at(deadline, async {
+                let attempt = tokio::time::timeout_at(attempt_deadline, async {
                     let (generation, client) = self.client(index).await?;
                     op(client).await.map_err(|err| (Some(generation), err))
                 })
@@ -105,6 +112,17 @@ impl Members {
                     Err(_) => break Attempt::TimedOut,
                 }
             };
+            if matches!(&failure, Attempt::TimedOut)
+                || matches!(&failure, Attempt::Failed(err) if is_member_failure(err))
+            {
+                // The next request starts with another member.
+                let _ = self.preferred.compare_exchange(
+                    index,
+                    (index + 1) % count,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
             match failure {
                 Attempt::Failed(err) if is_member_failure(&err) => {
                     tracing::debug!(endpoint = %self.endpoints[index], error = %err, "etcd member failed; trying the next one");
@@ -116,8 +134,8 @@ impl Members {
                     last = Some(Error::new(
                         ErrorKind::Unavailable,
                         format!(
-                            "etcd {action}: no answer from {} within {:?}",
-                            self.endpoints[index], self.timeout
+                            "etcd {action}: no answer from {} in time",
+                            self.endpoints[index]
                         ),
                     ));
                 }

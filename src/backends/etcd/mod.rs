@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, KeyValue,
-    LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    KeyValue, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, TlsOptions,
+    Txn, TxnOp,
 };
 use tokio::sync::Mutex;
 
@@ -552,8 +553,25 @@ impl LivenessStore for EtcdStore {
                 Some(PutOptions::new().with_lease(lease.id)),
             ));
         }
-        run_batched(&self.members, ops, "heal").await?;
-        Ok(missing.len())
+        // Each batch writes only while no marker exists: a deregistration that starts now wins.
+        let mut written = 0;
+        for batch in ops.chunks(MAX_TXN_OPS) {
+            let txn = Txn::new()
+                .when([Compare::version(tombstone.as_str(), CompareOp::Equal, 0)])
+                .and_then(batch.to_vec());
+            let answer = self
+                .members
+                .call("heal", |mut client| {
+                    let txn = txn.clone();
+                    async move { client.txn(txn).await }
+                })
+                .await?;
+            if !answer.succeeded() {
+                break;
+            }
+            written += batch.len();
+        }
+        Ok(written)
     }
 
     async fn remove_instance(&self, _instance: &Instance, lease: EtcdLease) -> Result<()> {
@@ -624,12 +642,29 @@ impl RouteManager for EtcdRouteManager {
                     }
                 }
                 let count = doomed.len();
-                doomed.extend(tombstones.into_iter().map(|(key, lease)| {
-                    TxnOp::put(key, "", Some(PutOptions::new().with_lease(lease)))
-                }));
-                run_batched(&self.inner.members, doomed, "deregister").await?;
+                // Markers first, so a heartbeat between two batches never finds an entry gone
+                // and no marker.
+                let marked: Vec<TxnOp> = tombstones
+                    .into_iter()
+                    .map(|(key, lease)| {
+                        TxnOp::put(key, "", Some(PutOptions::new().with_lease(lease)))
+                    })
+                    .collect();
+                let members = &self.inner.members;
+                let written = match run_batched(members, marked, "deregister").await {
+                    Err(err) if err.kind() == ErrorKind::PermissionDenied => {
+                        tracing::warn!(error = %err, "cannot write deregistration markers beside the prefix (grant the role it too); a running instance may write its entries back");
+                        Ok(())
+                    }
+                    other => other,
+                };
+                let deleted = match written {
+                    Ok(()) => run_batched(members, doomed, "deregister").await,
+                    Err(err) => Err(err),
+                };
+                // Counted even when only part of it went through.
                 note_write();
-                Ok(count)
+                deleted.map(|()| count)
             },
             |removed| *removed,
         )
@@ -657,15 +692,16 @@ impl RouteManager for EtcdRouteManager {
                         tracing::debug!(lease, error = %err, "lease revoke failed");
                     }
                 }
-                members
+                let deleted = members
                     .call("delete prefix", |mut client| async move {
                         client
                             .delete(prefix, Some(DeleteOptions::new().with_prefix()))
                             .await
                     })
-                    .await?;
+                    .await;
+                // Revoked leases already took keys with them, even if the delete failed.
                 note_write();
-                Ok(())
+                deleted.map(|_| ())
             },
             |_| 0,
         )

@@ -33,6 +33,8 @@ pub mod backends;
 mod backoff;
 mod clock;
 pub mod config;
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+mod decode;
 #[cfg(feature = "tower")]
 pub mod discover;
 mod error;

@@ -17,6 +17,7 @@ use base64::Engine;
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::decode::decode_in_halves;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
@@ -403,34 +404,22 @@ pub(crate) struct DecodedPair {
 /// work), keeping their order.
 pub(crate) async fn decode_pairs(
     layout: &KeyLayout,
-    mut pairs: Vec<KvPair>,
+    pairs: Vec<KvPair>,
 ) -> Result<Vec<DecodedPair>> {
-    let second = pairs.split_off(pairs.len() / 2);
-    let halves = [pairs, second].map(|half| {
-        let layout = layout.clone();
-        tokio::task::spawn_blocking(move || {
-            half.into_iter()
-                .map(|pair| DecodedPair {
-                    entry: pair
-                        .bytes()
-                        .and_then(|bytes| decode_entry(&layout, &pair.key, &bytes)),
-                    modify_index: pair.modify_index,
-                    key: pair.key,
-                })
-                .collect::<Vec<_>>()
-        })
-    });
-    let mut decoded = Vec::new();
-    for half in halves {
-        decoded.extend(half.await.map_err(|e| {
-            Error::new(
-                ErrorKind::Closed,
-                "consul listing decoding ended abnormally",
-            )
-            .with_source(e)
-        })?);
-    }
-    Ok(decoded)
+    let layout = layout.clone();
+    decode_in_halves(pairs, move |half| {
+        half.into_iter()
+            .map(|pair| DecodedPair {
+                entry: pair
+                    .bytes()
+                    .and_then(|bytes| decode_entry(&layout, &pair.key, &bytes)),
+                modify_index: pair.modify_index,
+                key: pair.key,
+            })
+            .collect()
+    })
+    .join("consul listing")
+    .await
 }
 
 /// Decodes a listing into per-instance entries; malformed ones are skipped with a warning.

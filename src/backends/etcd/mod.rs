@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 
 use members::Members;
 
+use crate::decode::decode_in_halves;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
@@ -313,19 +314,14 @@ pub(crate) async fn load_entries(
     members: &Members,
     layout: &KeyLayout,
 ) -> Result<(RouteEntries, i64)> {
-    let (decoding, revision) = read_pages(members, layout.prefix(), |mut page| {
-        let second = page.split_off(page.len() / 2);
-        [page, second].map(|half| {
-            let layout = layout.clone();
-            tokio::task::spawn_blocking(move || decode_page(&layout, half))
-        })
+    let (decoding, revision) = read_pages(members, layout.prefix(), |page| {
+        let layout = layout.clone();
+        decode_in_halves(page, move |half| decode_page(&layout, half))
     })
     .await?;
-    let mut decoded = Vec::with_capacity(decoding.len() * 2);
-    for half in decoding.into_iter().flatten() {
-        decoded.push(half.await.map_err(|e| {
-            Error::new(ErrorKind::Closed, "etcd page decoding ended abnormally").with_source(e)
-        })?);
+    let mut decoded = Vec::with_capacity(decoding.len());
+    for page in decoding {
+        decoded.push(page.join("etcd page").await?);
     }
     let entries = RouteEntries::from_listing(decoded.into_iter().flatten());
     Ok((entries, revision))

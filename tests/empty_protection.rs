@@ -7,30 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::lookups::Lookups;
-use common::{descriptor, eventually, init_logging, without_health_checks};
+use common::{descriptor, eventually, init_logging, not_found_within, without_health_checks};
 use tokio::net::TcpListener;
 use wayfinder::backends::memory::{MemoryConfig, MemoryRouteManager};
 use wayfinder::resolve::HealthConfig;
-use wayfinder::{Address, AddressResolver, ErrorKind, Instance, ResolverConfig, RouteManager};
+use wayfinder::{Address, AddressResolver, Instance, ResolverConfig, RouteManager};
 
 fn grace(grace: Duration) -> ResolverConfig {
     ResolverConfig {
         empty_grace: Some(grace),
         ..without_health_checks()
     }
-}
-
-/// Waits until `api/demo/a` answers `NotFound`.
-async fn not_found_within(resolver: &AddressResolver, within: Duration) {
-    let kind = eventually(within, "api/demo/a gone", || async {
-        resolver
-            .resolve_path("api/demo/a", None)
-            .await
-            .err()
-            .map(|e| e.kind())
-    })
-    .await;
-    assert_eq!(kind, ErrorKind::NotFound);
 }
 
 async fn register(registry: &MemoryRouteManager, port: u16) -> wayfinder::Registration {
@@ -63,7 +50,7 @@ async fn the_last_address_is_held_for_the_grace_then_released() {
         7501,
         "the last address is still served"
     );
-    not_found_within(&resolver, Duration::from_secs(3)).await;
+    not_found_within(&resolver, "api/demo/a", Duration::from_secs(3)).await;
     assert_eq!(resolver.stats().protected_routes, 0);
 }
 
@@ -120,7 +107,7 @@ async fn a_held_address_leaves_early_when_health_checks_fail() {
     accept.abort();
     let _ = accept.await;
     // Discovery and health agree: gone long before the 60 s grace.
-    not_found_within(&resolver, Duration::from_secs(5)).await;
+    not_found_within(&resolver, "api/demo/a", Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +143,7 @@ async fn zero_grace_removes_the_last_address_at_once() {
         .await
         .unwrap();
     reg.shutdown().await.unwrap();
-    not_found_within(&resolver, Duration::from_secs(2)).await;
+    not_found_within(&resolver, "api/demo/a", Duration::from_secs(2)).await;
     assert_eq!(resolver.stats().protected_routes, 0);
 }
 

@@ -132,6 +132,19 @@ pub fn addresses_of(routes: &[ServiceRoute], id: &str) -> Vec<String> {
     found
 }
 
+/// Waits until `path` answers `NotFound` from `resolver`.
+pub async fn not_found_within(resolver: &wayfinder::AddressResolver, path: &str, within: Duration) {
+    let kind = eventually(within, "the path gone", || async {
+        resolver
+            .resolve_path(path, None)
+            .await
+            .err()
+            .map(|e| e.kind())
+    })
+    .await;
+    assert_eq!(kind, wayfinder::ErrorKind::NotFound);
+}
+
 /// A resolver configuration without active health checks (for tests about the registry path).
 pub fn without_health_checks() -> wayfinder::ResolverConfig {
     wayfinder::ResolverConfig {

@@ -8,6 +8,7 @@ mod endpoint;
 mod health;
 mod resolver;
 pub mod select;
+mod sharded;
 mod snapshot;
 mod table;
 mod view;

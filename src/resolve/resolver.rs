@@ -258,11 +258,15 @@ struct Shared {
 }
 
 impl Shared {
-    /// Publishes a new table to readers, the health monitor and the snapshot writer.
-    fn publish(&self, table: RouteTable, view: &View) {
-        let table = Arc::new(table);
-        self.health
-            .set_targets(table.endpoints().cloned().collect());
+    /// Publishes the view's table to readers, the snapshot writer and, when the set of
+    /// endpoints changed, the health monitor.
+    fn publish(&self, view: &mut View) {
+        let table = Arc::new(view.table());
+        // Without active checks the monitor has no use for the targets.
+        if view.take_endpoints_changed() && self.health.config().enabled {
+            self.health
+                .set_targets(table.endpoints().cloned().collect());
+        }
         self.counters
             .protected_routes
             .store(view.protected_routes(), Ordering::Relaxed);
@@ -400,7 +404,7 @@ impl AddressResolver {
             .counters
             .from_snapshot
             .store(snapshot_written.is_some(), Ordering::Relaxed);
-        shared.publish(view.table(), &view);
+        shared.publish(&mut view);
         let task = tokio::spawn(follow(watch, view, Arc::downgrade(&shared)));
         Ok(AddressResolver {
             shared,
@@ -604,7 +608,7 @@ impl AddressResolver {
         ResolverStats {
             resolves: self.shared.table.lookups(),
             routes: table.len(),
-            endpoints: table.endpoints().count(),
+            endpoints: table.endpoint_count(),
             not_found: self.shared.counters.not_found.load(Ordering::Relaxed),
             fail_open: self.shared.counters.fail_open.load(Ordering::Relaxed),
             health_flips: self.shared.health.health_flips(),
@@ -745,7 +749,7 @@ async fn follow(watch: Option<RouteWatch>, mut view: View, shared: std::sync::We
                             .counters
                             .from_snapshot
                             .store(false, Ordering::Relaxed);
-                        strong.publish(view.table(), &view);
+                        strong.publish(&mut view);
                         break watch;
                     }
                     Err(err) => {
@@ -779,7 +783,7 @@ async fn follow(watch: Option<RouteWatch>, mut view: View, shared: std::sync::We
             next = watch.try_next();
         }
         if changed {
-            shared.publish(view.table(), &view);
+            shared.publish(&mut view);
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::endpoint::{Endpoint, EndpointKey};
 use super::select::{Candidates, Pick, Selector};
+use super::sharded::ShardedMap;
 use crate::route::{parameter_name, ServiceRoute};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -139,15 +140,97 @@ impl Template {
     }
 }
 
-/// Every route, indexed by service id, exact path and path template.
+/// Templates by segment count, then by their literal prefix (the lower-cased segments before
+/// the first parameter, without a trailing `/`); each group by parameter count.
 #[derive(Debug, Default)]
+pub(crate) struct Templates {
+    groups: FastMap<usize, FastMap<Box<str>, Vec<Template>>>,
+}
+
+impl Templates {
+    /// Indexes the templated paths of `entries`; when two ids claim one template, the first wins.
+    pub(crate) fn build<'a>(entries: impl IntoIterator<Item = &'a Arc<RouteEntry>>) -> Self {
+        let mut templates = Templates::default();
+        for entry in entries {
+            templates.add(entry);
+        }
+        templates.sort();
+        templates
+    }
+
+    fn add(&mut self, entry: &Arc<RouteEntry>) {
+        let route = entry.route();
+        let path = trim_path(route.route_path()).to_ascii_lowercase();
+        let segments: Box<[Segment]> = path
+            .split('/')
+            .map(|s| match parameter_name(s) {
+                Some(_) => Segment::Parameter,
+                None => Segment::Literal(s.into()),
+            })
+            .collect();
+        let parameters = segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Parameter))
+            .count();
+        let literal_prefix: Vec<&str> = path
+            .split('/')
+            .take_while(|s| parameter_name(s).is_none())
+            .collect();
+        let group = self
+            .groups
+            .entry(segments.len())
+            .or_default()
+            .entry(literal_prefix.join("/").into())
+            .or_default();
+        if let Some(existing) = group.iter().find(|t| *t.path == *path) {
+            tracing::warn!(
+                path = %path,
+                kept = %existing.entry.route().id(),
+                ignored = %route.id(),
+                "two service ids publish the same route path"
+            );
+            return;
+        }
+        group.push(Template {
+            path: path.clone().into(),
+            segments,
+            parameters,
+            entry: entry.clone(),
+        });
+    }
+
+    fn sort(&mut self) {
+        for group in self.groups.values_mut().flat_map(|g| g.values_mut()) {
+            group.sort_by_key(|t| t.parameters);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+/// Every route, indexed by service id, exact path and path template.
+///
+/// A table is an immutable snapshot for readers; the resolver changes its own copy route by
+/// route and publishes a new snapshot, which shares every part it did not change (see
+/// [`ShardedMap`]).
+#[derive(Debug, Default, Clone)]
 pub struct RouteTable {
-    by_id: FastMap<Box<str>, Arc<RouteEntry>>,
-    by_path: FastMap<Box<str>, Arc<RouteEntry>>,
-    /// Templates by segment count, then by their literal prefix (the lower-cased segments
-    /// before the first parameter, without a trailing `/`); each group by parameter count.
-    templates: FastMap<usize, FastMap<Box<str>, Vec<Template>>>,
-    endpoints: FastMap<EndpointKey, Arc<Endpoint>>,
+    by_id: ShardedMap<Arc<str>, Arc<RouteEntry>>,
+    by_path: ShardedMap<Arc<str>, Arc<RouteEntry>>,
+    templates: Arc<Templates>,
+    endpoints: ShardedMap<EndpointKey, Arc<Endpoint>>,
+}
+
+/// Whether a route path is a template (has `{parameter}` segments).
+pub(crate) fn is_template(path: &str) -> bool {
+    path.contains('{')
+}
+
+/// The key an exact route path is indexed under: trimmed and lower-cased.
+pub(crate) fn path_key(path: &str) -> Arc<str> {
+    Arc::from(trim_path(path).to_ascii_lowercase())
 }
 
 /// A route path as stored and compared: no leading or trailing `/`.
@@ -169,58 +252,27 @@ pub(crate) fn trim_path(path: &str) -> &str {
 }
 
 impl RouteTable {
-    /// Indexes prepared entries. When two ids claim one path, the first by id wins (and a warning
+    /// Indexes prepared entries. When two ids claim one path, the first wins (and a warning
     /// says so).
     pub(crate) fn index<'a>(entries: impl IntoIterator<Item = &'a Arc<RouteEntry>>) -> Self {
         let mut table = RouteTable::default();
+        let mut templated = Vec::new();
         for entry in entries {
             let route = entry.route();
             table.by_id.insert(route.id().into(), entry.clone());
             for endpoint in entry.endpoints() {
-                table
-                    .endpoints
-                    .entry(endpoint.key().clone())
-                    .or_insert_with(|| endpoint.clone());
-            }
-            let path = trim_path(route.route_path()).to_ascii_lowercase();
-            if path.contains('{') {
-                let segments: Box<[Segment]> = path
-                    .split('/')
-                    .map(|s| match parameter_name(s) {
-                        Some(_) => Segment::Parameter,
-                        None => Segment::Literal(s.into()),
-                    })
-                    .collect();
-                let parameters = segments
-                    .iter()
-                    .filter(|s| matches!(s, Segment::Parameter))
-                    .count();
-                let literal_prefix: Vec<&str> = path
-                    .split('/')
-                    .take_while(|s| parameter_name(s).is_none())
-                    .collect();
-                let group = table
-                    .templates
-                    .entry(segments.len())
-                    .or_default()
-                    .entry(literal_prefix.join("/").into())
-                    .or_default();
-                if let Some(existing) = group.iter().find(|t| *t.path == *path) {
-                    tracing::warn!(
-                        path = %path,
-                        kept = %existing.entry.route().id(),
-                        ignored = %route.id(),
-                        "two service ids publish the same route path"
-                    );
-                    continue;
+                if table.endpoints.get(endpoint.key()).is_none() {
+                    table
+                        .endpoints
+                        .insert(endpoint.key().clone(), endpoint.clone());
                 }
-                group.push(Template {
-                    path: path.clone().into(),
-                    segments,
-                    parameters,
-                    entry: entry.clone(),
-                });
-            } else if let Some(existing) = table.by_path.get(path.as_str()) {
+            }
+            if is_template(route.route_path()) {
+                templated.push(entry);
+                continue;
+            }
+            let path = path_key(route.route_path());
+            if let Some(existing) = table.by_path.get(&*path) {
                 tracing::warn!(
                     path = %path,
                     kept = %existing.route().id(),
@@ -228,13 +280,53 @@ impl RouteTable {
                     "two service ids publish the same route path"
                 );
             } else {
-                table.by_path.insert(path.into(), entry.clone());
+                table.by_path.insert(path, entry.clone());
             }
         }
-        for group in table.templates.values_mut().flat_map(|g| g.values_mut()) {
-            group.sort_by_key(|t| t.parameters);
-        }
+        table.templates = Arc::new(Templates::build(templated));
         table
+    }
+
+    /// Sets (or with `None` removes) the entry of a service id; the path indexes are the
+    /// caller's (see [`RouteTable::set_path`]).
+    pub(crate) fn set_entry(&mut self, id: &Arc<str>, entry: Option<Arc<RouteEntry>>) {
+        match entry {
+            Some(entry) => {
+                self.by_id.insert(id.clone(), entry);
+            }
+            None => {
+                self.by_id.remove(&**id);
+            }
+        }
+    }
+
+    /// Sets (or with `None` removes) what an exact path (see [`path_key`]) resolves to.
+    pub(crate) fn set_path(&mut self, path: &Arc<str>, entry: Option<Arc<RouteEntry>>) {
+        match entry {
+            Some(entry) => {
+                self.by_path.insert(path.clone(), entry);
+            }
+            None => {
+                self.by_path.remove(&**path);
+            }
+        }
+    }
+
+    /// Replaces the path templates.
+    pub(crate) fn set_templates(&mut self, templates: Templates) {
+        self.templates = Arc::new(templates);
+    }
+
+    /// Sets (or with `None` removes) the shared endpoint of an address.
+    pub(crate) fn set_endpoint(&mut self, key: &EndpointKey, endpoint: Option<Arc<Endpoint>>) {
+        match endpoint {
+            Some(endpoint) => {
+                self.endpoints.insert(key.clone(), endpoint);
+            }
+            None => {
+                self.endpoints.remove(key);
+            }
+        }
     }
 
     /// Builds a table straight from routes, every route with `selector` (for tests and tools).
@@ -287,7 +379,7 @@ impl RouteTable {
         if self.templates.is_empty() {
             return None;
         }
-        let groups = self.templates.get(&path.split('/').count())?;
+        let groups = self.templates.groups.get(&path.split('/').count())?;
         with_lowercase(path, |lower| {
             // Every literal prefix of the path, the empty one first: "", "api", "api/user", ...
             let prefix_ends = std::iter::once(0).chain(
@@ -319,6 +411,11 @@ impl RouteTable {
     /// Every distinct endpoint.
     pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
         self.endpoints.values()
+    }
+
+    /// How many distinct endpoints the table holds.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
     }
 
     /// Every route entry, in no particular order.

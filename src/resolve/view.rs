@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::endpoint::{Endpoint, EndpointKey};
 use super::resolver::ResolverConfig;
-use super::table::{RouteEntry, RouteTable};
+use super::table::{is_template, path_key, RouteEntry, RouteTable, Templates};
 use crate::route::{Address, ServiceRoute};
 use crate::watch::RouteEvent;
 
@@ -45,8 +45,19 @@ pub(crate) struct View {
     /// What the registry says, by service id.
     registry: BTreeMap<String, Arc<ServiceRoute>>,
     held: HashMap<String, Held>,
-    entries: BTreeMap<String, Arc<RouteEntry>>,
-    endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
+    /// The working copy of the table, changed route by route and published as snapshots that
+    /// share what did not change.
+    table: RouteTable,
+    /// Every endpoint in use, with how many entries use it (and adopted ones with none yet).
+    endpoints: HashMap<EndpointKey, (Arc<Endpoint>, usize)>,
+    /// Exact paths and the ids that claim them; the table serves one (listed before held, then
+    /// the smallest id).
+    claims: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// Entries with templated paths; their index is rebuilt when one changes.
+    templated: BTreeMap<Arc<str>, Arc<RouteEntry>>,
+    templates_dirty: bool,
+    /// Whether the set of endpoints changed since the last [`View::take_endpoints_changed`].
+    endpoints_changed: bool,
     grace: Duration,
     /// Until when every removal is held, after a registry-wide reset.
     reset_until: Option<Instant>,
@@ -60,8 +71,12 @@ impl View {
         View {
             registry: BTreeMap::new(),
             held: HashMap::new(),
-            entries: BTreeMap::new(),
+            table: RouteTable::default(),
             endpoints: HashMap::new(),
+            claims: HashMap::new(),
+            templated: BTreeMap::new(),
+            templates_dirty: false,
+            endpoints_changed: true,
             grace,
             reset_until: None,
             resets_seen: 0,
@@ -88,7 +103,8 @@ impl View {
     ) {
         for endpoint in endpoints {
             self.endpoints
-                .insert(endpoint.key().clone(), endpoint.clone());
+                .entry(endpoint.key().clone())
+                .or_insert_with(|| (endpoint.clone(), 0));
         }
     }
 
@@ -212,7 +228,7 @@ impl View {
             held.addresses.retain(|(address, until)| {
                 let unhealthy = endpoints
                     .get(&EndpointKey::of(address))
-                    .is_some_and(|e| !e.is_healthy());
+                    .is_some_and(|(e, _)| !e.is_healthy());
                 let keep = now < *until && !unhealthy;
                 if !keep {
                     tracing::info!(service_id = %id, %address, unhealthy, "released a held address");
@@ -262,40 +278,135 @@ impl View {
     fn rebuild(&mut self, id: &str, config: &ResolverConfig) {
         match self.effective(id) {
             Some(route) if !route.addresses.is_empty() => self.upsert(route, config),
-            _ => {
-                self.entries.remove(id);
-            }
+            _ => self.place(&Arc::from(id), None),
         }
     }
 
     /// Prepares one route's entry, sharing endpoints with every other route at the same address.
     pub(crate) fn upsert(&mut self, route: Arc<ServiceRoute>, config: &ResolverConfig) {
-        let id = route.id().to_owned();
-        let endpoints = &mut self.endpoints;
+        let id: Arc<str> = Arc::from(route.id());
+        let (endpoints, table, changed) = (
+            &mut self.endpoints,
+            &mut self.table,
+            &mut self.endpoints_changed,
+        );
         let entry = RouteEntry::new(route, config.selector_for(&id), |address| {
-            endpoints
-                .entry(EndpointKey::of(address))
-                .or_insert_with(|| Arc::new(Endpoint::new(address.clone())))
-                .clone()
+            let key = EndpointKey::of(address);
+            let (endpoint, users) = endpoints
+                .entry(key.clone())
+                .or_insert_with(|| (Arc::new(Endpoint::new(address.clone())), 0));
+            *users += 1;
+            if *users == 1 {
+                table.set_endpoint(&key, Some(endpoint.clone()));
+                *changed = true;
+            }
+            endpoint.clone()
         });
-        self.entries.insert(id, Arc::new(entry));
+        self.place(&id, Some(Arc::new(entry)));
     }
 
-    /// Indexes the entries; forgets endpoints no route uses any more. Routes the registry lists
-    /// come first, so a path claimed by a listed route is never shadowed by a held one.
-    pub(crate) fn table(&mut self) -> RouteTable {
-        let table = if self.held.is_empty() {
-            RouteTable::index(self.entries.values())
-        } else {
-            let (listed, held_only): (Vec<_>, Vec<_>) = self
-                .entries
-                .iter()
-                .partition(|(id, _)| self.registry.contains_key(*id));
-            RouteTable::index(listed.into_iter().chain(held_only).map(|(_, entry)| entry))
+    /// Sets (or removes) the entry of `id` in the table and its path indexes; releases the
+    /// endpoints of the entry it replaces (after the new one took its own, so shared endpoints
+    /// keep their health).
+    fn place(&mut self, id: &Arc<str>, entry: Option<Arc<RouteEntry>>) {
+        let old = self.table.by_id(id).cloned();
+        self.table.set_entry(id, entry.clone());
+        if let Some(old) = &old {
+            let path = old.route().route_path();
+            if is_template(path) {
+                self.templated.remove(id);
+                self.templates_dirty = true;
+            } else {
+                self.unclaim(&path_key(path), id);
+            }
+        }
+        if let Some(entry) = &entry {
+            let path = entry.route().route_path();
+            if is_template(path) {
+                self.templated.insert(id.clone(), entry.clone());
+                self.templates_dirty = true;
+            } else {
+                self.claim(path_key(path), id);
+            }
+        }
+        if let Some(old) = old {
+            for endpoint in old.endpoints() {
+                self.release(endpoint.key());
+            }
+        }
+    }
+
+    fn release(&mut self, key: &EndpointKey) {
+        let Some((_, users)) = self.endpoints.get_mut(key) else {
+            return;
         };
-        self.endpoints
-            .retain(|key, _| table.endpoint(key).is_some());
-        table
+        *users = users.saturating_sub(1);
+        if *users == 0 {
+            self.endpoints.remove(key);
+            self.table.set_endpoint(key, None);
+            self.endpoints_changed = true;
+        }
+    }
+
+    fn claim(&mut self, path: Arc<str>, id: &Arc<str>) {
+        let ids = self.claims.entry(path.clone()).or_default();
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+        if ids.len() > 1 {
+            tracing::warn!(path = %path, ids = ?ids, "several service ids publish the same route path; one is served");
+        }
+        self.serve_path(&path);
+    }
+
+    fn unclaim(&mut self, path: &Arc<str>, id: &Arc<str>) {
+        let Some(ids) = self.claims.get_mut(path) else {
+            return;
+        };
+        ids.retain(|claimant| claimant != id);
+        if ids.is_empty() {
+            // The claims map's key is the one the table holds: remove it through the table.
+            self.claims.remove(path);
+            self.table.set_path(path, None);
+        } else {
+            self.serve_path(path);
+        }
+    }
+
+    /// Points an exact path at its claimant: one the registry lists before a held one, then the
+    /// smallest id.
+    fn serve_path(&mut self, path: &Arc<str>) {
+        let Some((key, ids)) = self.claims.get_key_value(path) else {
+            return;
+        };
+        let registry = &self.registry;
+        let winner = ids
+            .iter()
+            .min_by_key(|id| (!registry.contains_key(&***id), Arc::clone(id)));
+        let entry = winner.and_then(|id| self.table.by_id(id).cloned());
+        let key = key.clone();
+        self.table.set_path(&key, entry);
+    }
+
+    /// Whether the set of endpoints changed since the last call (the health monitor's targets).
+    pub(crate) fn take_endpoints_changed(&mut self) -> bool {
+        std::mem::take(&mut self.endpoints_changed)
+    }
+
+    /// The table as it stands, to publish: a copy that shares everything with the working one
+    /// until that changes.
+    pub(crate) fn table(&mut self) -> RouteTable {
+        if std::mem::take(&mut self.templates_dirty) {
+            let registry = &self.registry;
+            let (listed, held_only): (Vec<_>, Vec<_>) = self
+                .templated
+                .iter()
+                .partition(|(id, _)| registry.contains_key(&***id));
+            let templates =
+                Templates::build(listed.into_iter().chain(held_only).map(|(_, entry)| entry));
+            self.table.set_templates(templates);
+        }
+        self.table.clone()
     }
 }
 
@@ -352,6 +463,61 @@ mod tests {
         view.apply(RouteEvent::Changed(route(&[2, 4])), &config, later);
         view.apply(RouteEvent::Changed(route(&[4])), &config, later);
         assert_eq!(ports(&mut view), [4]);
+    }
+
+    fn at(id: &str, path: &str, port: u16) -> Arc<ServiceRoute> {
+        Arc::new(ServiceRoute::new(
+            ServiceDescriptor::new(id, path),
+            vec![Address::new("127.0.0.1", port)],
+        ))
+    }
+
+    fn served(view: &mut View, path: &str) -> Option<String> {
+        view.table()
+            .by_path(path)
+            .map(|entry| entry.route().id().to_owned())
+    }
+
+    #[test]
+    fn a_path_goes_to_a_listed_claimant_before_a_held_one_and_passes_on() {
+        let config = ResolverConfig::default();
+        let mut view = View::new(Duration::from_secs(10));
+        let now = Instant::now();
+        view.apply(
+            RouteEvent::Created(at("A.Old", "api/x/get", 1)),
+            &config,
+            now,
+        );
+        assert_eq!(served(&mut view, "api/x/get").as_deref(), Some("A.Old"));
+        // The path moves to another id while the old one is held: the listed one serves it.
+        view.apply(
+            RouteEvent::Removed(at("A.Old", "api/x/get", 1)),
+            &config,
+            now,
+        );
+        view.apply(
+            RouteEvent::Created(at("B.New", "API/X/Get", 2)),
+            &config,
+            now,
+        );
+        assert_eq!(view.protected_routes(), 1);
+        assert_eq!(served(&mut view, "api/x/get").as_deref(), Some("B.New"));
+        // The new one goes too: the held one serves the path again until its grace ends.
+        view.apply(
+            RouteEvent::Removed(at("B.New", "API/X/Get", 2)),
+            &config,
+            now,
+        );
+        let later = now + Duration::from_secs(1);
+        view.release_due(&config, later);
+        assert_eq!(served(&mut view, "api/x/get").as_deref(), Some("A.Old"));
+        view.release_due(&config, now + Duration::from_secs(11));
+        assert_eq!(served(&mut view, "api/x/get"), None);
+        assert_eq!(
+            view.table().endpoint_count(),
+            0,
+            "endpoints are forgotten with their routes"
+        );
     }
 
     #[test]

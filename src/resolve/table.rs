@@ -214,7 +214,7 @@ impl Templates {
 ///
 /// A table is an immutable snapshot for readers; the resolver changes its own copy route by
 /// route and publishes a new snapshot, which shares every part it did not change (see
-/// [`ShardedMap`]).
+/// `ShardedMap`).
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     by_id: ShardedMap<Arc<str>, Arc<RouteEntry>>,

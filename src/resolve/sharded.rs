@@ -23,7 +23,8 @@ type Shard<K, V> = HashTable<(K, V)>;
 #[derive(Debug)]
 pub(crate) struct ShardedMap<K, V> {
     hasher: FixedState,
-    shards: Arc<[Arc<Shard<K, V>>]>,
+    /// A fixed-size array: a thin pointer, and a masked index needs no bounds check.
+    shards: Arc<[Arc<Shard<K, V>>; SHARDS]>,
     len: usize,
 }
 
@@ -43,7 +44,7 @@ impl<K, V> Default for ShardedMap<K, V> {
         let empty = Arc::new(HashTable::new());
         ShardedMap {
             hasher,
-            shards: vec![empty; SHARDS].into(),
+            shards: Arc::new(std::array::from_fn(|_| empty.clone())),
             len: 0,
         }
     }
@@ -73,12 +74,8 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
     }
 
     fn shard_mut(&mut self, index: usize) -> &mut Shard<K, V> {
-        if Arc::get_mut(&mut self.shards).is_none() {
-            // Shared with a published copy: this one gets its own list of the same shards.
-            self.shards = self.shards.iter().cloned().collect();
-        }
-        let shards = Arc::get_mut(&mut self.shards).unwrap_or_else(|| unreachable!());
-        Arc::make_mut(&mut shards[index])
+        // Shared with a published copy, this copy first gets its own list of the same shards.
+        Arc::make_mut(&mut Arc::make_mut(&mut self.shards)[index])
     }
 
     /// Sets `key` to `value`; returns the value it replaced.

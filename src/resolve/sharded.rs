@@ -113,6 +113,18 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         Some(value)
     }
 
+    /// Sets `key` to `value`, or removes it with `None`.
+    pub(crate) fn set(&mut self, key: &K, value: Option<V>) {
+        match value {
+            Some(value) => {
+                self.insert(key.clone(), value);
+            }
+            None => {
+                self.remove(key);
+            }
+        }
+    }
+
     /// How many keys the map holds.
     pub(crate) fn len(&self) -> usize {
         self.len

@@ -290,26 +290,12 @@ impl RouteTable {
     /// Sets (or with `None` removes) the entry of a service id; the path indexes are the
     /// caller's (see [`RouteTable::set_path`]).
     pub(crate) fn set_entry(&mut self, id: &Arc<str>, entry: Option<Arc<RouteEntry>>) {
-        match entry {
-            Some(entry) => {
-                self.by_id.insert(id.clone(), entry);
-            }
-            None => {
-                self.by_id.remove(&**id);
-            }
-        }
+        self.by_id.set(id, entry);
     }
 
     /// Sets (or with `None` removes) what an exact path (see [`path_key`]) resolves to.
     pub(crate) fn set_path(&mut self, path: &Arc<str>, entry: Option<Arc<RouteEntry>>) {
-        match entry {
-            Some(entry) => {
-                self.by_path.insert(path.clone(), entry);
-            }
-            None => {
-                self.by_path.remove(&**path);
-            }
-        }
+        self.by_path.set(path, entry);
     }
 
     /// Replaces the path templates.
@@ -319,14 +305,7 @@ impl RouteTable {
 
     /// Sets (or with `None` removes) the shared endpoint of an address.
     pub(crate) fn set_endpoint(&mut self, key: &EndpointKey, endpoint: Option<Arc<Endpoint>>) {
-        match endpoint {
-            Some(endpoint) => {
-                self.endpoints.insert(key.clone(), endpoint);
-            }
-            None => {
-                self.endpoints.remove(key);
-            }
-        }
+        self.endpoints.set(key, endpoint);
     }
 
     /// Builds a table straight from routes, every route with `selector` (for tests and tools).

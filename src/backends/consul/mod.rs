@@ -309,24 +309,6 @@ impl Agents {
         Ok(true)
     }
 
-    /// Reads one key; `None` when it does not exist.
-    async fn get_key(&self, key: &str) -> Result<Option<KvPair>> {
-        let response = self
-            .send("get", self.config.timeout, |http, agent| {
-                http.get(format!("{agent}/v1/kv/{key}"))
-            })
-            .await?;
-        match response.status() {
-            StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => Ok(pairs_of("get", response).await?.into_iter().next()),
-            s => Err(error_from(
-                "get",
-                s,
-                &response.text().await.unwrap_or_default(),
-            )),
-        }
-    }
-
     async fn put_json(
         &self,
         action: &str,
@@ -564,13 +546,9 @@ impl LivenessStore for ConsulStore {
             return Ok(0);
         }
         // Something is missing: unless a deregistration removed the instance, write it all back
-        // (taking a lock the session already holds changes nothing).
+        // (taking a lock the session already holds changes nothing). Each batch writes only
+        // while no deregistration marker exists, so a deregistration, earlier or concurrent, wins.
         let tombstone = layout.tombstone_key(&id)?;
-        let marked = self.agents.get_key(&tombstone).await?;
-        if marked.is_some_and(|pair| pair.session.as_deref() == Some(session.as_str())) {
-            return Ok(0);
-        }
-        // Each batch writes only while no marker exists: a deregistration that starts now wins.
         let mut written = 0;
         for batch in self
             .lock_ops(instance, &id, session)?

@@ -530,16 +530,6 @@ impl LivenessStore for EtcdStore {
             return Ok(0);
         }
         let tombstone = self.config.layout.tombstone_key(&instance.id()?)?;
-        let marked = self
-            .members
-            .call("read", |mut client| {
-                let tombstone = tombstone.clone();
-                async move { client.get(tombstone, None).await }
-            })
-            .await?;
-        if marked.kvs().iter().any(|kv| kv.lease() == lease.id) {
-            return Ok(0);
-        }
         let mut ops = Vec::with_capacity(missing.len());
         for (key, descriptor) in &missing {
             let value = encode_route(&instance.route(descriptor))?;
@@ -549,7 +539,8 @@ impl LivenessStore for EtcdStore {
                 Some(PutOptions::new().with_lease(lease.id)),
             ));
         }
-        // Each batch writes only while no marker exists: a deregistration that starts now wins.
+        // Each batch writes only while no deregistration marker exists (one is bound to this
+        // lease when a deregistration removed the instance), so a deregistration always wins.
         let mut written = 0;
         for batch in ops.chunks(MAX_TXN_OPS) {
             let txn = Txn::new()

@@ -5,8 +5,8 @@
 //! * table build time for 10k routes;
 //! * decoding 10k registry values.
 //!
-//! The reference is pingora-load-balancing 0.9 `LoadBalancer::select` over 8 backends, measured at
-//! about 195 ns on these machines (DESIGN.md); the target is at most half of that.
+//! The reference is pingora-load-balancing 0.9 `LoadBalancer::select` over 8 backends; the target
+//! is at most 0.3x of it (DESIGN.md section 6). `benches/pingora` measures both in one process.
 //!
 //! Run with `cargo bench --bench resolve`.
 

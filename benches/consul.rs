@@ -28,7 +28,7 @@ use consul_server::ConsulAgent;
 use wayfinder::backends::consul::{ConsulConfig, ConsulRouteManager};
 use wayfinder::route::{encode_route, KeyLayout};
 use wayfinder::{
-    Address, AddressResolver, Instance, RouteManager, ServiceDescriptor, ServiceRoute,
+    Address, AddressResolver, Instance, RouteManager, RouteSource, ServiceDescriptor, ServiceRoute,
 };
 
 const PROPAGATIONS: usize = 200;

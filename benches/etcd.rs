@@ -25,7 +25,7 @@ use etcd_server::EtcdServer;
 use wayfinder::backends::etcd::{EtcdConfig, EtcdRouteManager};
 use wayfinder::route::{encode_route, KeyLayout};
 use wayfinder::{
-    Address, AddressResolver, Instance, RouteManager, ServiceDescriptor, ServiceRoute,
+    Address, AddressResolver, Instance, RouteManager, RouteSource, ServiceDescriptor, ServiceRoute,
 };
 
 const PROPAGATIONS: usize = 300;

@@ -15,12 +15,13 @@
 //! Run with `cargo bench --bench memory`.
 
 mod common;
+#[path = "common/counting.rs"]
+mod counting;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::{descriptor, no_health};
+use counting::{live_mib, rss_mib};
 use wayfinder::backends::memory::MemoryRouteManager;
 use wayfinder::route::{encode_route, instance_id, DEFAULT_PREFIX};
 use wayfinder::{Address, AddressResolver, ServiceRoute};
@@ -30,39 +31,8 @@ const ADDRESSES: usize = 3;
 const HOSTS: usize = 1_000;
 const SHAPES: [&str; 3] = ["instances-distinct", "instances-1000-hosts", "surging"];
 
-/// The system allocator, counting the bytes currently allocated.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator with the same layout.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Bytes allocated and not yet freed, in MiB (without the allocator's own overhead).
-fn live_mib() -> f64 {
-    LIVE.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
-}
-
-/// The resident set size in MiB, or `None` where `/proc` is not available.
-fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 /// Address `k` of route `i` in a shape.
 fn address(shape: &str, i: usize, k: usize) -> Address {

@@ -1,6 +1,6 @@
 //! A [`tower::discover::Discover`] of a route's addresses (feature `tower`).
 //!
-//! [`discover_path`] and [`discover_id`] turn a [`RouteManager`]'s watch into a stream of
+//! [`discover_path`] and [`discover_id`] turn a [`RouteSource`]'s watch into a stream of
 //! [`Change`]s keyed by [`EndpointKey`]: an `Insert` when an address starts serving the route, a
 //! `Remove` when the last matching route stops listing it. The stream is a `Discover` through
 //! tower's blanket implementation, so it feeds `tower::balance::p2c::Balance` directly, or a
@@ -30,7 +30,7 @@ use std::task::{ready, Context, Poll};
 use tower::discover::Change;
 
 use crate::error::{Error, Result};
-use crate::manager::RouteManager;
+use crate::manager::RouteSource;
 use crate::resolve::{trim_path, EndpointKey};
 use crate::route::{Address, ServiceRoute};
 use crate::watch::{RouteEvent, RouteWatch};
@@ -68,7 +68,7 @@ impl Matcher {
 /// metadata (same host and port) make no new service.
 pub struct RouteDiscover<S, F> {
     /// Kept so the registry outlives every other handle on it.
-    _manager: Arc<dyn RouteManager>,
+    _manager: Arc<dyn RouteSource>,
     state: State,
     matcher: Matcher,
     make_service: F,
@@ -82,7 +82,7 @@ pub struct RouteDiscover<S, F> {
 /// The addresses of every route whose path is `route_path` (compared case-insensitively); several
 /// service ids with that path give the union of their addresses.
 pub fn discover_path<S, F>(
-    manager: Arc<dyn RouteManager>,
+    manager: Arc<dyn RouteSource>,
     route_path: &str,
     make_service: F,
 ) -> RouteDiscover<S, F>
@@ -95,7 +95,7 @@ where
 
 /// The addresses of the route with exactly this service id.
 pub fn discover_id<S, F>(
-    manager: Arc<dyn RouteManager>,
+    manager: Arc<dyn RouteSource>,
     service_id: &str,
     make_service: F,
 ) -> RouteDiscover<S, F>
@@ -109,7 +109,7 @@ impl<S, F> RouteDiscover<S, F>
 where
     F: FnMut(&Address) -> S,
 {
-    fn new(manager: Arc<dyn RouteManager>, matcher: Matcher, make_service: F) -> Self {
+    fn new(manager: Arc<dyn RouteSource>, matcher: Matcher, make_service: F) -> Self {
         let opener = manager.clone();
         RouteDiscover {
             _manager: manager,
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn shared_path_is_the_union_and_removes_only_what_no_route_lists() {
-        let manager: Arc<dyn RouteManager> = Arc::new(MemoryRouteManager::default());
+        let manager: Arc<dyn RouteSource> = Arc::new(MemoryRouteManager::default());
         let port: fn(&Address) -> u16 = |address| address.port;
         let mut discover = discover_path(manager, "api/x", port);
 

@@ -42,6 +42,7 @@ mod manager;
 mod registration;
 pub mod resolve;
 pub mod route;
+mod scope;
 mod telemetry;
 mod watch;
 
@@ -49,7 +50,7 @@ pub use config::{connect, connect_with, Config};
 #[cfg(feature = "tower")]
 pub use discover::RouteDiscover;
 pub use error::{Error, ErrorKind, Result};
-pub use manager::{Instance, RouteManager, DEFAULT_TTL, MIN_TTL};
+pub use manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL, MIN_TTL};
 pub use registration::Registration;
 pub use resolve::{AddressResolver, ResolverConfig};
 pub use route::{Address, ServiceDescriptor, ServiceRoute};

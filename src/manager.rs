@@ -1,4 +1,5 @@
-//! The [`RouteManager`] trait every backend implements, and the [`Instance`] it registers.
+//! The [`RouteSource`] and [`RouteManager`] traits every backend implements, and the
+//! [`Instance`] it registers.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -11,6 +12,7 @@ use crate::registration::Registration;
 use crate::route::{
     encode_route, instance_id, validate_service_id, Address, ServiceDescriptor, ServiceRoute,
 };
+use crate::scope;
 use crate::watch::RouteWatch;
 
 /// Default liveness TTL of a registration: entries vanish this long after heartbeats stop.
@@ -87,11 +89,12 @@ impl Instance {
     }
 }
 
-/// A registry of routes: etcd, Consul KV, a shared file, or memory.
+/// What a reader of a registry needs: the routes now, and a watch of them. Resolvers and
+/// `tower` discovery take this; [`RouteManager`] adds the writes.
 ///
-/// Usable as `Arc<dyn RouteManager>`; every method may be called from many tasks at once.
+/// Usable as `Arc<dyn RouteSource>` (an `Arc<dyn RouteManager>` converts to it).
 #[async_trait]
-pub trait RouteManager: Send + Sync + fmt::Debug {
+pub trait RouteSource: Send + Sync + fmt::Debug {
     /// The backend's name: `memory`, `file`, `etcd` or `consul`.
     fn backend(&self) -> &'static str;
 
@@ -110,11 +113,49 @@ pub trait RouteManager: Send + Sync + fmt::Debug {
     /// Every route in the registry, read now, in service id order.
     async fn list(&self) -> Result<Vec<ServiceRoute>>;
 
+    /// Watches the routes: the current ones as `Created`, then `Synced`, then each change.
+    ///
+    /// While the backend cannot be read the watch keeps the last good routes and says so in
+    /// [`RouteWatch::status`].
+    async fn watch(&self) -> Result<RouteWatch>;
+
+    /// The routes whose service id starts with one of `services`, read now, in service id
+    /// order. An empty list, or an empty prefix, means every service.
+    ///
+    /// etcd and Consul read only those key ranges; other backends filter a whole listing.
+    async fn list_services(&self, services: &[String]) -> Result<Vec<ServiceRoute>> {
+        let services = scope::normalize(services);
+        let mut routes = self.list().await?;
+        routes.retain(|route| scope::covers(&services, route.id()));
+        Ok(routes)
+    }
+
+    /// Like [`RouteSource::watch`], over the service ids that start with one of `services`
+    /// only. An empty list, or an empty prefix, means every service.
+    ///
+    /// etcd follows one watch per prefix and Consul one blocking query per prefix, so what the
+    /// client holds grows with what it subscribed to; other backends filter a whole watch.
+    async fn watch_services(&self, services: &[String]) -> Result<RouteWatch> {
+        let services = scope::normalize(services);
+        let watch = self.watch().await?;
+        if services.is_empty() {
+            return Ok(watch);
+        }
+        Ok(scope::combine(vec![watch], services))
+    }
+}
+
+/// A registry of routes: etcd, Consul KV, a shared file, or memory. The reads are
+/// [`RouteSource`]'s; this adds registration and removal.
+///
+/// Usable as `Arc<dyn RouteManager>`; every method may be called from many tasks at once.
+#[async_trait]
+pub trait RouteManager: RouteSource {
     /// The route of one service id, read now; `None` if it has no live address.
     async fn get(&self, service_id: &str) -> Result<Option<ServiceRoute>> {
         validate_service_id(service_id)?;
         Ok(self
-            .list()
+            .list_services(&[service_id.to_owned()])
             .await?
             .into_iter()
             .find(|route| route.id() == service_id))
@@ -141,10 +182,4 @@ pub trait RouteManager: Send + Sync + fmt::Debug {
     ///
     /// Running instances notice the lost liveness and register again.
     async fn clear(&self) -> Result<()>;
-
-    /// Watches the routes: the current ones as `Created`, then `Synced`, then each change.
-    ///
-    /// While the backend cannot be read the watch keeps the last good routes and says so in
-    /// [`RouteWatch::status`].
-    async fn watch(&self) -> Result<RouteWatch>;
 }

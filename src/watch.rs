@@ -125,16 +125,24 @@ impl RouteWatch {
         self.status.borrow().resets
     }
 
+    /// A watch over these channels (see [`crate::scope::combine`]).
+    pub(crate) fn from_parts(
+        events: mpsc::UnboundedReceiver<RouteEvent>,
+        status: watch::Receiver<SyncStatus>,
+    ) -> Self {
+        RouteWatch {
+            events,
+            status,
+            _keep_alive: None,
+        }
+    }
+
     /// A handle on the status that outlives borrowing the watch.
     pub(crate) fn status_receiver(&self) -> watch::Receiver<SyncStatus> {
         self.status.clone()
     }
 
     /// Keeps `guard` alive as long as this watch (a backend's background reader, say).
-    #[cfg_attr(
-        not(any(feature = "file", feature = "etcd", feature = "consul")),
-        allow(dead_code)
-    )]
     pub(crate) fn keep_alive(mut self, guard: Arc<dyn Send + Sync>) -> Self {
         self._keep_alive = Some(guard);
         self
@@ -260,11 +268,7 @@ impl WatchHub {
         }
         state.subscribers.retain(|s| !s.is_closed());
         state.subscribers.push(tx);
-        RouteWatch {
-            events: rx,
-            status: self.status.subscribe(),
-            _keep_alive: None,
-        }
+        RouteWatch::from_parts(rx, self.status.subscribe())
     }
 
     /// Replaces the whole set after an authoritative read; emits the differences.
@@ -460,5 +464,26 @@ impl SharedFeed {
         if tokio::time::timeout(CATCH_UP_LIMIT, wait).await.is_err() {
             tracing::warn!("the registry could not be read again for a new watch; it starts from the last good view");
         }
+    }
+}
+
+/// A manager's feeds by scope: the whole prefix (scope `""`) and each service-id prefix some
+/// subscription asked for, each with its own reader.
+#[cfg(any(feature = "etcd", feature = "consul"))]
+#[derive(Default)]
+pub(crate) struct ScopedFeeds(Mutex<std::collections::HashMap<String, Arc<SharedFeed>>>);
+
+#[cfg(any(feature = "etcd", feature = "consul"))]
+impl ScopedFeeds {
+    /// The feed of service ids starting with `scope`.
+    pub fn get(&self, scope: &str) -> Arc<SharedFeed> {
+        let mut feeds = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        feeds
+            .entry(scope.to_owned())
+            .or_insert_with(|| Arc::new(SharedFeed::new()))
+            .clone()
     }
 }

@@ -11,7 +11,7 @@ use common::{descriptor, eventually, init_logging, not_found_within, without_hea
 use tokio::net::TcpListener;
 use wayfinder::backends::memory::{MemoryConfig, MemoryRouteManager};
 use wayfinder::resolve::HealthConfig;
-use wayfinder::{Address, AddressResolver, Instance, ResolverConfig, RouteManager};
+use wayfinder::{Address, AddressResolver, Instance, ResolverConfig, RouteManager, RouteSource};
 
 fn grace(grace: Duration) -> ResolverConfig {
     ResolverConfig {

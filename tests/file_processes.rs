@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wayfinder::backends::file::{FileConfig, FileRouteManager};
-use wayfinder::{RouteEvent, RouteManager};
+use wayfinder::{RouteEvent, RouteManager, RouteSource};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wayfinder");
 

@@ -12,8 +12,8 @@ use tokio::net::TcpSocket;
 use wayfinder::backends::memory::MemoryRouteManager;
 use wayfinder::resolve::{HealthConfig, ResolverConfig};
 use wayfinder::{
-    Address, AddressResolver, ErrorKind, Instance, Registration, RouteManager, RouteWatch,
-    ServiceDescriptor, ServiceRoute,
+    Address, AddressResolver, ErrorKind, Instance, Registration, RouteManager, RouteSource,
+    RouteWatch, ServiceDescriptor, ServiceRoute,
 };
 
 /// A listener on 127.0.0.1 that accepts and counts connections until dropped.
@@ -326,7 +326,7 @@ async fn paths_resolve_case_insensitively_and_templates_after_exact_paths() {
     assert_eq!(resolved.address().port, 1);
 }
 
-/// Counts `list` calls of the backend it wraps.
+/// Counts `list` calls of the backend it wraps: a reader needs only `RouteSource`.
 #[derive(Debug)]
 struct CountingLists {
     inner: MemoryRouteManager,
@@ -334,22 +334,13 @@ struct CountingLists {
 }
 
 #[async_trait]
-impl RouteManager for CountingLists {
+impl RouteSource for CountingLists {
     fn backend(&self) -> &'static str {
         "memory"
     }
     async fn list(&self) -> wayfinder::Result<Vec<ServiceRoute>> {
         self.lists.fetch_add(1, Ordering::Relaxed);
         self.inner.list().await
-    }
-    async fn register(&self, instance: Instance) -> wayfinder::Result<Registration> {
-        self.inner.register(instance).await
-    }
-    async fn remove_addresses(&self, addresses: &[Address]) -> wayfinder::Result<usize> {
-        self.inner.remove_addresses(addresses).await
-    }
-    async fn clear(&self) -> wayfinder::Result<()> {
-        self.inner.clear().await
     }
     async fn watch(&self) -> wayfinder::Result<RouteWatch> {
         self.inner.watch().await
@@ -554,4 +545,64 @@ async fn try_resolve_answers_from_the_table_alone() {
         0,
         "the backend was never asked"
     );
+}
+
+#[tokio::test]
+async fn a_subscribed_resolver_holds_only_its_services_and_says_what_is_not_subscribed() {
+    let registry = MemoryRouteManager::default();
+    let routes = vec![
+        ServiceDescriptor::new("App.IUserService.Get", "api/user/get"),
+        ServiceDescriptor::new("App.IOrderService.Get", "api/order/get"),
+        ServiceDescriptor::new("App.IStockService.Get", "api/stock/get"),
+    ];
+    let _registration = registry
+        .register(Instance::new(Address::new("127.0.0.1", 9301), routes))
+        .await
+        .unwrap();
+    let mut config = no_health();
+    config.services = vec!["App.IUserService".into(), "App.IStockService".into()];
+    let resolver = AddressResolver::with_config(Arc::new(registry.clone()), config)
+        .await
+        .unwrap();
+    assert_eq!(
+        resolver.stats().routes,
+        2,
+        "only the subscribed routes are held"
+    );
+    let resolved = resolver.resolve_path("api/user/get", None).await.unwrap();
+    assert_eq!(resolved.address().port, 9301);
+    assert!(resolver
+        .resolve_id("App.IStockService.Get", None)
+        .await
+        .is_ok());
+
+    let path = resolver
+        .resolve_path("api/order/get", None)
+        .await
+        .unwrap_err();
+    assert_eq!(path.kind(), ErrorKind::NotFound);
+    assert!(path.to_string().contains("not subscribed"), "{path}");
+    let id = resolver
+        .resolve_id("App.IOrderService.Get", None)
+        .await
+        .unwrap_err();
+    assert_eq!(id.kind(), ErrorKind::NotFound);
+    assert!(id.to_string().contains("is not subscribed"), "{id}");
+
+    // A route registered later inside the subscription arrives; one outside does not.
+    let later = vec![
+        ServiceDescriptor::new("App.IUserService.Save", "api/user/save"),
+        ServiceDescriptor::new("App.IOrderService.Save", "api/order/save"),
+    ];
+    let _later = registry
+        .register(Instance::new(Address::new("127.0.0.1", 9302), later))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "the later route to arrive", || {
+        let found = resolver.try_resolve_path("api/user/save", None).is_some();
+        async move { found.then_some(()) }
+    })
+    .await;
+    assert!(resolver.try_resolve_path("api/order/save", None).is_none());
+    assert_eq!(resolver.stats().routes, 3);
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::{descriptor, eventually, init_logging, without_health_checks};
 use wayfinder::backends::memory::{MemoryConfig, MemoryRouteManager};
 use wayfinder::route::KeyLayout;
-use wayfinder::{Address, AddressResolver, ErrorKind, Instance, ResolverConfig, RouteManager};
+use wayfinder::{
+    Address, AddressResolver, ErrorKind, Instance, ResolverConfig, RouteManager, RouteSource,
+};
 
 fn with_snapshot(path: &Path) -> ResolverConfig {
     ResolverConfig {

@@ -10,7 +10,7 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 use wayfinder::backends::memory::MemoryRouteManager;
-use wayfinder::{ErrorKind, RouteManager};
+use wayfinder::{ErrorKind, RouteManager, RouteSource};
 
 /// The fields of one event, as text.
 type Fields = BTreeMap<String, String>;

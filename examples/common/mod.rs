@@ -1,7 +1,5 @@
 //! What the backend examples do, whatever the backend: register at start-up, resolve by path.
 
-use std::sync::Arc;
-
 use tokio::net::TcpListener;
 use wayfinder::{connect, Address, AddressResolver, Instance, ServiceDescriptor};
 
@@ -27,7 +25,7 @@ pub async fn register_and_resolve(default_url: &str) -> wayfinder::Result<()> {
     );
 
     // A client: resolve by route path.
-    let resolver = AddressResolver::new(Arc::clone(&registry)).await?;
+    let resolver = AddressResolver::new(registry.clone()).await?;
     for path in ["api/order/create", "api/order/get/42"] {
         let target = resolver.resolve_path(path, None).await?;
         println!("{path} -> {}", target.address());

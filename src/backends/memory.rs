@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
+use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
     decode_entry, decode_route, encode_route, instance_id, Address, KeyLayout, RouteEntries,
@@ -328,7 +328,7 @@ impl MemoryRouteManager {
 }
 
 #[async_trait]
-impl RouteManager for MemoryRouteManager {
+impl RouteSource for MemoryRouteManager {
     fn backend(&self) -> &'static str {
         "memory"
     }
@@ -357,6 +357,14 @@ impl RouteManager for MemoryRouteManager {
         .await
     }
 
+    async fn watch(&self) -> Result<RouteWatch> {
+        self.inner.check_available()?;
+        Ok(self.inner.hub.subscribe())
+    }
+}
+
+#[async_trait]
+impl RouteManager for MemoryRouteManager {
     async fn register(&self, instance: Instance) -> Result<Registration> {
         self.inner.start_reaper();
         let ttl = self.inner.config.ttl;
@@ -442,10 +450,5 @@ impl RouteManager for MemoryRouteManager {
             |_| 0,
         )
         .await
-    }
-
-    async fn watch(&self) -> Result<RouteWatch> {
-        self.inner.check_available()?;
-        Ok(self.inner.hub.subscribe())
     }
 }

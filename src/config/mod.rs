@@ -30,13 +30,14 @@ use crate::resolve::select::selector_by_name;
 use crate::resolve::{HealthConfig, ResolverConfig, DEFAULT_NEGATIVE_TTL, DEFAULT_START_TIMEOUT};
 
 /// Settings of `Config` that are not backend options.
-const RESOLVER_SETTINGS: [&str; 6] = [
+const RESOLVER_SETTINGS: [&str; 7] = [
     "backend",
     "selector",
     "negative_ttl",
     "empty_grace",
     "snapshot",
     "start_timeout",
+    "services",
 ];
 
 pub use self::url::{duration, parse_duration, redact_url, BackendUrl, REDACTED};
@@ -128,6 +129,32 @@ pub struct Config {
     /// default 5 s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub start_timeout: Duration,
+    /// The services the resolver subscribes to (service-id prefixes), as a list or one
+    /// comma-separated string; default every service.
+    #[serde(deserialize_with = "deserialize_services")]
+    pub services: Vec<String>,
+}
+
+/// A list of strings, or one string of comma-separated items (as an environment variable
+/// gives it); blanks around items are dropped, and so are empty items.
+fn deserialize_services<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Services {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match Services::deserialize(deserializer)? {
+        Services::List(items) => items,
+        Services::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .iter()
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect())
 }
 
 impl Default for Config {
@@ -151,6 +178,7 @@ impl Default for Config {
             empty_grace: None,
             snapshot: None,
             start_timeout: DEFAULT_START_TIMEOUT,
+            services: Vec::new(),
         }
     }
 }
@@ -177,6 +205,7 @@ impl std::fmt::Debug for Config {
             .field("empty_grace", &self.empty_grace)
             .field("snapshot", &self.snapshot)
             .field("start_timeout", &self.start_timeout)
+            .field("services", &self.services)
             .finish()
     }
 }
@@ -264,8 +293,8 @@ impl Config {
         )
     }
 
-    /// The resolver settings: selector, health checks, negative-cache TTL, empty protection
-    /// and snapshot.
+    /// The resolver settings: selector, health checks, negative-cache TTL, empty protection,
+    /// snapshot and subscription.
     pub fn resolver_config(&self) -> Result<ResolverConfig> {
         Ok(ResolverConfig {
             selector: selector_by_name(&self.selector)?,
@@ -274,6 +303,7 @@ impl Config {
             empty_grace: self.empty_grace,
             snapshot: self.snapshot.clone(),
             start_timeout: self.start_timeout,
+            services: self.services.clone(),
             ..ResolverConfig::default()
         })
     }
@@ -413,6 +443,7 @@ mod tests {
             password = "hunter2"
             selector = "p2c"
             negative_ttl = "250ms"
+            services = ["App.IUserService", "App.IOrderService"]
             [health]
             interval = 3
             failure_threshold = 5
@@ -432,6 +463,7 @@ mod tests {
             HealthConfig::default().success_threshold
         );
         assert_eq!(toml.resolver_config().unwrap().selector.name(), "p2c");
+        assert_eq!(toml.services, ["App.IUserService", "App.IOrderService"]);
 
         let json = Config::from_json(
             r#"{"backend": "consul://127.0.0.1:8500", "token": "t0k", "wait": "1m"}"#,
@@ -534,6 +566,7 @@ mod tests {
             ("WAYFINDER_HEALTH__INTERVAL", "750ms"),
             ("WAYFINDER_HEALTH__MAX_CONCURRENCY", "4"),
             ("WAYFINDER_PREFIX", ""),
+            ("WAYFINDER_SERVICES", "App.IUserService, App.IOrderService,"),
             ("WAYFINDER_DEBIAN_MIRROR", "http://example.invalid"),
             ("WAYFINDER_CONFIG", "/etc/wayfinder.toml"),
             ("HOME", "/root"),
@@ -547,6 +580,8 @@ mod tests {
         assert_eq!(config.health.interval, Duration::from_millis(750));
         assert_eq!(config.health.max_concurrency, 4);
         assert_eq!(config.prefix, None, "an empty variable sets nothing");
+        assert_eq!(config.services, ["App.IUserService", "App.IOrderService"]);
+        assert_eq!(config.resolver_config().unwrap().services, config.services);
         let bad = from_vars(&[("WAYFINDER_HEALTH__FAILURE_THRESHOLD", "many")]).unwrap_err();
         assert!(bad.to_string().contains("failure_threshold"), "{bad}");
         let typo = from_vars(&[("WAYFINDER_HEALTH__INTERVALL", "1")]).unwrap_err();

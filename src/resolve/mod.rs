@@ -1,6 +1,6 @@
 //! Resolution: from a route path or service id to one healthy address.
 //!
-//! [`AddressResolver`] keeps a [`RouteTable`] current from a [`crate::RouteManager::watch`],
+//! [`AddressResolver`] keeps a [`RouteTable`] current from a [`crate::RouteSource::watch`],
 //! [`HealthMonitor`] keeps each distinct address's local health, and a [`select::Selector`] picks
 //! one address per call.
 

@@ -26,8 +26,9 @@ use super::table::{Choice, RouteEntry, RouteTable};
 use super::view::View;
 use crate::backoff::Backoff;
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::RouteManager;
+use crate::manager::RouteSource;
 use crate::route::{Address, ServiceRoute};
+use crate::scope;
 use crate::watch::{RouteEvent, RouteWatch, SyncStatus};
 
 /// Default time an unknown path or id is remembered as unknown.
@@ -58,6 +59,11 @@ pub struct ResolverConfig {
     /// How long the start waits for the registry before it serves the snapshot (when there is
     /// one; without one, a registry that cannot be read fails the start).
     pub start_timeout: Duration,
+    /// Subscribe to these services only: service-id prefixes such as an interface name,
+    /// `Surging.IModuleServices.Common.IUserService`. The resolver then reads and holds only
+    /// their routes (see [`RouteSource::watch_services`]); a path outside them is `NotFound`.
+    /// Empty (the default): every service.
+    pub services: Vec<String>,
 }
 
 impl Default for ResolverConfig {
@@ -70,6 +76,7 @@ impl Default for ResolverConfig {
             empty_grace: None,
             snapshot: None,
             start_timeout: DEFAULT_START_TIMEOUT,
+            services: Vec::new(),
         }
     }
 }
@@ -78,6 +85,16 @@ impl ResolverConfig {
     /// The empty protection's grace period for a registry whose TTL is `ttl`.
     fn grace_for(&self, ttl: Duration) -> Duration {
         self.empty_grace.unwrap_or(ttl.saturating_mul(2))
+    }
+
+    /// What a snapshot of this resolver's view is of: the registry, and the subscription.
+    fn snapshot_id(&self, manager: &dyn RouteSource) -> String {
+        let services = scope::normalize(&self.services);
+        if services.is_empty() {
+            manager.registry_id()
+        } else {
+            format!("{} services {}", manager.registry_id(), services.join(","))
+        }
     }
 
     pub(crate) fn selector_for(&self, service_id: &str) -> &dyn Selector {
@@ -244,7 +261,7 @@ impl TableSlot {
 }
 
 struct Shared {
-    manager: Arc<dyn RouteManager>,
+    manager: Arc<dyn RouteSource>,
     config: ResolverConfig,
     table: TableSlot,
     not_found: moka::sync::Cache<String, ()>,
@@ -317,7 +334,7 @@ impl Drop for AddressResolver {
 
 impl AddressResolver {
     /// A resolver with the default settings (round robin, default health checks).
-    pub async fn new(manager: Arc<dyn RouteManager>) -> Result<Self> {
+    pub async fn new(manager: Arc<dyn RouteSource>) -> Result<Self> {
         Self::with_config(manager, ResolverConfig::default()).await
     }
 
@@ -325,7 +342,7 @@ impl AddressResolver {
     /// registry cannot be read within `config.start_timeout` and `config.snapshot` holds routes
     /// of this registry, once those are loaded (marked stale until the registry answers).
     pub async fn with_config(
-        manager: Arc<dyn RouteManager>,
+        manager: Arc<dyn RouteSource>,
         config: ResolverConfig,
     ) -> Result<Self> {
         let mut view = View::new(config.grace_for(manager.default_ttl()));
@@ -358,7 +375,7 @@ impl AddressResolver {
                 // configuration are errors to see, not outages to ride out.
                 let snapshot = match &config.snapshot {
                     Some(path) if err.kind() == ErrorKind::Unavailable => {
-                        snapshot::load(path, &manager.registry_id()).await
+                        snapshot::load(path, &config.snapshot_id(manager.as_ref())).await
                     }
                     _ => None,
                 };
@@ -381,7 +398,8 @@ impl AddressResolver {
         let (snapshot_tables, snapshot_writer) = match &config.snapshot {
             Some(path) => {
                 let (tx, rx) = watch::channel(None);
-                let writer = snapshot::spawn_writer(path.clone(), manager.registry_id(), rx);
+                let id = config.snapshot_id(manager.as_ref());
+                let writer = snapshot::spawn_writer(path.clone(), id, rx);
                 (Some(tx), Some(writer))
             }
             None => (None, None),
@@ -517,12 +535,14 @@ impl AddressResolver {
     /// backend error is returned as it is and not remembered.
     async fn miss(&self, lookup: Lookup<'_>) -> Result<Arc<RouteEntry>> {
         let cache_key = lookup.cache_key();
-        if self.shared.not_found.contains_key(&cache_key) {
+        let services = &self.shared.config.services;
+        let outside = matches!(lookup, Lookup::Id(id) if !scope::covers(services, id));
+        if outside || self.shared.not_found.contains_key(&cache_key) {
             self.shared
                 .counters
                 .not_found
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(lookup.not_found());
+            return Err(lookup.not_found(services));
         }
         let listing = self.fresh_listing().await?;
         match lookup.find(&listing) {
@@ -533,7 +553,7 @@ impl AddressResolver {
                     .counters
                     .not_found
                     .fetch_add(1, Ordering::Relaxed);
-                Err(lookup.not_found())
+                Err(lookup.not_found(services))
             }
         }
     }
@@ -547,7 +567,8 @@ impl AddressResolver {
                 return Ok(table.clone());
             }
         }
-        let routes = self.shared.manager.list().await?;
+        let services = &self.shared.config.services;
+        let routes = self.shared.manager.list_services(services).await?;
         let mut view = View::new(Duration::ZERO);
         view.adopt_endpoints(self.shared.table.load_full().endpoints());
         for route in routes {
@@ -684,26 +705,33 @@ impl Lookup<'_> {
         }
     }
 
-    fn not_found(&self) -> Error {
-        match self {
-            Lookup::Path(path) => {
-                Error::new(ErrorKind::NotFound, format!("no route for path {path:?}"))
-            }
-            Lookup::Id(id) => Error::new(
-                ErrorKind::NotFound,
-                format!("no route with service id {id:?}"),
+    /// The error for a lookup nothing answered; with a subscription (`services`), it says the
+    /// path or id is not subscribed.
+    fn not_found(&self, services: &[String]) -> Error {
+        let message = match (self, services.is_empty()) {
+            (Lookup::Path(path), true) => format!("no route for path {path:?}"),
+            (Lookup::Id(id), true) => format!("no route with service id {id:?}"),
+            (Lookup::Path(path), false) => format!(
+                "route path {path:?} is not subscribed: no route of the services {services:?} has it"
             ),
-        }
+            (Lookup::Id(id), false) if !scope::covers(services, id) => {
+                format!("service id {id:?} is not subscribed (services {services:?})")
+            }
+            (Lookup::Id(id), false) => format!(
+                "no route with service id {id:?} (subscribed to the services {services:?})"
+            ),
+        };
+        Error::new(ErrorKind::NotFound, message)
     }
 }
 
 /// Opens the manager's watch and applies its initial routes to `view`.
 async fn open_watch(
-    manager: &dyn RouteManager,
+    manager: &dyn RouteSource,
     view: &mut View,
     config: &ResolverConfig,
 ) -> Result<RouteWatch> {
-    let mut watch = manager.watch().await?;
+    let mut watch = manager.watch_services(&config.services).await?;
     // Resets counted so far are in the routes the watch replays; later ones are news.
     view.baseline_resets(watch.resets());
     let mut initial = Vec::new();

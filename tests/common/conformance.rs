@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use wayfinder::{Address, ErrorKind, RouteEvent};
+use wayfinder::{Address, ErrorKind, Instance, RouteEvent, ServiceDescriptor};
 
 use super::{
     addresses_of, descriptor, eventually, init_logging, initial_routes, instance, next_event,
@@ -26,7 +26,8 @@ macro_rules! conformance_suite {
             abandoned_instance_expires_after_ttl, wiped_instance_registers_again,
             concurrent_registrations_lose_nothing, malformed_entries_are_skipped,
             outage_keeps_last_good_routes, invalid_registrations_are_refused,
-            watch_cycles_leak_no_tasks, a_new_watch_or_resolver_sees_every_completed_write);
+            watch_cycles_leak_no_tasks, a_new_watch_or_resolver_sees_every_completed_write,
+            a_subscription_reads_and_follows_only_its_services);
     };
     (@tests $h:ty; $($name:ident),*) => {
         $(
@@ -448,4 +449,91 @@ pub async fn a_new_watch_or_resolver_sees_every_completed_write<H: Harness>() {
         "and a deregistration"
     );
     drop(running);
+}
+
+/// `list_services` and `watch_services` read and follow only the service ids under the given
+/// prefixes: changes elsewhere never arrive, changes inside do.
+pub async fn a_subscription_reads_and_follows_only_its_services<H: Harness>() {
+    init_logging();
+    let h = H::new().await;
+    let writer = h.client().await;
+    let serving = |port: u16, names: &[&str]| {
+        let routes = names
+            .iter()
+            .map(|name| {
+                let (service, method) = name.split_once('.').unwrap();
+                ServiceDescriptor::new(
+                    format!("Test.{service}.{method}"),
+                    format!("api/{service}/{method}").to_lowercase(),
+                )
+            })
+            .collect();
+        Instance::new(Address::new("127.0.0.1", port), routes)
+    };
+    let user = writer
+        .register(serving(7101, &["IUserService.Get", "IUserService.Save"]))
+        .await
+        .unwrap();
+    let order = writer
+        .register(serving(7102, &["IOrderService.Get"]))
+        .await
+        .unwrap();
+    let stock = writer
+        .register(serving(7103, &["IStockService.Get"]))
+        .await
+        .unwrap();
+    let services = vec![
+        "Test.IUserService".to_owned(),
+        "Test.IStockService".to_owned(),
+    ];
+    let subscribed = [
+        "Test.IStockService.Get",
+        "Test.IUserService.Get",
+        "Test.IUserService.Save",
+    ];
+    let client = h.client().await;
+    let listed = client.list_services(&services).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|r| r.id()).collect();
+    assert_eq!(ids, subscribed, "in service id order, and nothing else");
+
+    let mut watch = client.watch_services(&services).await.unwrap();
+    let mut initial: Vec<String> = initial_routes(&mut watch)
+        .await
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
+    initial.sort();
+    assert_eq!(initial, subscribed);
+    assert!(!watch.status().is_stale() && watch.status().last_sync.is_some());
+
+    // A change outside the subscription, then one inside: only the second arrives.
+    let order_too = writer
+        .register(serving(7104, &["IOrderService.Get"]))
+        .await
+        .unwrap();
+    let user_too = writer
+        .register(serving(7105, &["IUserService.Get"]))
+        .await
+        .unwrap();
+    let seen = next_event(&mut watch, EVENT_WAIT).await;
+    assert!(
+        matches!(&seen, RouteEvent::Changed(r) if r.id() == "Test.IUserService.Get" && r.addresses.len() == 2),
+        "{seen:?}"
+    );
+    stock.shutdown().await.unwrap();
+    let seen = next_event(&mut watch, EVENT_WAIT).await;
+    assert!(
+        matches!(&seen, RouteEvent::Removed(r) if r.id() == "Test.IStockService.Get"),
+        "{seen:?}"
+    );
+    for registration in [order_too, order] {
+        registration.shutdown().await.unwrap();
+    }
+    user_too.shutdown().await.unwrap();
+    let seen = next_event(&mut watch, EVENT_WAIT).await;
+    assert!(
+        matches!(&seen, RouteEvent::Changed(r) if r.id() == "Test.IUserService.Get" && r.addresses.len() == 1),
+        "the order service's removals never arrive: {seen:?}"
+    );
+    user.shutdown().await.unwrap();
 }

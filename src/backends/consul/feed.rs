@@ -23,10 +23,18 @@ use crate::telemetry::traced;
 use crate::watch::{writes_done, WatchHub};
 
 /// Reads once (an error here is returned), then follows the prefix in the background.
-pub(crate) async fn start(agents: Agents, hub: Arc<WatchHub>) -> Result<JoinHandle<()>> {
-    let first = traced("consul", "watch_poll", agents.list(0), |l| l.pairs.len()).await?;
+pub(crate) async fn start(
+    agents: Agents,
+    scope: String,
+    hub: Arc<WatchHub>,
+) -> Result<JoinHandle<()>> {
+    let first = traced("consul", "watch_poll", agents.list(&scope, 0), |l| {
+        l.pairs.len()
+    })
+    .await?;
     let mut follower = Follower {
         agents,
+        scope,
         hub,
         index: 0,
         known: HashMap::new(),
@@ -41,6 +49,8 @@ pub(crate) async fn start(agents: Agents, hub: Arc<WatchHub>) -> Result<JoinHand
 
 struct Follower {
     agents: Agents,
+    /// The service-id prefix followed (empty: every service).
+    scope: String,
     hub: Arc<WatchHub>,
     index: u64,
     /// Each key's ModifyIndex as last seen: unchanged keys are not decoded again.
@@ -106,15 +116,18 @@ impl Follower {
         loop {
             // Every write this process completed before the read begins is in its answer.
             let writes = writes_done();
-            let poll = traced("consul", "watch_poll", self.agents.list(self.index), |l| {
-                l.pairs.len()
-            });
+            let poll = traced(
+                "consul",
+                "watch_poll",
+                self.agents.list(&self.scope, self.index),
+                |l| l.pairs.len(),
+            );
             let answer = tokio::select! {
                 answer = poll => answer,
                 () = self.hub.refresh_requested() => {
                     // A new watcher wants this process's writes: read now, not at the next change.
                     let writes = writes_done();
-                    let read = traced("consul", "watch_poll", self.agents.list(0), |l| l.pairs.len());
+                    let read = traced("consul", "watch_poll", self.agents.list(&self.scope, 0), |l| l.pairs.len());
                     match read.await {
                         Ok(listing) => self.apply(listing, writes, &mut backoff).await,
                         Err(err) => self.failed(&err, &mut backoff).await,

@@ -19,14 +19,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::decode_in_halves;
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
+use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
     decode_entry, encode_route, instance_id, Address, EntryKey, KeyLayout, RouteEntries,
     ServiceRoute,
 };
+use crate::scope;
 use crate::telemetry::traced;
-use crate::watch::{note_write, RouteWatch, SharedFeed};
+use crate::watch::{note_write, RouteWatch, ScopedFeeds};
 
 /// Most operations in one `/v1/txn` request (the limit of Consul 1.8).
 pub const MAX_TXN_OPS: usize = 64;
@@ -207,9 +208,10 @@ impl Agents {
         Err(last.unwrap_or_else(|| Error::invalid_input("consul URL names no agent")))
     }
 
-    /// Reads the prefix recursively; with `index > 0` it is a blocking query.
-    pub async fn list(&self, index: u64) -> Result<Listing> {
-        let prefix = self.config.layout.prefix().to_owned();
+    /// Reads the keys of the service ids starting with `scope` (every key under the prefix when
+    /// it is empty) recursively; with `index > 0` it is a blocking query.
+    pub async fn list(&self, scope: &str, index: u64) -> Result<Listing> {
+        let prefix = format!("{}{scope}", self.config.layout.prefix());
         let wait = self.config.wait;
         let timeout = if index > 0 {
             // Consul adds up to wait/16 of jitter to a blocking query.
@@ -361,7 +363,7 @@ struct TxnKv {
 
 struct ConsulStore {
     agents: Agents,
-    feed: SharedFeed,
+    feeds: ScopedFeeds,
 }
 
 impl std::fmt::Debug for ConsulStore {
@@ -426,7 +428,7 @@ impl ConsulRouteManager {
         Ok(ConsulRouteManager {
             inner: Arc::new(ConsulStore {
                 agents: Agents::new(config)?,
-                feed: SharedFeed::new(),
+                feeds: ScopedFeeds::default(),
             }),
         })
     }
@@ -587,7 +589,7 @@ impl LivenessStore for ConsulStore {
 }
 
 #[async_trait]
-impl RouteManager for ConsulRouteManager {
+impl RouteSource for ConsulRouteManager {
     fn backend(&self) -> &'static str {
         "consul"
     }
@@ -606,7 +608,7 @@ impl RouteManager for ConsulRouteManager {
             "consul",
             "list",
             async {
-                let listing = self.inner.agents.list(0).await?;
+                let listing = self.inner.agents.list("", 0).await?;
                 let layout = &self.inner.config().layout;
                 Ok(entries_of(layout, listing.pairs).await?.into_merged())
             },
@@ -615,6 +617,55 @@ impl RouteManager for ConsulRouteManager {
         .await
     }
 
+    async fn watch(&self) -> Result<RouteWatch> {
+        self.watch_scope("").await
+    }
+
+    async fn list_services(&self, services: &[String]) -> Result<Vec<ServiceRoute>> {
+        let services = scope::normalize(services);
+        if services.is_empty() {
+            return self.list().await;
+        }
+        let layout = &self.inner.config().layout;
+        let mut routes = Vec::new();
+        for service in &services {
+            let listing = self.inner.agents.list(service, 0);
+            let listing = traced("consul", "list", listing, |l| l.pairs.len()).await?;
+            // Normalized prefixes are sorted and disjoint: the ranges come in service id order.
+            routes.extend(entries_of(layout, listing.pairs).await?.into_merged());
+        }
+        Ok(routes)
+    }
+
+    async fn watch_services(&self, services: &[String]) -> Result<RouteWatch> {
+        let services = scope::normalize(services);
+        if services.is_empty() {
+            return self.watch().await;
+        }
+        let mut watches = Vec::with_capacity(services.len());
+        for service in &services {
+            watches.push(self.watch_scope(service).await?);
+        }
+        Ok(scope::combine(watches, Vec::new()))
+    }
+}
+
+impl ConsulRouteManager {
+    /// A watch of the service ids starting with `scope` (all of them when it is empty): one
+    /// blocking query on that key range, shared by its watches.
+    async fn watch_scope(&self, scope: &str) -> Result<RouteWatch> {
+        let agents = self.inner.agents.clone();
+        let scope = scope.to_owned();
+        self.inner
+            .feeds
+            .get(&scope)
+            .watch(|hub| feed::start(agents, scope, hub))
+            .await
+    }
+}
+
+#[async_trait]
+impl RouteManager for ConsulRouteManager {
     async fn register(&self, instance: Instance) -> Result<Registration> {
         Registration::start(self.inner.clone(), instance, self.inner.config().ttl).await
     }
@@ -629,7 +680,7 @@ impl RouteManager for ConsulRouteManager {
                     .map(instance_id)
                     .collect::<Result<Vec<_>>>()?;
                 let layout = &self.inner.config().layout;
-                let listing = self.inner.agents.list(0).await?;
+                let listing = self.inner.agents.list("", 0).await?;
                 let mut ops = Vec::new();
                 let mut tombstones = std::collections::BTreeMap::new();
                 for pair in &listing.pairs {
@@ -721,10 +772,5 @@ impl RouteManager for ConsulRouteManager {
             |_| 0,
         )
         .await
-    }
-
-    async fn watch(&self) -> Result<RouteWatch> {
-        let agents = self.inner.agents.clone();
-        self.inner.feed.watch(|hub| feed::start(agents, hub)).await
     }
 }

@@ -40,15 +40,17 @@ pub(crate) async fn start(
     config: EtcdConfig,
     members: Arc<Members>,
     watch_members: Arc<Members>,
+    scope: String,
     hub: Arc<WatchHub>,
 ) -> Result<JoinHandle<()>> {
-    let load = load_entries(&members, &config.layout);
+    let load = load_entries(&members, &config.layout, &scope);
     let (entries, revision) = traced("etcd", "watch_list", load, |(e, _)| e.key_count()).await?;
     hub.replace_all(entries.all_merged());
     let follower = Follower {
         config,
         members,
         watch_members,
+        scope,
         hub,
         entries,
         revision,
@@ -77,6 +79,8 @@ struct Follower {
     members: Arc<Members>,
     /// Watch streams (clients that require a leader).
     watch_members: Arc<Members>,
+    /// The service-id prefix followed (empty: every service).
+    scope: String,
     hub: Arc<WatchHub>,
     entries: RouteEntries,
     /// Every event up to and including this revision has been applied.
@@ -136,7 +140,7 @@ impl Follower {
     /// cluster, is published as a registry-wide reset.
     async fn relist(&mut self, check_reset: bool) -> Result<()> {
         let writes = writes_done();
-        let load = load_entries(&self.members, &self.config.layout);
+        let load = load_entries(&self.members, &self.config.layout, &self.scope);
         let (entries, revision) =
             traced("etcd", "watch_list", load, |(e, _)| e.key_count()).await?;
         let went_back = revision < self.revision || std::mem::take(&mut self.new_cluster);
@@ -160,7 +164,8 @@ impl Follower {
             .with_prefix()
             .with_start_revision(self.revision + 1)
             .with_progress_notify();
-        let prefix = self.config.layout.prefix();
+        let range = format!("{}{}", self.config.layout.prefix(), self.scope);
+        let prefix = range.as_str();
         let opened = self
             .watch_members
             .call("watch", |mut client| {

@@ -24,14 +24,15 @@ use members::Members;
 
 use crate::decode::decode_in_halves;
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
+use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
     decode_entry, encode_route, instance_id, Address, EntryKey, KeyLayout, RouteEntries,
     ServiceRoute,
 };
+use crate::scope;
 use crate::telemetry::traced;
-use crate::watch::{note_write, RouteWatch, SharedFeed};
+use crate::watch::{note_write, RouteWatch, ScopedFeeds};
 
 /// Most operations in one etcd transaction (etcd's default `--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -165,7 +166,7 @@ struct EtcdStore {
     members: Arc<Members>,
     /// Watches (clients that require a leader).
     watch_members: Arc<Members>,
-    feed: SharedFeed,
+    feeds: ScopedFeeds,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -307,14 +308,17 @@ fn decode_page(layout: &KeyLayout, kvs: Vec<KeyValue>) -> Vec<(EntryKey, u64, Se
     decoded
 }
 
-/// Lists and decodes every entry under the layout's prefix, pinned to one revision. Each page is
-/// decoded in two halves on blocking threads while the next one is fetched, so decoding overlaps
-/// the reads and the last page's decoding takes half as long.
+/// Lists and decodes every entry of the service ids starting with `scope` (all of them when it is
+/// empty), pinned to one revision. Each page is decoded in two halves on blocking threads while
+/// the next one is fetched, so decoding overlaps the reads and the last page's decoding takes
+/// half as long.
 pub(crate) async fn load_entries(
     members: &Members,
     layout: &KeyLayout,
+    scope: &str,
 ) -> Result<(RouteEntries, i64)> {
-    let (decoding, revision) = read_pages(members, layout.prefix(), |page| {
+    let range = format!("{}{scope}", layout.prefix());
+    let (decoding, revision) = read_pages(members, &range, |page| {
         let layout = layout.clone();
         decode_in_halves(page, move |half| decode_page(&layout, half))
     })
@@ -342,7 +346,7 @@ impl EtcdRouteManager {
                 config,
                 members,
                 watch_members,
-                feed: SharedFeed::new(),
+                feeds: ScopedFeeds::default(),
             }),
         })
     }
@@ -568,7 +572,7 @@ impl LivenessStore for EtcdStore {
 }
 
 #[async_trait]
-impl RouteManager for EtcdRouteManager {
+impl RouteSource for EtcdRouteManager {
     fn backend(&self) -> &'static str {
         "etcd"
     }
@@ -588,7 +592,7 @@ impl RouteManager for EtcdRouteManager {
             "list",
             async {
                 let (entries, _) =
-                    load_entries(&self.inner.members, &self.inner.config.layout).await?;
+                    load_entries(&self.inner.members, &self.inner.config.layout, "").await?;
                 Ok(entries.into_merged())
             },
             Vec::len,
@@ -596,6 +600,56 @@ impl RouteManager for EtcdRouteManager {
         .await
     }
 
+    async fn watch(&self) -> Result<RouteWatch> {
+        self.watch_scope("").await
+    }
+
+    async fn list_services(&self, services: &[String]) -> Result<Vec<ServiceRoute>> {
+        let services = scope::normalize(services);
+        if services.is_empty() {
+            return self.list().await;
+        }
+        let mut routes = Vec::new();
+        for service in &services {
+            let load = load_entries(&self.inner.members, &self.inner.config.layout, service);
+            let (entries, _) = traced("etcd", "list", load, |(e, _)| e.key_count()).await?;
+            // Normalized prefixes are sorted and disjoint: the ranges come in service id order.
+            routes.extend(entries.into_merged());
+        }
+        Ok(routes)
+    }
+
+    async fn watch_services(&self, services: &[String]) -> Result<RouteWatch> {
+        let services = scope::normalize(services);
+        if services.is_empty() {
+            return self.watch().await;
+        }
+        let mut watches = Vec::with_capacity(services.len());
+        for service in &services {
+            watches.push(self.watch_scope(service).await?);
+        }
+        Ok(scope::combine(watches, Vec::new()))
+    }
+}
+
+impl EtcdRouteManager {
+    /// A watch of the service ids starting with `scope` (all of them when it is empty), on the
+    /// one reader that follows that key range.
+    async fn watch_scope(&self, scope: &str) -> Result<RouteWatch> {
+        let config = self.inner.config.clone();
+        let members = self.inner.members.clone();
+        let watch_members = self.inner.watch_members.clone();
+        let scope = scope.to_owned();
+        self.inner
+            .feeds
+            .get(&scope)
+            .watch(|hub| feed::start(config, members, watch_members, scope, hub))
+            .await
+    }
+}
+
+#[async_trait]
+impl RouteManager for EtcdRouteManager {
     async fn register(&self, instance: Instance) -> Result<Registration> {
         Registration::start(self.inner.clone(), instance, self.inner.config.ttl).await
     }
@@ -693,15 +747,5 @@ impl RouteManager for EtcdRouteManager {
             |_| 0,
         )
         .await
-    }
-
-    async fn watch(&self) -> Result<RouteWatch> {
-        let config = self.inner.config.clone();
-        let members = self.inner.members.clone();
-        let watch_members = self.inner.watch_members.clone();
-        self.inner
-            .feed
-            .watch(|hub| feed::start(config, members, watch_members, hub))
-            .await
     }
 }

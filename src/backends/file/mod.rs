@@ -9,7 +9,7 @@
 //! differences when the file reads again. An editor's save (rename away and write anew, or
 //! delete and recreate) thus causes no spurious `Removed` / `Created` events. A document without
 //! routes is authoritative, so [`RouteManager::clear`] still empties the registry, and a file that
-//! does not exist yet when the watch starts is an empty registry. [`RouteManager::list`] is a
+//! does not exist yet when the watch starts is an empty registry. [`RouteSource::list`] is a
 //! single read and reports a missing file as empty.
 
 mod document;
@@ -26,7 +26,7 @@ use self::document::{Document, InstanceRecord};
 use self::storage::FileStorage;
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::{Instance, RouteManager, DEFAULT_TTL};
+use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{Address, ServiceRoute};
 use crate::telemetry::traced;
@@ -219,7 +219,7 @@ impl LivenessStore for FileStore {
 }
 
 #[async_trait]
-impl RouteManager for FileRouteManager {
+impl RouteSource for FileRouteManager {
     fn backend(&self) -> &'static str {
         "file"
     }
@@ -255,6 +255,17 @@ impl RouteManager for FileRouteManager {
         .await
     }
 
+    async fn watch(&self) -> Result<RouteWatch> {
+        let (storage, poll) = (self.inner.storage.clone(), self.inner.config.poll_interval);
+        self.inner
+            .feed
+            .watch(|hub| feed::start(storage, hub, poll))
+            .await
+    }
+}
+
+#[async_trait]
+impl RouteManager for FileRouteManager {
     async fn register(&self, instance: Instance) -> Result<Registration> {
         Registration::start(self.inner.clone(), instance, self.inner.config.ttl).await
     }
@@ -294,13 +305,5 @@ impl RouteManager for FileRouteManager {
             |_| 0,
         )
         .await
-    }
-
-    async fn watch(&self) -> Result<RouteWatch> {
-        let (storage, poll) = (self.inner.storage.clone(), self.inner.config.poll_interval);
-        self.inner
-            .feed
-            .watch(|hub| feed::start(storage, hub, poll))
-            .await
     }
 }

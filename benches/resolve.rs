@@ -2,7 +2,7 @@
 //!
 //! * exact-path resolve, 8 healthy addresses, every selector, at 10, 10k and 100k routes;
 //! * templated-path resolve at 10k routes;
-//! * table build time for 10k routes;
+//! * a resolver start over 10k routes (listing, table, endpoints);
 //! * decoding 10k registry values.
 //!
 //! The reference is pingora-load-balancing 0.9 `LoadBalancer::select` over 8 backends; the target
@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use wayfinder::backends::memory::MemoryRouteManager;
-use wayfinder::resolve::select::{selector_by_name, RoundRobin, SELECTOR_NAMES};
-use wayfinder::resolve::{HealthConfig, RouteTable};
+use wayfinder::resolve::select::{selector_by_name, SELECTOR_NAMES};
+use wayfinder::resolve::HealthConfig;
 use wayfinder::route::{decode_route, encode_route, DEFAULT_PREFIX};
 use wayfinder::{Address, AddressResolver, ResolverConfig, ServiceDescriptor, ServiceRoute};
 
@@ -136,16 +136,14 @@ fn templated_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// A resolver start over 10k routes of an in-process registry: listing, table and endpoints.
 fn table_build(c: &mut Criterion) {
-    let routes = routes(10_000, false);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = registry(&routes(10_000, false));
     let mut group = c.benchmark_group("table_build");
     group.sample_size(20);
     group.bench_function("10000_routes", |b| {
-        b.iter_batched(
-            || routes.clone(),
-            |routes| black_box(RouteTable::from_routes(routes, &RoundRobin)),
-            criterion::BatchSize::LargeInput,
-        )
+        b.iter(|| black_box(runtime.block_on(resolver(&registry, "round_robin"))))
     });
     group.finish();
 }

@@ -28,6 +28,7 @@
 //! (see [`route`]); every backend implements [`RouteManager`].
 
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod backends;
 mod backoff;

@@ -234,7 +234,7 @@ pub(crate) fn writes_done() -> u64 {
 
 impl WatchHub {
     /// An empty hub, not yet synced.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (status, _) = watch::channel(SyncStatus {
             last_sync: None,
             error: None,
@@ -257,7 +257,7 @@ impl WatchHub {
     }
 
     /// A new watcher: replays the current routes when synced; otherwise they follow the first sync.
-    pub fn subscribe(&self) -> RouteWatch {
+    pub(crate) fn subscribe(&self) -> RouteWatch {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut state = self.lock();
         if state.synced {
@@ -272,7 +272,7 @@ impl WatchHub {
     }
 
     /// Replaces the whole set after an authoritative read; emits the differences.
-    pub fn replace_all(&self, routes: BTreeMap<String, Arc<ServiceRoute>>) {
+    pub(crate) fn replace_all(&self, routes: BTreeMap<String, Arc<ServiceRoute>>) {
         let mut state = self.lock();
         let gone: Vec<String> = state
             .routes
@@ -292,19 +292,19 @@ impl WatchHub {
     }
 
     /// Sets (or with `None` removes) one service id's route; emits the difference.
-    pub fn set(&self, service_id: &str, route: Option<Arc<ServiceRoute>>) {
+    pub(crate) fn set(&self, service_id: &str, route: Option<Arc<ServiceRoute>>) {
         self.lock().apply(service_id, route);
     }
 
     /// Marks the hub synced after an initial load done through [`WatchHub::set`].
-    pub fn mark_synced(&self) {
+    pub(crate) fn mark_synced(&self) {
         self.lock().mark_synced();
         self.mark_good();
     }
 
     /// Records an authoritative read: the view is current. The first one after an error
     /// counts as a reconnect.
-    pub fn mark_good(&self) {
+    pub(crate) fn mark_good(&self) {
         self.status.send_if_modified(|status| {
             let first = status.last_sync.is_none();
             let was_stale = status.error.take().is_some();
@@ -319,7 +319,7 @@ impl WatchHub {
     /// Counts a reconnect that no error preceded (a watch resumed after lost history); call it
     /// before the read that follows. After an error, that read's [`WatchHub::mark_good`] counts.
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    pub fn note_reconnect(&self) {
+    pub(crate) fn note_reconnect(&self) {
         self.status.send_if_modified(|status| {
             let unnoticed = status.error.is_none();
             if unnoticed {
@@ -330,13 +330,13 @@ impl WatchHub {
     }
 
     /// Records that the registry as a whole reset; call it before publishing what it now holds.
-    pub fn note_reset(&self) {
+    pub(crate) fn note_reset(&self) {
         self.status.send_modify(|status| status.resets += 1);
     }
 
     /// Records that a whole read which began when the process's write count was `writes` (see
     /// [`writes_done`]) is published.
-    pub fn mark_read_through(&self, writes: u64) {
+    pub(crate) fn mark_read_through(&self, writes: u64) {
         self.read_through.send_if_modified(|through| {
             let newer = writes > *through;
             if newer {
@@ -352,12 +352,12 @@ impl WatchHub {
         not(any(feature = "file", feature = "etcd", feature = "consul")),
         allow(dead_code)
     )]
-    pub async fn refresh_requested(&self) {
+    pub(crate) async fn refresh_requested(&self) {
         self.refresh.notified().await;
     }
 
     /// Records a failed read: the routes stay as they are and the status says why.
-    pub fn mark_error(&self, error: &Error) {
+    pub(crate) fn mark_error(&self, error: &Error) {
         let message = error.to_string();
         self.status.send_if_modified(|status| {
             if status.error.as_deref() == Some(message.as_str()) {
@@ -404,7 +404,7 @@ pub(crate) struct SharedFeed {
 )]
 impl SharedFeed {
     /// A feed with an empty hub and no reader yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         SharedFeed {
             hub: Arc::new(WatchHub::new()),
             running: tokio::sync::Mutex::new(Weak::new()),
@@ -413,7 +413,7 @@ impl SharedFeed {
 
     /// A new watch; when no reader runs, `start` loads the routes into the hub and returns the
     /// task that follows them (a failed first load is returned as the error).
-    pub async fn watch<F, Fut>(&self, start: F) -> Result<RouteWatch>
+    pub(crate) async fn watch<F, Fut>(&self, start: F) -> Result<RouteWatch>
     where
         F: FnOnce(Arc<WatchHub>) -> Fut,
         Fut: Future<Output = Result<JoinHandle<()>>>,
@@ -476,7 +476,7 @@ pub(crate) struct ScopedFeeds(Mutex<std::collections::HashMap<String, Arc<Shared
 #[cfg(any(feature = "etcd", feature = "consul"))]
 impl ScopedFeeds {
     /// The feed of service ids starting with `scope`.
-    pub fn get(&self, scope: &str) -> Arc<SharedFeed> {
+    pub(crate) fn get(&self, scope: &str) -> Arc<SharedFeed> {
         let mut feeds = self
             .0
             .lock()

@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use wayfinder::config::parse_duration;
-use wayfinder::resolve::select::RoundRobin;
-use wayfinder::resolve::{probe, HealthConfig, RouteTable};
+use wayfinder::resolve::{probe, HealthConfig};
 use wayfinder::route::{decode_descriptors, encode_route_value};
 use wayfinder::{
     connect_with, Address, AddressResolver, Config, Error, ErrorKind, Instance, ResolverConfig,
@@ -184,14 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(selector) = selector {
                 config.selector = selector;
             }
-            let resolver_config = ResolverConfig {
-                health: HealthConfig {
-                    enabled: false,
-                    ..config.health.clone()
-                },
-                ..config.resolver_config()?
-            };
-            let resolver = AddressResolver::with_config(registry, resolver_config).await?;
+            let resolver = one_shot_resolver(registry, &config).await?;
             for _ in 0..count {
                 let resolved = resolver
                     .resolve_path(&path, key.as_deref().map(str::as_bytes))
@@ -201,7 +193,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Health { path, timeout } => {
             let timeout = parse_duration(&timeout)?;
-            let table = RouteTable::from_routes(registry.list().await?, &RoundRobin);
+            let resolver = one_shot_resolver(registry, &config).await?;
+            let table = resolver.table();
             let route = table.by_path(&path).ok_or_else(|| {
                 Error::new(ErrorKind::NotFound, format!("no route for path {path:?}"))
             })?;
@@ -262,4 +255,20 @@ async fn wait_for_stop_signal() -> Result<()> {
 async fn wait_for_stop_signal() -> Result<()> {
     tokio::signal::ctrl_c().await?;
     Ok(())
+}
+
+/// A resolver with the configured settings but no health checks: one-shot commands answer from
+/// the registry, not from probes over time.
+async fn one_shot_resolver(
+    registry: std::sync::Arc<dyn wayfinder::RouteManager>,
+    config: &Config,
+) -> wayfinder::Result<AddressResolver> {
+    let resolver_config = ResolverConfig {
+        health: HealthConfig {
+            enabled: false,
+            ..config.health.clone()
+        },
+        ..config.resolver_config()?
+    };
+    AddressResolver::with_config(registry, resolver_config).await
 }

@@ -135,7 +135,7 @@ impl HealthMonitor {
     }
 
     /// Replaces the set of endpoints to check: new ones are checked at once, gone ones dropped.
-    pub fn set_targets(&self, endpoints: Vec<Arc<Endpoint>>) {
+    pub(crate) fn set_targets(&self, endpoints: Vec<Arc<Endpoint>>) {
         self.targets.send_replace(endpoints);
     }
 

@@ -177,7 +177,9 @@ mod tests {
             ServiceDescriptor::new("A.IUserService.Get", "api/user/get"),
             vec![Address::new("127.0.0.1", 9000)],
         );
-        RouteTable::from_routes(vec![route], &crate::resolve::select::RoundRobin)
+        let mut view = crate::resolve::view::View::new(std::time::Duration::ZERO);
+        view.upsert(Arc::new(route), &crate::resolve::ResolverConfig::default());
+        view.table()
     }
 
     #[test]

@@ -252,41 +252,6 @@ pub(crate) fn trim_path(path: &str) -> &str {
 }
 
 impl RouteTable {
-    /// Indexes prepared entries. When two ids claim one path, the first wins (and a warning
-    /// says so).
-    pub(crate) fn index<'a>(entries: impl IntoIterator<Item = &'a Arc<RouteEntry>>) -> Self {
-        let mut table = RouteTable::default();
-        let mut templated = Vec::new();
-        for entry in entries {
-            let route = entry.route();
-            table.by_id.insert(route.id().into(), entry.clone());
-            for endpoint in entry.endpoints() {
-                if table.endpoints.get(endpoint.key()).is_none() {
-                    table
-                        .endpoints
-                        .insert(endpoint.key().clone(), endpoint.clone());
-                }
-            }
-            if is_template(route.route_path()) {
-                templated.push(entry);
-                continue;
-            }
-            let path = path_key(route.route_path());
-            if let Some(existing) = table.by_path.get(&*path) {
-                tracing::warn!(
-                    path = %path,
-                    kept = %existing.route().id(),
-                    ignored = %route.id(),
-                    "two service ids publish the same route path"
-                );
-            } else {
-                table.by_path.insert(path, entry.clone());
-            }
-        }
-        table.templates = Arc::new(Templates::build(templated));
-        table
-    }
-
     /// Sets (or with `None` removes) the entry of a service id; the path indexes are the
     /// caller's (see [`RouteTable::set_path`]).
     pub(crate) fn set_entry(&mut self, id: &Arc<str>, entry: Option<Arc<RouteEntry>>) {
@@ -306,26 +271,6 @@ impl RouteTable {
     /// Sets (or with `None` removes) the shared endpoint of an address.
     pub(crate) fn set_endpoint(&mut self, key: &EndpointKey, endpoint: Option<Arc<Endpoint>>) {
         self.endpoints.set(key, endpoint);
-    }
-
-    /// Builds a table straight from routes, every route with `selector` (for tests and tools).
-    pub fn from_routes(
-        routes: impl IntoIterator<Item = ServiceRoute>,
-        selector: &dyn Selector,
-    ) -> Self {
-        let mut endpoints: FastMap<EndpointKey, Arc<Endpoint>> = FastMap::default();
-        let entries: Vec<Arc<RouteEntry>> = routes
-            .into_iter()
-            .map(|route| {
-                Arc::new(RouteEntry::new(Arc::new(route), selector, |address| {
-                    endpoints
-                        .entry(EndpointKey::of(address))
-                        .or_insert_with(|| Arc::new(Endpoint::new(address.clone())))
-                        .clone()
-                }))
-            })
-            .collect();
-        RouteTable::index(&entries)
     }
 
     /// How many routes (service ids) the table holds.

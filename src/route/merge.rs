@@ -12,7 +12,7 @@ use super::model::{Address, ServiceDescriptor, ServiceRoute};
 use crate::error::{Error, Result};
 
 /// Decodes one raw entry, checking that the key and the value agree on the service id.
-pub fn decode_entry(
+pub(crate) fn decode_entry(
     layout: &KeyLayout,
     key: &str,
     value: &[u8],
@@ -92,14 +92,14 @@ impl Instances {
 
 /// All entries of a registry, grouped by service id, with the merged route of each id.
 #[derive(Debug, Default, Clone)]
-pub struct RouteEntries {
+pub(crate) struct RouteEntries {
     services: BTreeMap<String, Instances>,
 }
 
 impl RouteEntries {
     /// How many entries (one per service id and instance) are held.
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    pub fn key_count(&self) -> usize {
+    pub(crate) fn key_count(&self) -> usize {
         self.services
             .values()
             .map(|instances| instances.0.len())
@@ -110,7 +110,9 @@ impl RouteEntries {
     /// instance), and sorted input builds the maps in one pass instead of one insert per key;
     /// unsorted input is sorted first. A key given twice keeps its last entry.
     #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
-    pub fn from_listing(listing: impl IntoIterator<Item = (EntryKey, u64, ServiceRoute)>) -> Self {
+    pub(crate) fn from_listing(
+        listing: impl IntoIterator<Item = (EntryKey, u64, ServiceRoute)>,
+    ) -> Self {
         let mut groups: Vec<(String, Vec<(String, Entry)>)> = Vec::new();
         for (key, version, route) in listing {
             let instance = key.instance_id.unwrap_or_default();
@@ -138,7 +140,7 @@ impl RouteEntries {
     /// Stores (or replaces) one entry; returns the merged route of its service id afterwards.
     ///
     /// `version` orders entries (a backend revision or index): the highest supplies the descriptor.
-    pub fn put(
+    pub(crate) fn put(
         &mut self,
         key: &EntryKey,
         version: u64,
@@ -154,7 +156,7 @@ impl RouteEntries {
     }
 
     /// Removes one entry; returns the merged route of its service id afterwards.
-    pub fn remove(&mut self, key: &EntryKey) -> Option<Arc<ServiceRoute>> {
+    pub(crate) fn remove(&mut self, key: &EntryKey) -> Option<Arc<ServiceRoute>> {
         let instance = key.instance_id.as_deref().unwrap_or_default();
         if let Some(entries) = self.services.get_mut(&key.service_id) {
             entries.remove(instance);
@@ -166,7 +168,7 @@ impl RouteEntries {
     }
 
     /// Whether an entry is stored under this key.
-    pub fn contains(&self, key: &EntryKey) -> bool {
+    pub(crate) fn contains(&self, key: &EntryKey) -> bool {
         let instance = key.instance_id.as_deref().unwrap_or_default();
         self.services
             .get(&key.service_id)
@@ -175,7 +177,7 @@ impl RouteEntries {
 
     /// The merged route of one service id, or `None` when it has no address left. A service id
     /// with one entry shares that entry's route; otherwise the merge is a new route.
-    pub fn merged(&self, service_id: &str) -> Option<Arc<ServiceRoute>> {
+    pub(crate) fn merged(&self, service_id: &str) -> Option<Arc<ServiceRoute>> {
         let entries = self.services.get(service_id)?;
         if let [(_, only)] = entries.0.as_slice() {
             if !only.route.addresses.is_empty() && !has_repeated_endpoint(&only.route) {
@@ -197,7 +199,7 @@ impl RouteEntries {
     /// Every merged route, in service id order, consuming the entries (copying only routes
     /// that are shared elsewhere).
     #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
-    pub fn into_merged(self) -> Vec<ServiceRoute> {
+    pub(crate) fn into_merged(self) -> Vec<ServiceRoute> {
         self.services
             .into_values()
             .filter_map(|entries| merge_owned(entries.0.into_iter().map(|(_, entry)| entry)))
@@ -205,7 +207,7 @@ impl RouteEntries {
     }
 
     /// Every merged route, by service id.
-    pub fn all_merged(&self) -> BTreeMap<String, Arc<ServiceRoute>> {
+    pub(crate) fn all_merged(&self) -> BTreeMap<String, Arc<ServiceRoute>> {
         self.services
             .keys()
             .filter_map(|id| Some((id.clone(), self.merged(id)?)))

@@ -126,7 +126,7 @@ pub(crate) struct KvPair {
 
 impl KvPair {
     /// The value's bytes (empty for a key without a value).
-    pub fn bytes(&self) -> Result<Vec<u8>> {
+    pub(crate) fn bytes(&self) -> Result<Vec<u8>> {
         match &self.value {
             None => Ok(Vec::new()),
             Some(encoded) => base64::engine::general_purpose::STANDARD
@@ -210,7 +210,7 @@ impl Agents {
 
     /// Reads the keys of the service ids starting with `scope` (every key under the prefix when
     /// it is empty) recursively; with `index > 0` it is a blocking query.
-    pub async fn list(&self, scope: &str, index: u64) -> Result<Listing> {
+    pub(crate) async fn list(&self, scope: &str, index: u64) -> Result<Listing> {
         let prefix = format!("{}{scope}", self.config.layout.prefix());
         let wait = self.config.wait;
         let timeout = if index > 0 {

@@ -50,14 +50,14 @@ pub(crate) struct Document {
 
 impl Document {
     /// How many routes the document holds, live or not.
-    pub fn route_count(&self) -> usize {
+    pub(crate) fn route_count(&self) -> usize {
         self.routes.len()
     }
 
     /// Parses the file's bytes: our object form, or Surging's bare array; a BOM is skipped.
     ///
     /// An empty (or all-blank) file is an error: it is what a torn write looks like.
-    pub fn parse(bytes: &[u8]) -> Result<Self> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self> {
         let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(Error::malformed("routes file is empty"));
@@ -96,7 +96,7 @@ impl Document {
     }
 
     /// The file's bytes (pretty JSON, no BOM).
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::invalid_input(format!("routes file cannot be encoded: {e}")))?;
         bytes.push(b'\n');
@@ -110,7 +110,7 @@ impl Document {
 
     /// The live routes at `now_ms`: expired instances' addresses left out, empty routes dropped.
     /// Malformed routes are skipped with a warning. Also returns the next expiry still ahead.
-    pub fn live_routes(&self, now_ms: u64) -> (BTreeMap<String, ServiceRoute>, Option<u64>) {
+    pub(crate) fn live_routes(&self, now_ms: u64) -> (BTreeMap<String, ServiceRoute>, Option<u64>) {
         let mut next_expiry: Option<u64> = None;
         let mut live = BTreeMap::new();
         for (id, value) in &self.routes {
@@ -153,7 +153,11 @@ impl Document {
 
     /// Writes the instance's routes (its address in each) and its liveness record. Routes it no
     /// longer serves lose its address.
-    pub fn put_instance(&mut self, instance: &Instance, record: InstanceRecord) -> Result<()> {
+    pub(crate) fn put_instance(
+        &mut self,
+        instance: &Instance,
+        record: InstanceRecord,
+    ) -> Result<()> {
         let id = instance.id()?;
         self.remove_instance_addresses(std::slice::from_ref(&id), |service_id| {
             !instance.routes.iter().any(|d| d.id == service_id)
@@ -183,7 +187,7 @@ impl Document {
     }
 
     /// Extends the record's deadline if `lease` still holds it; `false` if it is gone.
-    pub fn touch(&mut self, instance_id: &str, lease: &str, expires: u64) -> bool {
+    pub(crate) fn touch(&mut self, instance_id: &str, lease: &str, expires: u64) -> bool {
         match self.record(instance_id) {
             Some(record) if record.lease == lease => {
                 self.set_record(instance_id, InstanceRecord { expires, ..record });
@@ -195,7 +199,7 @@ impl Document {
 
     /// Removes the instance's addresses everywhere and its record, if `lease` still holds it.
     /// A newer registration of the same address (another lease) is left alone.
-    pub fn remove_instance(&mut self, instance_id: &str, lease: &str) {
+    pub(crate) fn remove_instance(&mut self, instance_id: &str, lease: &str) {
         if self.record(instance_id).is_some_and(|r| r.lease != lease) {
             return;
         }
@@ -205,7 +209,7 @@ impl Document {
 
     /// Removes these addresses from every route; their records stay, marked removed so that
     /// their heartbeats do not write them back. Returns how many were removed.
-    pub fn remove_addresses(&mut self, addresses: &[Address]) -> Result<usize> {
+    pub(crate) fn remove_addresses(&mut self, addresses: &[Address]) -> Result<usize> {
         let ids = addresses
             .iter()
             .map(instance_id)
@@ -226,7 +230,7 @@ impl Document {
 
     /// The instance's routes that lack its address although `lease` holds its live record and
     /// no deregistration removed it (edited out by hand, say).
-    pub fn missing_routes<'a>(
+    pub(crate) fn missing_routes<'a>(
         &self,
         instance: &'a Instance,
         lease: &str,
@@ -255,7 +259,7 @@ impl Document {
 
     /// Writes the instance's address back into the routes that lack it (see
     /// [`Document::missing_routes`]); returns how many it wrote.
-    pub fn heal(&mut self, instance: &Instance, lease: &str) -> Result<usize> {
+    pub(crate) fn heal(&mut self, instance: &Instance, lease: &str) -> Result<usize> {
         let missing: Vec<crate::route::ServiceDescriptor> = self
             .missing_routes(instance, lease)?
             .into_iter()
@@ -275,7 +279,7 @@ impl Document {
     }
 
     /// Drops every expired record and its addresses.
-    pub fn prune(&mut self, now_ms: u64) {
+    pub(crate) fn prune(&mut self, now_ms: u64) {
         let expired: Vec<String> = self
             .instances
             .keys()
@@ -293,7 +297,7 @@ impl Document {
     }
 
     /// Empties the file: every route and every record.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.routes.clear();
         self.instances.clear();
     }

@@ -36,7 +36,7 @@ pub(crate) struct FileStorage {
 
 impl FileStorage {
     /// The storage for `path`; its directory must exist (it is created if missing).
-    pub fn new(path: PathBuf) -> Result<Self> {
+    pub(crate) fn new(path: PathBuf) -> Result<Self> {
         let file_name = path
             .file_name()
             .ok_or_else(|| Error::invalid_input(format!("{} is not a file path", path.display())))?
@@ -55,22 +55,22 @@ impl FileStorage {
     }
 
     /// The routes file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The directory holding it.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// The file's name, to pick its events out of a directory watch.
-    pub fn file_name(&self) -> &std::ffi::OsStr {
+    pub(crate) fn file_name(&self) -> &std::ffi::OsStr {
         self.path.file_name().unwrap_or_default()
     }
 
     /// The current fingerprint, `None` when the file does not exist.
-    pub fn fingerprint(&self) -> Option<Fingerprint> {
+    pub(crate) fn fingerprint(&self) -> Option<Fingerprint> {
         let meta = fs::metadata(&self.path).ok()?;
         #[cfg(unix)]
         let inode = std::os::unix::fs::MetadataExt::ino(&meta);
@@ -84,7 +84,7 @@ impl FileStorage {
     }
 
     /// Reads the file; `None` when it does not exist (an empty registry).
-    pub fn read(&self) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn read(&self) -> Result<Option<Vec<u8>>> {
         match fs::read(&self.path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == IoKind::NotFound => Ok(None),
@@ -97,7 +97,7 @@ impl FileStorage {
     /// What a missing file means is the caller's call: the watch feed treats it as an empty
     /// registry only until it has read the file once, and as an outage after (see `feed`).
     /// An empty or partial file is an error, never an empty document.
-    pub fn load(&self) -> Result<Option<Document>> {
+    pub(crate) fn load(&self) -> Result<Option<Document>> {
         self.read()?
             .map(|bytes| Document::parse(&bytes))
             .transpose()
@@ -107,13 +107,16 @@ impl FileStorage {
     ///
     /// Expired instances are pruned first. A file that does not parse is left alone (an error is
     /// returned) so nothing in it is lost; an empty file counts as an empty document.
-    pub fn update<R>(&self, edit: impl FnOnce(&mut Document) -> Result<R>) -> Result<R> {
+    pub(crate) fn update<R>(&self, edit: impl FnOnce(&mut Document) -> Result<R>) -> Result<R> {
         self.update_with(|doc, _| edit(doc))
     }
 
     /// Like [`FileStorage::update`], telling `edit` whether the file existed; an error from
     /// `edit` leaves the file as it is.
-    pub fn update_with<R>(&self, edit: impl FnOnce(&mut Document, bool) -> Result<R>) -> Result<R> {
+    pub(crate) fn update_with<R>(
+        &self,
+        edit: impl FnOnce(&mut Document, bool) -> Result<R>,
+    ) -> Result<R> {
         fs::create_dir_all(&self.dir).map_err(|e| io_error(&self.dir, "create directory", e))?;
         let lock = OpenOptions::new()
             .create(true)

@@ -7,7 +7,7 @@ use super::{Candidates, Pick, Selector};
 use crate::route::Address;
 
 /// Ring points per address; 160 is the ketama convention.
-pub const DEFAULT_VIRTUAL_NODES: u32 = 160;
+pub(crate) const DEFAULT_VIRTUAL_NODES: u32 = 160;
 
 /// A hash ring with virtual nodes, keyed by the caller's affinity key. Without a key it picks at
 /// random. When the key's address is unusable the next address clockwise takes over.

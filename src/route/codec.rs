@@ -198,8 +198,10 @@ fn compact(map: Map<String, Value>) -> Map<String, Value> {
 
 fn from_wire(wire: WireRoute) -> Result<ServiceRoute> {
     let mut descriptor = descriptor_from_wire(wire.descriptor)?;
-    let mut addresses = Vec::new();
-    for entry in wire.addresses.unwrap_or_default() {
+    let entries = wire.addresses.unwrap_or_default();
+    // Exactly the room needed: most values hold one address, and a grown vector has four.
+    let mut addresses = Vec::with_capacity(entries.len());
+    for entry in entries {
         match address_from_value(entry.value) {
             Ok((address, token)) => {
                 if descriptor.token.is_none() {

@@ -37,56 +37,115 @@ pub(crate) fn decode_entry(
     Ok((entry_key, route))
 }
 
+/// One instance's entry: what its value added to the route.
 #[derive(Debug, Clone)]
 struct Entry {
+    instance: Box<str>,
     version: u64,
-    route: Arc<ServiceRoute>,
+    /// Its addresses, or `None` when they are exactly the merged route's (a service id with one
+    /// entry, as in Surging's layout, keeps one copy).
+    addresses: Option<Box<[Address]>>,
+    /// Its descriptor, or `None` when it is the merged route's (the usual case: every instance
+    /// of a service id publishes the same one, and the merged route keeps the only copy).
+    descriptor: Option<Box<ServiceDescriptor>>,
 }
 
-/// One service id's entries, sorted by instance id.
+/// One service id's entries, sorted by instance id, and the route they merge into.
 ///
-/// A sorted vector rather than a map: most service ids have a few instances, and a map node
-/// sized for eleven entries per service id would cost about 2 KiB each (a route is large).
+/// A sorted vector rather than a map: most service ids have a few instances. Descriptors are
+/// kept once per service id, in the merged route (which watchers share), so a key per route per
+/// instance costs its instance id and addresses, not another copy of the descriptor.
 #[derive(Debug, Default, Clone)]
-struct Instances(Vec<(String, Entry)>);
+struct Instances {
+    entries: Vec<Entry>,
+    /// The merged route; `None` until an entry arrives.
+    merged: Option<Arc<ServiceRoute>>,
+}
 
 impl Instances {
-    /// From entries in any order; of a repeated instance id the last entry stays.
-    fn from_entries(mut entries: Vec<(String, Entry)>) -> Self {
-        if !entries.windows(2).all(|pair| pair[0].0 < pair[1].0) {
-            // A stable sort keeps repeats in input order; keep the last of each run.
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            entries.reverse();
-            entries.dedup_by(|later, earlier| later.0 == earlier.0);
-            entries.reverse();
-        }
-        entries.shrink_to_fit();
-        Instances(entries)
-    }
-
     fn position(&self, instance: &str) -> std::result::Result<usize, usize> {
-        self.0.binary_search_by(|(id, _)| id.as_str().cmp(instance))
-    }
-
-    fn insert(&mut self, instance: String, entry: Entry) {
-        match self.position(&instance) {
-            Ok(at) => self.0[at].1 = entry,
-            Err(at) => self.0.insert(at, (instance, entry)),
-        }
-    }
-
-    fn remove(&mut self, instance: &str) {
-        if let Ok(at) = self.position(instance) {
-            self.0.remove(at);
-        }
+        self.entries
+            .binary_search_by(|entry| (*entry.instance).cmp(instance))
     }
 
     fn contains(&self, instance: &str) -> bool {
         self.position(instance).is_ok()
     }
 
-    fn values(&self) -> impl Iterator<Item = &Entry> {
-        self.0.iter().map(|(_, entry)| entry)
+    /// Stores an entry (replacing the instance's previous one) without merging.
+    fn store(&mut self, instance: &str, version: u64, route: ServiceRoute) {
+        let entry = Entry {
+            instance: instance.into(),
+            version,
+            addresses: Some(route.addresses.into_boxed_slice()),
+            descriptor: Some(Box::new(route.descriptor)),
+        };
+        match self.position(instance) {
+            Ok(at) => self.entries[at] = entry,
+            Err(at) => self.entries.insert(at, entry),
+        }
+    }
+
+    fn remove(&mut self, instance: &str) {
+        if let Ok(at) = self.position(instance) {
+            self.entries.remove(at);
+        }
+    }
+
+    /// Merges the entries again: the newest descriptor (the last of equal versions) and the
+    /// union of the addresses; entries whose descriptor is the merged one drop their copy.
+    fn merge(&mut self) {
+        if let Some(merged) = &self.merged {
+            for entry in &mut self.entries {
+                entry
+                    .addresses
+                    .get_or_insert_with(|| merged.addresses.clone().into_boxed_slice());
+            }
+        }
+        let current = self.merged.as_ref().map(|route| &route.descriptor);
+        // `max_by_key` keeps the last of equal maxima: the last entry of the newest version.
+        let newest = self
+            .entries
+            .iter()
+            .max_by_key(|entry| entry.version)
+            .and_then(|entry| entry.descriptor.as_deref().or(current));
+        let Some(newest) = newest else {
+            self.merged = None;
+            return;
+        };
+        let descriptor = if current == Some(newest) {
+            newest.clone()
+        } else {
+            // The merged descriptor changes: entries that shared the old one keep their own copy.
+            let newest = newest.clone();
+            if let Some(old) = current {
+                for entry in &mut self.entries {
+                    if entry.descriptor.is_none() {
+                        entry.descriptor = Some(Box::new(old.clone()));
+                    }
+                }
+            }
+            newest
+        };
+        let mut addresses: Vec<Address> = Vec::new();
+        for entry in &mut self.entries {
+            if entry.descriptor.as_deref() == Some(&descriptor) {
+                entry.descriptor = None;
+            }
+            for address in entry.addresses.iter().flatten() {
+                if !addresses.iter().any(|a| a.same_endpoint(address)) {
+                    addresses.push(address.clone());
+                }
+            }
+        }
+        addresses.shrink_to_fit();
+        if let [only] = self.entries.as_mut_slice() {
+            if only.addresses.as_deref() == Some(addresses.as_slice()) {
+                only.addresses = None;
+            }
+        }
+        self.merged =
+            (!addresses.is_empty()).then(|| Arc::new(ServiceRoute::new(descriptor, addresses)));
     }
 }
 
@@ -102,39 +161,46 @@ impl RouteEntries {
     pub(crate) fn key_count(&self) -> usize {
         self.services
             .values()
-            .map(|instances| instances.0.len())
+            .map(|instances| instances.entries.len())
             .sum()
     }
 
     /// All entries of a listing at once. Listings come sorted by key (service id, then
-    /// instance), and sorted input builds the maps in one pass instead of one insert per key;
+    /// instance), and sorted input builds the map in one pass instead of one insert per key;
     /// unsorted input is sorted first. A key given twice keeps its last entry.
     #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
     pub(crate) fn from_listing(
         listing: impl IntoIterator<Item = (EntryKey, u64, ServiceRoute)>,
     ) -> Self {
-        let mut groups: Vec<(String, Vec<(String, Entry)>)> = Vec::new();
+        let mut listing: Vec<(EntryKey, u64, ServiceRoute)> = listing.into_iter().collect();
+        if !listing
+            .windows(2)
+            .all(|pair| pair[0].0.service_id <= pair[1].0.service_id)
+        {
+            // Stable: a repeated key keeps its entries in input order, and the last one stays.
+            listing.sort_by(|a, b| a.0.service_id.cmp(&b.0.service_id));
+        }
+        let mut groups: Vec<(String, Instances)> = Vec::new();
         for (key, version, route) in listing {
-            let instance = key.instance_id.unwrap_or_default();
-            let route = Arc::new(route);
-            let entry = (instance, Entry { version, route });
+            let instance = key.instance_id.as_deref().unwrap_or_default();
             match groups.last_mut() {
-                Some((id, entries)) if *id == key.service_id => entries.push(entry),
-                _ => groups.push((key.service_id, vec![entry])),
+                Some((id, instances)) if *id == key.service_id => {
+                    instances.store(instance, version, route)
+                }
+                _ => {
+                    let mut instances = Instances::default();
+                    instances.store(instance, version, route);
+                    groups.push((key.service_id, instances));
+                }
             }
         }
-        if !groups.windows(2).all(|pair| pair[0].0 < pair[1].0) {
-            let mut by_id: BTreeMap<String, Vec<(String, Entry)>> = BTreeMap::new();
-            for (id, entries) in groups {
-                by_id.entry(id).or_default().extend(entries);
-            }
-            groups = by_id.into_iter().collect();
+        for (_, instances) in &mut groups {
+            instances.entries.shrink_to_fit();
+            instances.merge();
         }
-        let services = groups
-            .into_iter()
-            .map(|(id, entries)| (id, Instances::from_entries(entries)))
-            .collect();
-        RouteEntries { services }
+        RouteEntries {
+            services: groups.into_iter().collect(),
+        }
     }
 
     /// Stores (or replaces) one entry; returns the merged route of its service id afterwards.
@@ -146,25 +212,24 @@ impl RouteEntries {
         version: u64,
         route: ServiceRoute,
     ) -> Option<Arc<ServiceRoute>> {
-        let instance = key.instance_id.clone().unwrap_or_default();
-        let route = Arc::new(route);
-        self.services
-            .entry(key.service_id.clone())
-            .or_default()
-            .insert(instance, Entry { version, route });
-        self.merged(&key.service_id)
+        let instance = key.instance_id.as_deref().unwrap_or_default();
+        let instances = self.services.entry(key.service_id.clone()).or_default();
+        instances.store(instance, version, route);
+        instances.merge();
+        instances.merged.clone()
     }
 
     /// Removes one entry; returns the merged route of its service id afterwards.
     pub(crate) fn remove(&mut self, key: &EntryKey) -> Option<Arc<ServiceRoute>> {
         let instance = key.instance_id.as_deref().unwrap_or_default();
-        if let Some(entries) = self.services.get_mut(&key.service_id) {
-            entries.remove(instance);
-            if entries.0.is_empty() {
-                self.services.remove(&key.service_id);
-            }
+        let instances = self.services.get_mut(&key.service_id)?;
+        instances.remove(instance);
+        if instances.entries.is_empty() {
+            self.services.remove(&key.service_id);
+            return None;
         }
-        self.merged(&key.service_id)
+        instances.merge();
+        instances.merged.clone()
     }
 
     /// Whether an entry is stored under this key.
@@ -172,77 +237,32 @@ impl RouteEntries {
         let instance = key.instance_id.as_deref().unwrap_or_default();
         self.services
             .get(&key.service_id)
-            .is_some_and(|entries| entries.contains(instance))
+            .is_some_and(|instances| instances.contains(instance))
     }
 
-    /// The merged route of one service id, or `None` when it has no address left. A service id
-    /// with one entry shares that entry's route; otherwise the merge is a new route.
+    /// The merged route of one service id, or `None` when it has no address left.
+    #[cfg(test)]
     pub(crate) fn merged(&self, service_id: &str) -> Option<Arc<ServiceRoute>> {
-        let entries = self.services.get(service_id)?;
-        if let [(_, only)] = entries.0.as_slice() {
-            if !only.route.addresses.is_empty() && !has_repeated_endpoint(&only.route) {
-                return Some(only.route.clone());
-            }
-        }
-        let newest = entries.values().max_by_key(|e| e.version)?;
-        let mut route = ServiceRoute::new(newest.route.descriptor.clone(), Vec::new());
-        for entry in entries.values() {
-            for address in &entry.route.addresses {
-                if !route.addresses.iter().any(|a| a.same_endpoint(address)) {
-                    route.addresses.push(address.clone());
-                }
-            }
-        }
-        (!route.addresses.is_empty()).then(|| Arc::new(route))
+        self.services.get(service_id)?.merged.clone()
     }
 
-    /// Every merged route, in service id order, consuming the entries (copying only routes
-    /// that are shared elsewhere).
+    /// Every merged route, in service id order, consuming the entries (a route no one else
+    /// holds is moved, not copied).
     #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
     pub(crate) fn into_merged(self) -> Vec<ServiceRoute> {
         self.services
             .into_values()
-            .filter_map(|entries| merge_owned(entries.0.into_iter().map(|(_, entry)| entry)))
+            .filter_map(|instances| instances.merged.map(Arc::unwrap_or_clone))
             .collect()
     }
 
     /// Every merged route, by service id.
     pub(crate) fn all_merged(&self) -> BTreeMap<String, Arc<ServiceRoute>> {
         self.services
-            .keys()
-            .filter_map(|id| Some((id.clone(), self.merged(id)?)))
+            .iter()
+            .filter_map(|(id, instances)| Some((id.clone(), instances.merged.clone()?)))
             .collect()
     }
-}
-
-/// Whether two addresses of the route name one endpoint (a merge would keep one of them).
-fn has_repeated_endpoint(route: &ServiceRoute) -> bool {
-    let addresses = &route.addresses;
-    (1..addresses.len()).any(|i| {
-        addresses[..i]
-            .iter()
-            .any(|a| a.same_endpoint(&addresses[i]))
-    })
-}
-
-/// The route of one service id's entries: the newest descriptor (the last of equal versions)
-/// and the union of the addresses, moved rather than copied.
-fn merge_owned(entries: impl Iterator<Item = Entry>) -> Option<ServiceRoute> {
-    let mut newest: Option<(u64, ServiceDescriptor)> = None;
-    let mut addresses: Vec<Address> = Vec::new();
-    for Entry { version, route } in entries {
-        let route = Arc::unwrap_or_clone(route);
-        for address in route.addresses {
-            if !addresses.iter().any(|a| a.same_endpoint(&address)) {
-                addresses.push(address);
-            }
-        }
-        if newest.as_ref().is_none_or(|(best, _)| version >= *best) {
-            newest = Some((version, route.descriptor));
-        }
-    }
-    let (_, descriptor) = newest?;
-    (!addresses.is_empty()).then(|| ServiceRoute::new(descriptor, addresses))
 }
 
 #[cfg(test)]
@@ -296,6 +316,39 @@ mod tests {
             .map(Arc::unwrap_or_clone)
             .collect();
         assert_eq!(owned, shared);
+    }
+
+    #[test]
+    fn the_newest_descriptor_wins_and_an_older_one_returns_when_the_newest_leaves() {
+        let mut entries = RouteEntries::default();
+        entries.put(&key("A", "i1"), 1, route("A", "api/old", 1));
+        entries.put(&key("A", "i2"), 2, route("A", "api/old", 2));
+        let shared = |entries: &RouteEntries| {
+            entries.services["A"]
+                .entries
+                .iter()
+                .filter(|entry| entry.descriptor.is_none())
+                .count()
+        };
+        assert_eq!(
+            shared(&entries),
+            2,
+            "one descriptor copy, in the merged route"
+        );
+        let merged = entries
+            .put(&key("A", "i3"), 3, route("A", "api/new", 3))
+            .unwrap();
+        assert_eq!(merged.route_path(), "api/new");
+        assert_eq!(ports(&merged), [1, 2, 3]);
+        assert_eq!(
+            shared(&entries),
+            1,
+            "the older instances keep their own descriptor"
+        );
+        let merged = entries.remove(&key("A", "i3")).unwrap();
+        assert_eq!(merged.route_path(), "api/old");
+        assert_eq!(ports(&merged), [1, 2]);
+        assert_eq!(shared(&entries), 2);
     }
 
     #[test]

@@ -291,12 +291,18 @@ impl WatchHub {
         self.mark_good();
     }
 
-    /// Sets (or with `None` removes) one service id's route; emits the difference.
-    pub(crate) fn set(&self, service_id: &str, route: Option<Arc<ServiceRoute>>) {
-        self.lock().apply(service_id, route);
+    /// Sets (or removes) several service ids' routes at once; emits the differences.
+    pub(crate) fn set_many(&self, routes: Vec<(String, Option<Arc<ServiceRoute>>)>) {
+        if routes.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        for (id, route) in routes {
+            state.apply(&id, route);
+        }
     }
 
-    /// Marks the hub synced after an initial load done through [`WatchHub::set`].
+    /// Marks the hub synced after an initial load done through [`WatchHub::set_many`].
     pub(crate) fn mark_synced(&self) {
         self.lock().mark_synced();
         self.mark_good();

@@ -154,9 +154,9 @@ impl MemoryStore {
         Ok(())
     }
 
-    fn publish(&self, service_id: &str, route: Option<Arc<ServiceRoute>>) {
+    fn publish(&self, routes: Vec<(String, Option<Arc<ServiceRoute>>)>) {
         if !self.outage.load(Ordering::SeqCst) {
-            self.hub.set(service_id, route);
+            self.hub.set_many(routes);
         }
     }
 
@@ -205,8 +205,8 @@ impl State {
         self.revision += 1;
         match decode_entry(&store.config.layout, &key, &value) {
             Ok((entry_key, route)) => {
-                let merged = self.entries.put(&entry_key, self.revision, route);
-                store.publish(&entry_key.service_id, merged);
+                self.entries.put(&entry_key, self.revision, route);
+                store.publish(self.entries.take_changed());
             }
             Err(err) => tracing::warn!(%key, error = %err, "skipping malformed registry entry"),
         }
@@ -219,10 +219,8 @@ impl State {
         }
         self.revision += 1;
         if let Some(entry_key) = store.config.layout.parse(key) {
-            if self.entries.contains(&entry_key) {
-                let merged = self.entries.remove(&entry_key);
-                store.publish(&entry_key.service_id, merged);
-            }
+            self.entries.remove(&entry_key);
+            store.publish(self.entries.take_changed());
         }
         true
     }

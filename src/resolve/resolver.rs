@@ -801,19 +801,47 @@ async fn follow(watch: Option<RouteWatch>, mut view: View, shared: std::sync::We
         };
         let now = Instant::now();
         let mut changed = view.release_due(&shared.config, now);
-        let mut next = event;
-        while let Some(event) = next {
-            // A reset is counted before the events that follow it are sent: checking before
-            // each event applies every one of those as after the reset.
+        if let Some(event) = event {
+            let mut batch = vec![event];
+            while let Some(event) = watch.try_next() {
+                batch.push(event);
+            }
+            // A reset is counted before the events that follow it are sent: checking after the
+            // batch was read applies every event of it as after any reset among them.
             view.observe_resets(watch.resets(), now);
-            view.apply(event, &shared.config, now);
+            for event in latest_per_route(batch) {
+                view.apply(event, &shared.config, now);
+            }
             changed = true;
-            next = watch.try_next();
         }
         if changed {
             shared.publish(&mut view);
         }
     }
+}
+
+/// The last event of each route in a batch, in batch order: events are whole states, so a
+/// route that changed many times while the resolver was busy (a rolling deploy of a thousand
+/// instances) is indexed once, in its newest state.
+fn latest_per_route(batch: Vec<RouteEvent>) -> impl Iterator<Item = RouteEvent> {
+    let keep: Vec<bool> = {
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+        for (at, event) in batch.iter().enumerate() {
+            if let Some(route) = event.route() {
+                last.insert(route.id(), at);
+            }
+        }
+        let latest = |(at, event): (usize, &RouteEvent)| {
+            event
+                .route()
+                .is_none_or(|route| last.get(route.id()) == Some(&at))
+        };
+        batch.iter().enumerate().map(latest).collect()
+    };
+    batch
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(event, latest)| latest.then_some(event))
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.

@@ -3,8 +3,11 @@
 //! A key-value registry holds one entry per (service id, instance). A route is the newest
 //! descriptor among its entries plus the union of their addresses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use foldhash::fast::FixedState;
 
 use super::codec::decode_route;
 use super::key::{EntryKey, KeyLayout};
@@ -35,6 +38,31 @@ pub(crate) fn decode_entry(
         )));
     }
     Ok((entry_key, route))
+}
+
+/// An address as an endpoint: equal and hashed by port and host, ignoring ASCII case (see
+/// [`Address::same_endpoint`]).
+struct EndpointOf<'a>(&'a Address);
+
+impl PartialEq for EndpointOf<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same_endpoint(other.0)
+    }
+}
+
+impl Eq for EndpointOf<'_> {}
+
+impl Hash for EndpointOf<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.port.hash(state);
+        let ip = self.0.ip.as_bytes();
+        if ip.iter().any(u8::is_ascii_uppercase) {
+            state.write(&ip.to_ascii_lowercase());
+        } else {
+            // Addresses are nearly always lower case already: hash the bytes in one call.
+            state.write(ip);
+        }
+    }
 }
 
 /// One instance's entry: what its value added to the route.
@@ -128,16 +156,19 @@ impl Instances {
             newest
         };
         let mut addresses: Vec<Address> = Vec::new();
+        // A route served by a thousand instances is merged in linear time, not quadratic.
+        let mut seen: HashSet<EndpointOf<'_>, FixedState> = HashSet::default();
         for entry in &mut self.entries {
             if entry.descriptor.as_deref() == Some(&descriptor) {
                 entry.descriptor = None;
             }
             for address in entry.addresses.iter().flatten() {
-                if !addresses.iter().any(|a| a.same_endpoint(address)) {
+                if seen.insert(EndpointOf(address)) {
                     addresses.push(address.clone());
                 }
             }
         }
+        drop(seen);
         addresses.shrink_to_fit();
         if let [only] = self.entries.as_mut_slice() {
             if only.addresses.as_deref() == Some(addresses.as_slice()) {
@@ -153,6 +184,8 @@ impl Instances {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct RouteEntries {
     services: BTreeMap<String, Instances>,
+    /// Service ids stored to or removed from since [`RouteEntries::take_changed`].
+    changed: BTreeSet<String>,
 }
 
 impl RouteEntries {
@@ -200,39 +233,61 @@ impl RouteEntries {
         }
         RouteEntries {
             services: groups.into_iter().collect(),
+            changed: BTreeSet::new(),
         }
     }
 
-    /// Stores (or replaces) one entry; returns the merged route of its service id afterwards.
+    /// Stores (or replaces) one entry. Its service id is merged again at the next
+    /// [`RouteEntries::take_changed`], once however many of its entries changed meanwhile.
     ///
     /// `version` orders entries (a backend revision or index): the highest supplies the descriptor.
-    pub(crate) fn put(
-        &mut self,
-        key: &EntryKey,
-        version: u64,
-        route: ServiceRoute,
-    ) -> Option<Arc<ServiceRoute>> {
+    pub(crate) fn put(&mut self, key: &EntryKey, version: u64, route: ServiceRoute) {
         let instance = key.instance_id.as_deref().unwrap_or_default();
-        let instances = self.services.entry(key.service_id.clone()).or_default();
-        instances.store(instance, version, route);
-        instances.merge();
-        instances.merged.clone()
+        self.services
+            .entry(key.service_id.clone())
+            .or_default()
+            .store(instance, version, route);
+        self.changed.insert(key.service_id.clone());
     }
 
-    /// Removes one entry; returns the merged route of its service id afterwards.
-    pub(crate) fn remove(&mut self, key: &EntryKey) -> Option<Arc<ServiceRoute>> {
+    /// Removes one entry, if stored (see [`RouteEntries::put`]).
+    pub(crate) fn remove(&mut self, key: &EntryKey) {
         let instance = key.instance_id.as_deref().unwrap_or_default();
-        let instances = self.services.get_mut(&key.service_id)?;
-        instances.remove(instance);
-        if instances.entries.is_empty() {
-            self.services.remove(&key.service_id);
-            return None;
+        if let Some(instances) = self.services.get_mut(&key.service_id) {
+            if instances.contains(instance) {
+                instances.remove(instance);
+                self.changed.insert(key.service_id.clone());
+            }
         }
-        instances.merge();
-        instances.merged.clone()
+    }
+
+    /// The merged route of every service id changed since the last call (`None`: no address
+    /// left), in service id order. A batch of a watch's events costs one merge per service id it
+    /// touched, not one per event: under churn, a route of a thousand instances is merged once
+    /// per batch.
+    pub(crate) fn take_changed(&mut self) -> Vec<(String, Option<Arc<ServiceRoute>>)> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .map(|id| {
+                let merged = match self.services.get_mut(&id) {
+                    Some(instances) if !instances.entries.is_empty() => {
+                        instances.merge();
+                        instances.merged.clone()
+                    }
+                    Some(_) => {
+                        self.services.remove(&id);
+                        None
+                    }
+                    None => None,
+                };
+                (id, merged)
+            })
+            .collect()
     }
 
     /// Whether an entry is stored under this key.
+    #[cfg(test)]
     pub(crate) fn contains(&self, key: &EntryKey) -> bool {
         let instance = key.instance_id.as_deref().unwrap_or_default();
         self.services
@@ -283,6 +338,23 @@ mod tests {
         )
     }
 
+    /// Stores an entry and merges: the route of its service id afterwards.
+    fn put(
+        entries: &mut RouteEntries,
+        key: &EntryKey,
+        version: u64,
+        route: ServiceRoute,
+    ) -> Option<Arc<ServiceRoute>> {
+        entries.put(key, version, route);
+        entries.take_changed().pop()?.1
+    }
+
+    /// Removes an entry and merges: the route of its service id afterwards.
+    fn remove(entries: &mut RouteEntries, key: &EntryKey) -> Option<Arc<ServiceRoute>> {
+        entries.remove(key);
+        entries.take_changed().pop()?.1
+    }
+
     fn ports(route: &ServiceRoute) -> Vec<u16> {
         route.addresses.iter().map(|a| a.port).collect()
     }
@@ -297,7 +369,7 @@ mod tests {
         ];
         let mut one_at_a_time = RouteEntries::default();
         for (key, version, route) in listing.clone() {
-            one_at_a_time.put(&key, version, route);
+            put(&mut one_at_a_time, &key, version, route);
         }
         let bulk = RouteEntries::from_listing(listing);
         assert_eq!(bulk.key_count(), 3, "the repeated key keeps one entry");
@@ -321,8 +393,8 @@ mod tests {
     #[test]
     fn the_newest_descriptor_wins_and_an_older_one_returns_when_the_newest_leaves() {
         let mut entries = RouteEntries::default();
-        entries.put(&key("A", "i1"), 1, route("A", "api/old", 1));
-        entries.put(&key("A", "i2"), 2, route("A", "api/old", 2));
+        put(&mut entries, &key("A", "i1"), 1, route("A", "api/old", 1));
+        put(&mut entries, &key("A", "i2"), 2, route("A", "api/old", 2));
         let shared = |entries: &RouteEntries| {
             entries.services["A"]
                 .entries
@@ -335,9 +407,7 @@ mod tests {
             2,
             "one descriptor copy, in the merged route"
         );
-        let merged = entries
-            .put(&key("A", "i3"), 3, route("A", "api/new", 3))
-            .unwrap();
+        let merged = put(&mut entries, &key("A", "i3"), 3, route("A", "api/new", 3)).unwrap();
         assert_eq!(merged.route_path(), "api/new");
         assert_eq!(ports(&merged), [1, 2, 3]);
         assert_eq!(
@@ -345,7 +415,7 @@ mod tests {
             1,
             "the older instances keep their own descriptor"
         );
-        let merged = entries.remove(&key("A", "i3")).unwrap();
+        let merged = remove(&mut entries, &key("A", "i3")).unwrap();
         assert_eq!(merged.route_path(), "api/old");
         assert_eq!(ports(&merged), [1, 2]);
         assert_eq!(shared(&entries), 2);
@@ -357,16 +427,17 @@ mod tests {
             (key("A", "i1"), 1, route("A", "api/a", 1)),
             (key("A", "i3"), 1, route("A", "api/a", 3)),
         ]);
-        let merged = entries
-            .put(&key("A", "i2"), 2, route("A", "api/a", 2))
-            .unwrap();
+        let merged = put(&mut entries, &key("A", "i2"), 2, route("A", "api/a", 2)).unwrap();
         assert_eq!(ports(&merged), [1, 2, 3], "instances stay in id order");
         assert!(entries.contains(&key("A", "i2")));
-        let merged = entries.remove(&key("A", "i1")).unwrap();
+        let merged = remove(&mut entries, &key("A", "i1")).unwrap();
         assert_eq!(ports(&merged), [2, 3]);
         assert!(!entries.contains(&key("A", "i1")));
-        entries.remove(&key("A", "i2"));
-        assert!(entries.remove(&key("A", "i3")).is_none(), "no address left");
+        remove(&mut entries, &key("A", "i2"));
+        assert!(
+            remove(&mut entries, &key("A", "i3")).is_none(),
+            "no address left"
+        );
         assert_eq!(entries.key_count(), 0);
     }
 }

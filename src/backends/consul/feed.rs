@@ -77,10 +77,7 @@ impl Follower {
         for pair in decode_pairs(&layout, changed).await? {
             self.known.insert(pair.key.clone(), pair.modify_index);
             match pair.entry {
-                Ok((key, route)) => {
-                    let merged = self.entries.put(&key, pair.modify_index, route);
-                    self.hub.set(&key.service_id, merged);
-                }
+                Ok((key, route)) => self.entries.put(&key, pair.modify_index, route),
                 Err(err) => {
                     tracing::warn!(key = %pair.key, error = %err, "skipping malformed registry entry")
                 }
@@ -98,13 +95,12 @@ impl Follower {
             for key in gone {
                 self.known.remove(&key);
                 if let Some(entry_key) = layout.parse(&key) {
-                    if self.entries.contains(&entry_key) {
-                        let merged = self.entries.remove(&entry_key);
-                        self.hub.set(&entry_key.service_id, merged);
-                    }
+                    self.entries.remove(&entry_key);
                 }
             }
         }
+        // One merge and one event per route the answer changed.
+        self.hub.set_many(self.entries.take_changed());
         self.decode_all = false;
         self.hub.mark_good();
         self.index = listing.index.max(1);

@@ -32,6 +32,8 @@ use crate::watch::{writes_done, WatchHub};
 
 /// Idle time after which the stream is asked for a progress notification.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// Most responses taken in one batch (see `Follower::receive_batch`).
+const BATCH_LIMIT: usize = 1024;
 /// Time a progress request has to be answered before the stream counts as stalled.
 const PROGRESS_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -178,26 +180,25 @@ impl Follower {
             Ok(None) => return Interruption::Compacted,
             Err(err) => return Interruption::Failed(err),
         };
-        if let Some(interruption) = self.receive(first) {
+        let first = self.receive(first);
+        self.hub.set_many(self.entries.take_changed());
+        if let Some(interruption) = first {
             return interruption;
         }
         let mut quiet_until = Instant::now() + PROGRESS_INTERVAL;
         let mut progress_asked = false;
         loop {
             tokio::select! {
-                message = stream.message() => match message {
-                    Ok(Some(response)) => {
-                        if let Some(interruption) = self.receive(response) {
-                            return interruption;
-                        }
-                        quiet_until = Instant::now() + PROGRESS_INTERVAL;
-                        progress_asked = false;
+                message = stream.message() => {
+                    let batch = self.receive_batch(&mut stream, message).await;
+                    // One merge and one event per route the batch touched, however many of its
+                    // instances changed.
+                    self.hub.set_many(self.entries.take_changed());
+                    if let Err(interruption) = batch {
+                        return interruption;
                     }
-                    Ok(None) => {
-                        return Interruption::Failed(Error::new(ErrorKind::Unavailable, "etcd watch stream ended"))
-                    }
-                    Err(err) if is_compacted(&err) => return Interruption::Compacted,
-                    Err(err) => return Interruption::Failed(etcd_error("watch", err)),
+                    quiet_until = Instant::now() + PROGRESS_INTERVAL;
+                    progress_asked = false;
                 },
                 () = self.hub.refresh_requested() => return Interruption::Refresh,
                 _ = tokio::time::sleep_until(quiet_until) => {
@@ -215,6 +216,36 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// Takes a message of the stream and every response already waiting behind it (up to
+    /// [`BATCH_LIMIT`]), so that a client that fell behind catches up in one step.
+    async fn receive_batch(
+        &mut self,
+        stream: &mut WatchStream,
+        first: std::result::Result<Option<WatchResponse>, etcd_client::Error>,
+    ) -> std::result::Result<(), Interruption> {
+        let mut message = first;
+        for _ in 0..BATCH_LIMIT {
+            let response = match message {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    let ended = Error::new(ErrorKind::Unavailable, "etcd watch stream ended");
+                    return Err(Interruption::Failed(ended));
+                }
+                Err(err) if is_compacted(&err) => return Err(Interruption::Compacted),
+                Err(err) => return Err(Interruption::Failed(etcd_error("watch", err))),
+            };
+            if let Some(interruption) = self.receive(response) {
+                return Err(interruption);
+            }
+            // A zero timeout polls the stream once: a response already there, or none.
+            match tokio::time::timeout(Duration::ZERO, stream.message()).await {
+                Ok(next) => message = next,
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     /// Takes one response of the stream; returns why the stream must end, if it must.
@@ -267,10 +298,8 @@ impl Follower {
             match event.event_type() {
                 EventType::Put => match decode_entry(layout, key, kv.value()) {
                     Ok((entry_key, route)) => {
-                        let merged = self
-                            .entries
-                            .put(&entry_key, kv.mod_revision() as u64, route);
-                        self.hub.set(&entry_key.service_id, merged);
+                        self.entries
+                            .put(&entry_key, kv.mod_revision() as u64, route)
                     }
                     Err(err) => {
                         tracing::warn!(%key, error = %err, "skipping malformed registry entry")
@@ -278,14 +307,12 @@ impl Follower {
                 },
                 EventType::Delete => {
                     if let Some(entry_key) = layout.parse(key) {
-                        if self.entries.contains(&entry_key) {
-                            let merged = self.entries.remove(&entry_key);
-                            self.hub.set(&entry_key.service_id, merged);
-                        }
+                        self.entries.remove(&entry_key);
                     }
                 }
             }
         }
+
         // A progress notification (no events, not the creation reply) means every event up
         // to its header revision has been delivered.
         if response.events().is_empty() && !response.created() {

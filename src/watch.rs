@@ -274,6 +274,17 @@ impl WatchHub {
     /// Replaces the whole set after an authoritative read; emits the differences.
     pub(crate) fn replace_all(&self, routes: BTreeMap<String, Arc<ServiceRoute>>) {
         let mut state = self.lock();
+        if state.routes.is_empty() && !state.synced {
+            // The first load, before anyone was told anything: taken as it is.
+            for route in routes.values() {
+                state.broadcast(RouteEvent::Created(route.clone()));
+            }
+            state.routes = routes;
+            state.mark_synced();
+            drop(state);
+            self.mark_good();
+            return;
+        }
         let gone: Vec<String> = state
             .routes
             .keys()

@@ -4,14 +4,14 @@
 //! count covers every route's calls.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::route::Address;
 
-/// Identity of an endpoint: lower-cased host and port.
+/// Identity of an endpoint: lower-cased host and port. Cheap to copy (the host is shared).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
-    host: String,
+    host: Arc<str>,
     port: u16,
 }
 
@@ -19,8 +19,13 @@ impl EndpointKey {
     /// The key of an address (`[::1]` and `::1` are one endpoint).
     pub fn of(address: &Address) -> Self {
         let host = address.ip.trim_start_matches('[').trim_end_matches(']');
+        let host: Arc<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into()
+        } else {
+            host.into()
+        };
         EndpointKey {
-            host: host.to_ascii_lowercase(),
+            host,
             port: address.port,
         }
     }
@@ -46,8 +51,13 @@ pub struct Endpoint {
 impl Endpoint {
     /// A new endpoint, healthy until checks say otherwise.
     pub fn new(address: Address) -> Self {
+        Self::with_key(EndpointKey::of(&address), address)
+    }
+
+    /// A new endpoint whose key is already known.
+    pub(crate) fn with_key(key: EndpointKey, address: Address) -> Self {
         Endpoint {
-            key: EndpointKey::of(&address),
+            key,
             address,
             healthy: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),

@@ -12,6 +12,8 @@
 //! addresses drops a removed one at once.
 
 use std::collections::{BTreeMap, HashMap};
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,15 +46,15 @@ struct Held {
 pub(crate) struct View {
     /// What the registry says, by service id.
     registry: BTreeMap<String, Arc<ServiceRoute>>,
-    held: HashMap<String, Held>,
+    held: HashMap<String, Held, RandomState>,
     /// The working copy of the table, changed route by route and published as snapshots that
     /// share what did not change.
     table: RouteTable,
     /// Every endpoint in use, with how many entries use it (and adopted ones with none yet).
-    endpoints: HashMap<EndpointKey, (Arc<Endpoint>, usize)>,
+    endpoints: HashMap<EndpointKey, (Arc<Endpoint>, usize), RandomState>,
     /// Exact paths and the ids that claim them; the table serves one (listed before held, then
     /// the smallest id).
-    claims: HashMap<Arc<str>, Vec<Arc<str>>>,
+    claims: HashMap<Arc<str>, Vec<Arc<str>>, RandomState>,
     /// Entries with templated paths; their index is rebuilt when one changes.
     templated: BTreeMap<Arc<str>, Arc<RouteEntry>>,
     templates_dirty: bool,
@@ -70,10 +72,10 @@ impl View {
     pub(crate) fn new(grace: Duration) -> Self {
         View {
             registry: BTreeMap::new(),
-            held: HashMap::new(),
+            held: HashMap::default(),
             table: RouteTable::default(),
-            endpoints: HashMap::new(),
-            claims: HashMap::new(),
+            endpoints: HashMap::default(),
+            claims: HashMap::default(),
             templated: BTreeMap::new(),
             templates_dirty: false,
             endpoints_changed: true,
@@ -169,11 +171,22 @@ impl View {
         config: &ResolverConfig,
         now: Instant,
     ) {
+        self.claims
+            .reserve(routes.len().saturating_sub(self.claims.len()));
         let fresh: BTreeMap<String, Arc<ServiceRoute>> = routes
             .into_iter()
             .map(|route| (route.id().to_owned(), route))
             .collect();
         self.held.clear();
+        if self.registry.is_empty() {
+            // The first load: the listing becomes the registry as it is, no copy per id.
+            self.registry = fresh;
+            let ids: Vec<Arc<ServiceRoute>> = self.registry.values().cloned().collect();
+            for route in ids {
+                self.rebuild(route.id(), config);
+            }
+            return;
+        }
         let gone: Vec<Arc<ServiceRoute>> = self
             .registry
             .iter()
@@ -292,9 +305,10 @@ impl View {
         );
         let entry = RouteEntry::new(route, config.selector_for(&id), |address| {
             let key = EndpointKey::of(address);
-            let (endpoint, users) = endpoints
-                .entry(key.clone())
-                .or_insert_with(|| (Arc::new(Endpoint::new(address.clone())), 0));
+            let (endpoint, users) = endpoints.entry(key.clone()).or_insert_with(|| {
+                let endpoint = Endpoint::with_key(key.clone(), address.clone());
+                (Arc::new(endpoint), 0)
+            });
             *users += 1;
             if *users == 1 {
                 table.set_endpoint(&key, Some(endpoint.clone()));

@@ -239,10 +239,12 @@ impl Follower {
             if let Some(interruption) = self.receive(response) {
                 return Err(interruption);
             }
-            // A zero timeout polls the stream once: a response already there, or none.
-            match tokio::time::timeout(Duration::ZERO, stream.message()).await {
-                Ok(next) => message = next,
-                Err(_) => break,
+            // Poll the stream once: a response already there, or none (a timer would wait for
+            // its next tick, up to a millisecond).
+            tokio::select! {
+                biased;
+                next = stream.message() => message = next,
+                () = std::future::ready(()) => break,
             }
         }
         Ok(())

@@ -12,6 +12,10 @@ use std::time::SystemTime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+#[cfg(any(feature = "etcd", feature = "consul"))]
+use crate::error::Result;
+#[cfg(any(feature = "etcd", feature = "consul"))]
+use crate::route::ServiceRoute;
 use crate::watch::{RouteEvent, RouteWatch, SyncStatus};
 
 /// The prefixes without repeats or prefixes covered by a shorter one, sorted; empty when any
@@ -38,6 +42,51 @@ pub(crate) fn normalize(services: &[String]) -> Vec<String> {
 /// Whether `service_id` is in the subscription (an empty one holds every service).
 pub(crate) fn covers(services: &[String], service_id: &str) -> bool {
     services.is_empty() || services.iter().any(|s| service_id.starts_with(s.as_str()))
+}
+
+/// A backend that reads key ranges: the routes of the service ids starting with a scope (every
+/// service for `""`), listed now or followed. etcd and Consul implement it.
+#[cfg(any(feature = "etcd", feature = "consul"))]
+pub(crate) trait ScopedReader: Sync {
+    /// The routes of one range, in service id order.
+    async fn list_scope(&self, scope: &str) -> Result<Vec<ServiceRoute>>;
+    /// A watch of one range.
+    async fn watch_scope(&self, scope: &str) -> Result<RouteWatch>;
+}
+
+/// [`crate::RouteSource::list_services`] over a [`ScopedReader`]: one listing per prefix.
+#[cfg(any(feature = "etcd", feature = "consul"))]
+pub(crate) async fn list_each(
+    reader: &impl ScopedReader,
+    services: &[String],
+) -> Result<Vec<ServiceRoute>> {
+    let services = normalize(services);
+    if services.is_empty() {
+        return reader.list_scope("").await;
+    }
+    let mut routes = Vec::new();
+    for service in &services {
+        // Normalized prefixes are sorted and disjoint: the ranges come in service id order.
+        routes.extend(reader.list_scope(service).await?);
+    }
+    Ok(routes)
+}
+
+/// [`crate::RouteSource::watch_services`] over a [`ScopedReader`]: one watch per prefix.
+#[cfg(any(feature = "etcd", feature = "consul"))]
+pub(crate) async fn watch_each(
+    reader: &impl ScopedReader,
+    services: &[String],
+) -> Result<RouteWatch> {
+    let services = normalize(services);
+    if services.is_empty() {
+        return reader.watch_scope("").await;
+    }
+    let mut watches = Vec::with_capacity(services.len());
+    for service in &services {
+        watches.push(reader.watch_scope(service).await?);
+    }
+    Ok(combine(watches, Vec::new()))
 }
 
 /// The status of several watches as one: stale while any is, synced as of the oldest, with

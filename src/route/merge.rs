@@ -123,61 +123,95 @@ impl Instances {
     /// Merges the entries again: the newest descriptor (the last of equal versions) and the
     /// union of the addresses; entries whose descriptor is the merged one drop their copy.
     fn merge(&mut self) {
-        if let Some(merged) = &self.merged {
+        let old = self.merged.take();
+        if let Some(old) = &old {
             for entry in &mut self.entries {
                 entry
                     .addresses
-                    .get_or_insert_with(|| merged.addresses.clone().into_boxed_slice());
+                    .get_or_insert_with(|| old.addresses.clone().into_boxed_slice());
             }
         }
-        let current = self.merged.as_ref().map(|route| &route.descriptor);
         // `max_by_key` keeps the last of equal maxima: the last entry of the newest version.
-        let newest = self
-            .entries
-            .iter()
-            .max_by_key(|entry| entry.version)
-            .and_then(|entry| entry.descriptor.as_deref().or(current));
-        let Some(newest) = newest else {
-            self.merged = None;
+        let Some(newest) = (0..self.entries.len()).max_by_key(|&at| self.entries[at].version)
+        else {
             return;
         };
-        let descriptor = if current == Some(newest) {
-            newest.clone()
-        } else {
-            // The merged descriptor changes: entries that shared the old one keep their own copy.
-            let newest = newest.clone();
-            if let Some(old) = current {
-                for entry in &mut self.entries {
-                    if entry.descriptor.is_none() {
-                        entry.descriptor = Some(Box::new(old.clone()));
+        let descriptor = match self.entries[newest].descriptor.take() {
+            // The newest entry's own descriptor moves into the merged route. If it differs from
+            // the one the others shared, they keep a copy of that.
+            Some(own) => {
+                if let Some(old) = old.as_ref().filter(|old| old.descriptor != *own) {
+                    for entry in &mut self.entries {
+                        if entry.descriptor.is_none() {
+                            entry.descriptor = Some(Box::new(old.descriptor.clone()));
+                        }
                     }
+                    self.entries[newest].descriptor = None;
                 }
+                *own
             }
-            newest
+            // It shared the merged descriptor, which stays.
+            None => match &old {
+                Some(old) => old.descriptor.clone(),
+                None => return,
+            },
         };
-        let mut addresses: Vec<Address> = Vec::new();
-        // A route served by a thousand instances is merged in linear time, not quadratic.
-        let mut seen: HashSet<EndpointOf<'_>, FixedState> = HashSet::default();
         for entry in &mut self.entries {
             if entry.descriptor.as_deref() == Some(&descriptor) {
                 entry.descriptor = None;
             }
-            for address in entry.addresses.iter().flatten() {
-                if seen.insert(EndpointOf(address)) {
-                    addresses.push(address.clone());
+        }
+        let addresses = match self.entries.as_mut_slice() {
+            // A lone entry's addresses move into the merged route, which then keeps the only copy.
+            [only] => {
+                let mut addresses = only.addresses.take().map(Vec::from).unwrap_or_default();
+                if has_repeated_endpoint(&addresses) {
+                    only.addresses = Some(addresses.clone().into_boxed_slice());
+                    addresses = union(std::slice::from_ref(only));
                 }
+                addresses
             }
-        }
-        drop(seen);
-        addresses.shrink_to_fit();
-        if let [only] = self.entries.as_mut_slice() {
-            if only.addresses.as_deref() == Some(addresses.as_slice()) {
-                only.addresses = None;
-            }
-        }
+            entries => union(entries),
+        };
         self.merged =
             (!addresses.is_empty()).then(|| Arc::new(ServiceRoute::new(descriptor, addresses)));
     }
+}
+
+/// Whether two addresses name one endpoint (a merge keeps the first).
+fn has_repeated_endpoint(addresses: &[Address]) -> bool {
+    (1..addresses.len()).any(|i| {
+        addresses[..i]
+            .iter()
+            .any(|a| a.same_endpoint(&addresses[i]))
+    })
+}
+
+/// The entries' addresses, each endpoint once (the first seen), in entry order. A route served
+/// by a thousand instances is merged in linear time, not quadratic.
+fn union(entries: &[Entry]) -> Vec<Address> {
+    let all = || {
+        entries
+            .iter()
+            .flat_map(|entry| entry.addresses.iter().flatten())
+    };
+    let mut addresses: Vec<Address> = Vec::with_capacity(all().count());
+    if addresses.capacity() <= 16 {
+        for address in all() {
+            if !addresses.iter().any(|a| a.same_endpoint(address)) {
+                addresses.push(address.clone());
+            }
+        }
+    } else {
+        let mut seen: HashSet<EndpointOf<'_>, FixedState> = HashSet::default();
+        for address in all() {
+            if seen.insert(EndpointOf(address)) {
+                addresses.push(address.clone());
+            }
+        }
+    }
+    addresses.shrink_to_fit();
+    addresses
 }
 
 /// All entries of a registry, grouped by service id, with the merged route of each id.

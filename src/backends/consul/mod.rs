@@ -25,7 +25,7 @@ use crate::route::{
     decode_entry, encode_route, instance_id, Address, EntryKey, KeyLayout, RouteEntries,
     ServiceRoute,
 };
-use crate::scope;
+use crate::scope::{self, ScopedReader};
 use crate::telemetry::traced;
 use crate::watch::{note_write, RouteWatch, ScopedFeeds};
 
@@ -604,17 +604,7 @@ impl RouteSource for ConsulRouteManager {
     }
 
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
-        traced(
-            "consul",
-            "list",
-            async {
-                let listing = self.inner.agents.list("", 0).await?;
-                let layout = &self.inner.config().layout;
-                Ok(entries_of(layout, listing.pairs).await?.into_merged())
-            },
-            Vec::len,
-        )
-        .await
+        self.list_scope("").await
     }
 
     async fn watch(&self) -> Result<RouteWatch> {
@@ -622,37 +612,25 @@ impl RouteSource for ConsulRouteManager {
     }
 
     async fn list_services(&self, services: &[String]) -> Result<Vec<ServiceRoute>> {
-        let services = scope::normalize(services);
-        if services.is_empty() {
-            return self.list().await;
-        }
-        let layout = &self.inner.config().layout;
-        let mut routes = Vec::new();
-        for service in &services {
-            let listing = self.inner.agents.list(service, 0);
-            let listing = traced("consul", "list", listing, |l| l.pairs.len()).await?;
-            // Normalized prefixes are sorted and disjoint: the ranges come in service id order.
-            routes.extend(entries_of(layout, listing.pairs).await?.into_merged());
-        }
-        Ok(routes)
+        scope::list_each(self, services).await
     }
 
     async fn watch_services(&self, services: &[String]) -> Result<RouteWatch> {
-        let services = scope::normalize(services);
-        if services.is_empty() {
-            return self.watch().await;
-        }
-        let mut watches = Vec::with_capacity(services.len());
-        for service in &services {
-            watches.push(self.watch_scope(service).await?);
-        }
-        Ok(scope::combine(watches, Vec::new()))
+        scope::watch_each(self, services).await
     }
 }
 
-impl ConsulRouteManager {
-    /// A watch of the service ids starting with `scope` (all of them when it is empty): one
-    /// blocking query on that key range, shared by its watches.
+impl ScopedReader for ConsulRouteManager {
+    async fn list_scope(&self, scope: &str) -> Result<Vec<ServiceRoute>> {
+        let listing = async {
+            let listing = self.inner.agents.list(scope, 0).await?;
+            let layout = &self.inner.config().layout;
+            Ok(entries_of(layout, listing.pairs).await?.into_merged())
+        };
+        traced("consul", "list", listing, Vec::len).await
+    }
+
+    /// One blocking query on the range, shared by its watches.
     async fn watch_scope(&self, scope: &str) -> Result<RouteWatch> {
         let agents = self.inner.agents.clone();
         let scope = scope.to_owned();

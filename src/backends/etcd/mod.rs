@@ -30,7 +30,7 @@ use crate::route::{
     decode_entry, encode_route, instance_id, Address, EntryKey, KeyLayout, RouteEntries,
     ServiceRoute,
 };
-use crate::scope;
+use crate::scope::{self, ScopedReader};
 use crate::telemetry::traced;
 use crate::watch::{note_write, RouteWatch, ScopedFeeds};
 
@@ -587,17 +587,7 @@ impl RouteSource for EtcdRouteManager {
     }
 
     async fn list(&self) -> Result<Vec<ServiceRoute>> {
-        traced(
-            "etcd",
-            "list",
-            async {
-                let (entries, _) =
-                    load_entries(&self.inner.members, &self.inner.config.layout, "").await?;
-                Ok(entries.into_merged())
-            },
-            Vec::len,
-        )
-        .await
+        self.list_scope("").await
     }
 
     async fn watch(&self) -> Result<RouteWatch> {
@@ -605,36 +595,22 @@ impl RouteSource for EtcdRouteManager {
     }
 
     async fn list_services(&self, services: &[String]) -> Result<Vec<ServiceRoute>> {
-        let services = scope::normalize(services);
-        if services.is_empty() {
-            return self.list().await;
-        }
-        let mut routes = Vec::new();
-        for service in &services {
-            let load = load_entries(&self.inner.members, &self.inner.config.layout, service);
-            let (entries, _) = traced("etcd", "list", load, |(e, _)| e.key_count()).await?;
-            // Normalized prefixes are sorted and disjoint: the ranges come in service id order.
-            routes.extend(entries.into_merged());
-        }
-        Ok(routes)
+        scope::list_each(self, services).await
     }
 
     async fn watch_services(&self, services: &[String]) -> Result<RouteWatch> {
-        let services = scope::normalize(services);
-        if services.is_empty() {
-            return self.watch().await;
-        }
-        let mut watches = Vec::with_capacity(services.len());
-        for service in &services {
-            watches.push(self.watch_scope(service).await?);
-        }
-        Ok(scope::combine(watches, Vec::new()))
+        scope::watch_each(self, services).await
     }
 }
 
-impl EtcdRouteManager {
-    /// A watch of the service ids starting with `scope` (all of them when it is empty), on the
-    /// one reader that follows that key range.
+impl ScopedReader for EtcdRouteManager {
+    async fn list_scope(&self, scope: &str) -> Result<Vec<ServiceRoute>> {
+        let load = load_entries(&self.inner.members, &self.inner.config.layout, scope);
+        let listing = async { Ok(load.await?.0.into_merged()) };
+        traced("etcd", "list", listing, Vec::len).await
+    }
+
+    /// Every watch of one range shares the one reader that follows it.
     async fn watch_scope(&self, scope: &str) -> Result<RouteWatch> {
         let config = self.inner.config.clone();
         let members = self.inner.members.clone();

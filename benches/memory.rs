@@ -10,7 +10,8 @@
 //! an in-process registry, starts a resolver on it (watch, hub and route table, as a client of
 //! any backend holds them), and prints the resident set and the bytes allocated. The in-process
 //! registry also keeps the raw values, which with etcd or Consul live in the server; their size
-//! is printed and taken off the total.
+//! is printed and taken off the total (its own bookkeeping of them stays in). For a client's
+//! memory alone, against a real etcd, see `benches/subscription.rs`.
 //!
 //! Run with `cargo bench --bench memory`.
 

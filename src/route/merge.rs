@@ -70,12 +70,34 @@ impl Hash for EndpointOf<'_> {
 struct Entry {
     instance: Box<str>,
     version: u64,
-    /// Its addresses, or `None` when they are exactly the merged route's (a service id with one
-    /// entry, as in Surging's layout, keeps one copy).
-    addresses: Option<Box<[Address]>>,
+    /// Its addresses: usually held by the merged route alone.
+    addresses: Addresses,
     /// Its descriptor, or `None` when it is the merged route's (the usual case: every instance
     /// of a service id publishes the same one, and the merged route keeps the only copy).
     descriptor: Option<Box<ServiceDescriptor>>,
+}
+
+/// Where an entry's addresses are kept.
+#[derive(Debug, Clone)]
+enum Addresses {
+    /// They are exactly the merged route's (a service id with one entry, as in Surging's layout).
+    Merged,
+    /// Its one address is the merged route's at this index (wayfinder's layout: an instance's
+    /// value holds its own address).
+    MergedAt(u32),
+    /// Its own copy: several addresses, or one the merge did not keep (a repeated endpoint).
+    Own(Box<[Address]>),
+}
+
+impl Addresses {
+    /// The addresses, given the merged route's as they were when this was set.
+    fn resolve<'a>(&'a self, merged: &'a [Address]) -> &'a [Address] {
+        match self {
+            Addresses::Merged => merged,
+            Addresses::MergedAt(at) => std::slice::from_ref(&merged[*at as usize]),
+            Addresses::Own(own) => own,
+        }
+    }
 }
 
 /// One service id's entries, sorted by instance id, and the route they merge into.
@@ -105,7 +127,7 @@ impl Instances {
         let entry = Entry {
             instance: instance.into(),
             version,
-            addresses: Some(route.addresses.into_boxed_slice()),
+            addresses: Addresses::Own(route.addresses.into_boxed_slice()),
             descriptor: Some(Box::new(route.descriptor)),
         };
         match self.position(instance) {
@@ -124,13 +146,6 @@ impl Instances {
     /// union of the addresses; entries whose descriptor is the merged one drop their copy.
     fn merge(&mut self) {
         let old = self.merged.take();
-        if let Some(old) = &old {
-            for entry in &mut self.entries {
-                entry
-                    .addresses
-                    .get_or_insert_with(|| old.addresses.clone().into_boxed_slice());
-            }
-        }
         // `max_by_key` keeps the last of equal maxima: the last entry of the newest version.
         let Some(newest) = (0..self.entries.len()).max_by_key(|&at| self.entries[at].version)
         else {
@@ -161,57 +176,59 @@ impl Instances {
                 entry.descriptor = None;
             }
         }
-        let addresses = match self.entries.as_mut_slice() {
-            // A lone entry's addresses move into the merged route, which then keeps the only copy.
-            [only] => {
-                let mut addresses = only.addresses.take().map(Vec::from).unwrap_or_default();
-                if has_repeated_endpoint(&addresses) {
-                    only.addresses = Some(addresses.clone().into_boxed_slice());
-                    addresses = union(std::slice::from_ref(only));
-                }
-                addresses
-            }
-            entries => union(entries),
-        };
+        let before: &[Address] = old.as_deref().map_or(&[], |route| &route.addresses);
+        let (addresses, kept) = union(&self.entries, before);
+        for (entry, kept) in self.entries.iter_mut().zip(kept) {
+            entry.addresses = match (
+                kept,
+                std::mem::replace(&mut entry.addresses, Addresses::Merged),
+            ) {
+                (Some(kept), _) => kept,
+                (None, Addresses::Own(own)) => Addresses::Own(own),
+                (None, shared) => Addresses::Own(shared.resolve(before).into()),
+            };
+        }
         self.merged =
             (!addresses.is_empty()).then(|| Arc::new(ServiceRoute::new(descriptor, addresses)));
     }
 }
 
-/// Whether two addresses name one endpoint (a merge keeps the first).
-fn has_repeated_endpoint(addresses: &[Address]) -> bool {
-    (1..addresses.len()).any(|i| {
-        addresses[..i]
-            .iter()
-            .any(|a| a.same_endpoint(&addresses[i]))
-    })
-}
-
-/// The entries' addresses, each endpoint once (the first seen), in entry order. A route served
-/// by a thousand instances is merged in linear time, not quadratic.
-fn union(entries: &[Entry]) -> Vec<Address> {
-    let all = || {
-        entries
-            .iter()
-            .flat_map(|entry| entry.addresses.iter().flatten())
-    };
-    let mut addresses: Vec<Address> = Vec::with_capacity(all().count());
-    if addresses.capacity() <= 16 {
-        for address in all() {
-            if !addresses.iter().any(|a| a.same_endpoint(address)) {
+/// The entries' addresses (`before`: the previous merged route's, which entries may point
+/// into), each endpoint once (the first seen), in entry order; and for each entry, how the new
+/// merged route keeps its addresses (`None`: it does not, the entry keeps its own). A route
+/// served by a thousand instances is merged in linear time, not quadratic.
+fn union(entries: &[Entry], before: &[Address]) -> (Vec<Address>, Vec<Option<Addresses>>) {
+    let slices: Vec<&[Address]> = entries
+        .iter()
+        .map(|entry| entry.addresses.resolve(before))
+        .collect();
+    let mut addresses: Vec<Address> = Vec::with_capacity(slices.iter().map(|s| s.len()).sum());
+    let small = addresses.capacity() <= 16;
+    let mut seen: HashSet<EndpointOf<'_>, FixedState> = HashSet::default();
+    let mut kept = Vec::with_capacity(entries.len());
+    for slice in &slices {
+        let start = addresses.len();
+        let mut all_new = true;
+        for address in *slice {
+            let new = if small {
+                !addresses.iter().any(|a| a.same_endpoint(address))
+            } else {
+                seen.insert(EndpointOf(address))
+            };
+            if new {
                 addresses.push(address.clone());
+            } else {
+                all_new = false;
             }
         }
-    } else {
-        let mut seen: HashSet<EndpointOf<'_>, FixedState> = HashSet::default();
-        for address in all() {
-            if seen.insert(EndpointOf(address)) {
-                addresses.push(address.clone());
-            }
-        }
+        kept.push(match (all_new, slice.len(), entries.len()) {
+            (true, _, 1) => Some(Addresses::Merged),
+            (true, 1, _) => Some(Addresses::MergedAt(start as u32)),
+            _ => None,
+        });
     }
     addresses.shrink_to_fit();
-    addresses
+    (addresses, kept)
 }
 
 /// All entries of a registry, grouped by service id, with the merged route of each id.
@@ -453,6 +470,34 @@ mod tests {
         assert_eq!(merged.route_path(), "api/old");
         assert_eq!(ports(&merged), [1, 2]);
         assert_eq!(shared(&entries), 2);
+    }
+
+    #[test]
+    fn an_instance_repeating_an_endpoint_keeps_its_own_details_for_when_the_first_leaves() {
+        let mut entries = RouteEntries::default();
+        let weighted = |weight| {
+            let mut address = Address::new("10.0.0.1", 1);
+            address.weight = Some(weight);
+            ServiceRoute::new(ServiceDescriptor::new("A", "api/a"), vec![address])
+        };
+        put(&mut entries, &key("A", "i1"), 1, weighted(5));
+        let merged = put(&mut entries, &key("A", "i2"), 2, weighted(9)).unwrap();
+        assert_eq!(merged.addresses.len(), 1, "one endpoint");
+        assert_eq!(merged.addresses[0].weight, Some(5), "the first entry's");
+        put(&mut entries, &key("A", "i3"), 3, route("A", "api/a", 3));
+        let merged = remove(&mut entries, &key("A", "i1")).unwrap();
+        assert_eq!(ports(&merged), [1, 3]);
+        assert_eq!(
+            merged.addresses[0].weight,
+            Some(9),
+            "the second entry's own copy"
+        );
+        let merged = remove(&mut entries, &key("A", "i2")).unwrap();
+        assert_eq!(
+            ports(&merged),
+            [3],
+            "an address kept by index follows its entry"
+        );
     }
 
     #[test]

@@ -124,16 +124,40 @@ impl Instances {
 
     /// Stores an entry (replacing the instance's previous one) without merging.
     fn store(&mut self, instance: &str, version: u64, route: ServiceRoute) {
-        let entry = Entry {
+        self.store_entry(Entry {
             instance: instance.into(),
             version,
             addresses: Addresses::Own(route.addresses.into_boxed_slice()),
             descriptor: Some(Box::new(route.descriptor)),
-        };
-        match self.position(instance) {
+        });
+    }
+
+    fn store_entry(&mut self, entry: Entry) {
+        match self.position(&entry.instance) {
             Ok(at) => self.entries[at] = entry,
             Err(at) => self.entries.insert(at, entry),
         }
+    }
+
+    /// Takes in another group of the same service id (later entries replace earlier ones of
+    /// the same instance) and merges again.
+    #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+    fn absorb(&mut self, other: Instances) {
+        let merged = other.merged;
+        for mut entry in other.entries {
+            if let Some(merged) = &merged {
+                // Its shared parts leave the route they pointed into.
+                if entry.descriptor.is_none() {
+                    entry.descriptor = Some(Box::new(merged.descriptor.clone()));
+                }
+                if !matches!(entry.addresses, Addresses::Own(_)) {
+                    let own = entry.addresses.resolve(&merged.addresses).into();
+                    entry.addresses = Addresses::Own(own);
+                }
+            }
+            self.store_entry(entry);
+        }
+        self.merge();
     }
 
     fn remove(&mut self, instance: &str) {
@@ -231,6 +255,50 @@ fn union(entries: &[Entry], before: &[Address]) -> (Vec<Address>, Vec<Option<Add
     (addresses, kept)
 }
 
+/// One service id's entries from a listing, already merged; built where the listing is decoded
+/// (on a blocking thread, page by page), so a cold load holds merged routes, not every
+/// instance's decoded copy of its descriptor.
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+pub(crate) struct Group(String, Instances);
+
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+impl Group {
+    /// The groups of a listing, in service id order. Listings come sorted by key (service id,
+    /// then instance); unsorted input is sorted first. A key given twice keeps its last entry.
+    pub(crate) fn listing(
+        listing: impl IntoIterator<Item = (EntryKey, u64, ServiceRoute)>,
+    ) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut sorted = true;
+        for (key, version, route) in listing {
+            let instance = key.instance_id.as_deref().unwrap_or_default();
+            match groups.last_mut() {
+                Some(Group(id, instances)) if *id == key.service_id => {
+                    instances.store(instance, version, route)
+                }
+                last => {
+                    sorted &= last.is_none_or(|Group(id, _)| *id < key.service_id);
+                    let mut instances = Instances::default();
+                    instances.store(instance, version, route);
+                    groups.push(Group(key.service_id, instances));
+                }
+            }
+        }
+        for Group(_, instances) in &mut groups {
+            instances.entries.shrink_to_fit();
+            instances.merge();
+        }
+        if !sorted {
+            return RouteEntries::from_groups(groups)
+                .services
+                .into_iter()
+                .map(|(id, instances)| Group(id, instances))
+                .collect();
+        }
+        groups
+    }
+}
+
 /// All entries of a registry, grouped by service id, with the merged route of each id.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct RouteEntries {
@@ -249,41 +317,41 @@ impl RouteEntries {
             .sum()
     }
 
-    /// All entries of a listing at once. Listings come sorted by key (service id, then
-    /// instance), and sorted input builds the map in one pass instead of one insert per key;
-    /// unsorted input is sorted first. A key given twice keeps its last entry.
-    #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+    /// All entries of a listing at once (see [`Group::listing`]).
+    #[cfg(test)]
     pub(crate) fn from_listing(
         listing: impl IntoIterator<Item = (EntryKey, u64, ServiceRoute)>,
     ) -> Self {
-        let mut listing: Vec<(EntryKey, u64, ServiceRoute)> = listing.into_iter().collect();
-        if !listing
-            .windows(2)
-            .all(|pair| pair[0].0.service_id <= pair[1].0.service_id)
-        {
-            // Stable: a repeated key keeps its entries in input order, and the last one stays.
-            listing.sort_by(|a, b| a.0.service_id.cmp(&b.0.service_id));
+        Self::from_groups(Group::listing(listing))
+    }
+
+    /// The entries of merged groups, in the order they were listed (pages, or halves of pages
+    /// decoded apart): a service id split between two groups is joined, and groups out of
+    /// order are sorted first. A key given twice keeps its last entry.
+    #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+    pub(crate) fn from_groups(groups: impl IntoIterator<Item = Group>) -> Self {
+        let mut joined: Vec<(String, Instances)> = Vec::new();
+        let mut sorted = true;
+        let join =
+            |joined: &mut Vec<(String, Instances)>, Group(id, instances)| match joined.last_mut() {
+                Some((last, into)) if *last == id => into.absorb(instances),
+                _ => joined.push((id, instances)),
+            };
+        for group in groups {
+            sorted &= joined.last().is_none_or(|(last, _)| *last <= group.0);
+            join(&mut joined, group);
         }
-        let mut groups: Vec<(String, Instances)> = Vec::new();
-        for (key, version, route) in listing {
-            let instance = key.instance_id.as_deref().unwrap_or_default();
-            match groups.last_mut() {
-                Some((id, instances)) if *id == key.service_id => {
-                    instances.store(instance, version, route)
-                }
-                _ => {
-                    let mut instances = Instances::default();
-                    instances.store(instance, version, route);
-                    groups.push((key.service_id, instances));
-                }
+        if !sorted {
+            // Stable: groups of one id keep their order, so the last entry of a key stays.
+            let mut groups: Vec<Group> = joined.into_iter().map(|(id, i)| Group(id, i)).collect();
+            groups.sort_by(|a, b| a.0.cmp(&b.0));
+            joined = Vec::with_capacity(groups.len());
+            for group in groups {
+                join(&mut joined, group);
             }
         }
-        for (_, instances) in &mut groups {
-            instances.entries.shrink_to_fit();
-            instances.merge();
-        }
         RouteEntries {
-            services: groups.into_iter().collect(),
+            services: joined.into_iter().collect(),
             changed: BTreeSet::new(),
         }
     }
@@ -439,6 +507,28 @@ mod tests {
             .map(Arc::unwrap_or_clone)
             .collect();
         assert_eq!(owned, shared);
+    }
+
+    #[test]
+    fn a_listing_decoded_in_pieces_merges_like_the_whole() {
+        let listing = vec![
+            (key("A", "i1"), 1, route("A", "api/a", 1)),
+            (key("B", "i1"), 2, route("B", "api/b-old", 1)),
+            (key("B", "i2"), 3, route("B", "api/b-new", 2)),
+            (key("B", "i3"), 1, route("B", "api/b-old", 3)),
+            (key("C", "i1"), 4, route("C", "api/c", 4)),
+        ];
+        let whole = RouteEntries::from_listing(listing.clone()).all_merged();
+        for at in 0..=listing.len() {
+            let (first, second) = listing.split_at(at);
+            let pieces = [
+                Group::listing(first.to_vec()),
+                Group::listing(second.to_vec()),
+            ];
+            let joined = RouteEntries::from_groups(pieces.into_iter().flatten());
+            assert_eq!(joined.all_merged(), whole, "split at {at}");
+            assert_eq!(joined.key_count(), listing.len());
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub use key::{
     instance_id, parse_instance_id, validate_key, validate_service_id, EntryKey, KeyLayout,
     DEFAULT_PREFIX,
 };
+#[cfg(any(feature = "etcd", feature = "consul"))]
+pub(crate) use merge::Group;
 pub(crate) use merge::{decode_entry, RouteEntries};
 pub use model::{Address, ServiceDescriptor, ServiceRoute};
 pub use template::{parameter_name, service_id, service_short_name, RouteTemplate};

@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
-    decode_entry, encode_route, instance_id, Address, EntryKey, KeyLayout, RouteEntries,
+    decode_entry, encode_route, instance_id, Address, EntryKey, Group, KeyLayout, RouteEntries,
     ServiceRoute,
 };
 use crate::scope::{self, ScopedReader};
@@ -406,17 +406,28 @@ pub(crate) async fn decode_pairs(
     .await
 }
 
-/// Decodes a listing into per-instance entries; malformed ones are skipped with a warning.
+/// Decodes a listing into per-instance entries, merged by service id in two halves on blocking
+/// threads; malformed ones are skipped with a warning.
 pub(crate) async fn entries_of(layout: &KeyLayout, pairs: Vec<KvPair>) -> Result<RouteEntries> {
-    let decoded = decode_pairs(layout, pairs).await?;
-    let listing = decoded.into_iter().filter_map(|pair| match pair.entry {
-        Ok((key, route)) => Some((key, pair.modify_index, route)),
-        Err(err) => {
-            tracing::warn!(key = %pair.key, error = %err, "skipping malformed registry entry");
-            None
-        }
-    });
-    Ok(RouteEntries::from_listing(listing))
+    let layout = layout.clone();
+    let groups = decode_in_halves(pairs, move |half| {
+        let decoded = half.into_iter().filter_map(|pair| {
+            let entry = pair
+                .bytes()
+                .and_then(|bytes| decode_entry(&layout, &pair.key, &bytes));
+            match entry {
+                Ok((key, route)) => Some((key, pair.modify_index, route)),
+                Err(err) => {
+                    tracing::warn!(key = %pair.key, error = %err, "skipping malformed registry entry");
+                    None
+                }
+            }
+        });
+        Group::listing(decoded)
+    })
+    .join("consul listing")
+    .await?;
+    Ok(RouteEntries::from_groups(groups))
 }
 
 impl ConsulRouteManager {

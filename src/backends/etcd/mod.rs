@@ -27,8 +27,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
-    decode_entry, encode_route, instance_id, Address, EntryKey, KeyLayout, RouteEntries,
-    ServiceRoute,
+    decode_entry, encode_route, instance_id, Address, Group, KeyLayout, RouteEntries, ServiceRoute,
 };
 use crate::scope::{self, ScopedReader};
 use crate::telemetry::traced;
@@ -292,26 +291,29 @@ pub(crate) async fn read_prefix(members: &Members, prefix: &str) -> Result<(Vec<
     Ok((pages.into_iter().flatten().collect(), revision))
 }
 
-/// Decodes keys into per-instance entries; malformed ones are skipped with a warning.
-fn decode_page(layout: &KeyLayout, kvs: Vec<KeyValue>) -> Vec<(EntryKey, u64, ServiceRoute)> {
-    let mut decoded = Vec::with_capacity(kvs.len());
-    for kv in &kvs {
+/// Decodes keys into per-instance entries merged by service id; malformed ones are skipped with
+/// a warning.
+fn decode_page(layout: &KeyLayout, kvs: Vec<KeyValue>) -> Vec<Group> {
+    let decoded = kvs.iter().filter_map(|kv| {
         let Ok(key) = kv.key_str() else {
             tracing::warn!("skipping an etcd key that is not UTF-8");
-            continue;
+            return None;
         };
         match decode_entry(layout, key, kv.value()) {
-            Ok((entry_key, route)) => decoded.push((entry_key, kv.mod_revision() as u64, route)),
-            Err(err) => tracing::warn!(%key, error = %err, "skipping malformed registry entry"),
+            Ok((entry_key, route)) => Some((entry_key, kv.mod_revision() as u64, route)),
+            Err(err) => {
+                tracing::warn!(%key, error = %err, "skipping malformed registry entry");
+                None
+            }
         }
-    }
-    decoded
+    });
+    Group::listing(decoded)
 }
 
 /// Lists and decodes every entry of the service ids starting with `scope` (all of them when it is
-/// empty), pinned to one revision. Each page is decoded in two halves on blocking threads while
-/// the next one is fetched, so decoding overlaps the reads and the last page's decoding takes
-/// half as long.
+/// empty), pinned to one revision. Each page is decoded and merged in two halves on blocking
+/// threads while the next one is fetched, so decoding overlaps the reads, the last page's
+/// decoding takes half as long, and what waits for the end is merged routes.
 pub(crate) async fn load_entries(
     members: &Members,
     layout: &KeyLayout,
@@ -327,7 +329,7 @@ pub(crate) async fn load_entries(
     for page in decoding {
         decoded.push(page.join("etcd page").await?);
     }
-    let entries = RouteEntries::from_listing(decoded.into_iter().flatten());
+    let entries = RouteEntries::from_groups(decoded.into_iter().flatten());
     Ok((entries, revision))
 }
 

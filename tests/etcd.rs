@@ -10,7 +10,10 @@ use common::etcd_server::{EtcdCluster, EtcdServer};
 use common::lookups::Lookups;
 use common::{eventually, init_logging, initial_routes, instance, next_event, Harness};
 use wayfinder::resolve::HealthConfig;
-use wayfinder::{connect, AddressResolver, ResolverConfig, RouteEvent, RouteManager};
+use wayfinder::{
+    connect, Address, AddressResolver, Instance, ResolverConfig, RouteEvent, RouteManager,
+    ServiceDescriptor,
+};
 
 struct EtcdHarness {
     server: Arc<Mutex<EtcdServer>>,
@@ -828,4 +831,33 @@ async fn etcd_restarted_empty_costs_no_lookups() {
     let count = lookups.finish("etcd restarted empty").await;
     assert!(count.total > 100, "{count:?}");
     assert_eq!(count.failures, 0, "{count:?}");
+}
+
+/// Listing pages of 2,000 values of 3 KB each are over etcd-client's default 4 MiB message
+/// limit: a fresh client still lists and watches every route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_with_large_values_are_listed_and_watched_whole() {
+    init_logging();
+    let h = EtcdHarness::new().await;
+    let notes = "x".repeat(3 * 1024);
+    let routes: Vec<ServiceDescriptor> = (0..2100)
+        .map(|i| {
+            ServiceDescriptor::new(
+                format!("Test.IBulkyService.Get{i:04}"),
+                format!("api/bulky/get{i:04}"),
+            )
+            .with_metadata("Notes", notes.clone())
+        })
+        .collect();
+    let registration = h
+        .client()
+        .await
+        .register(Instance::new(Address::new("127.0.0.1", 7801), routes))
+        .await
+        .unwrap();
+    let fresh = h.client().await;
+    assert_eq!(fresh.list().await.unwrap().len(), 2100);
+    let mut watch = fresh.watch().await.unwrap();
+    assert_eq!(initial_routes(&mut watch).await.len(), 2100);
+    registration.shutdown().await.unwrap();
 }

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::members::{is_stale_token_message, Members};
-use super::{etcd_error, is_compacted, load_entries, EtcdConfig};
+use super::{etcd_error, is_compacted, load_entries, EtcdConfig, MAX_MESSAGE_BYTES};
 use crate::backoff::Backoff;
 use crate::error::{Error, ErrorKind, Result};
 use crate::route::{decode_entry, RouteEntries};
@@ -336,7 +336,11 @@ async fn open(
     prefix: &str,
     options: WatchOptions,
 ) -> std::result::Result<Option<(WatchStream, WatchResponse)>, etcd_client::Error> {
-    let mut stream = match client.watch(prefix, Some(options)).await {
+    // A response carries whole transactions, of values up to `MAX_VALUE_BYTES` each.
+    let mut watcher = client
+        .watch_client()
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut stream = match watcher.watch(prefix, Some(options)).await {
         Ok(stream) => stream,
         Err(err) if is_compacted(&err) => return Ok(None),
         Err(err) => return Err(err),

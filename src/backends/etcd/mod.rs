@@ -28,6 +28,7 @@ use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
     decode_entry, encode_route, instance_id, Address, Group, KeyLayout, RouteEntries, ServiceRoute,
+    MAX_VALUE_BYTES,
 };
 use crate::scope::{self, ScopedReader};
 use crate::telemetry::traced;
@@ -38,6 +39,10 @@ pub const MAX_TXN_OPS: usize = 128;
 
 /// Keys read per page of a listing.
 pub const PAGE_SIZE: i64 = 2000;
+
+/// The largest response accepted from etcd: a page of the largest values (etcd-client's own
+/// limit, 4 MiB, is two thousand values of 2 KiB).
+pub(crate) const MAX_MESSAGE_BYTES: usize = PAGE_SIZE as usize * MAX_VALUE_BYTES + (1 << 20);
 
 /// Options of the etcd backend (`etcd://[user:password@]host:port[,host:port]?prefix=..&ttl=..`).
 #[derive(Clone)]
@@ -255,10 +260,13 @@ async fn read_pages<T>(
                 options = options.with_revision(revision);
             }
             let pinned = revision > 0;
-            let read = members.call("range read", |mut client| {
+            let read = members.call("range read", |client| {
                 let (from, options) = (from.clone(), options.clone());
                 async move {
-                    match client.get(from, Some(options)).await {
+                    let mut kv = client
+                        .kv_client()
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+                    match kv.get(from, Some(options)).await {
                         Ok(response) => Ok(Some(response)),
                         Err(err) if pinned && is_compacted(&err) => Ok(None),
                         Err(err) => Err(err),

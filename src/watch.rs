@@ -176,19 +176,19 @@ impl HubState {
         }
     }
 
-    fn apply(&mut self, id: &str, route: Option<Arc<ServiceRoute>>) {
-        let event = match (self.routes.get(id), route) {
+    fn apply(&mut self, id: String, route: Option<Arc<ServiceRoute>>) {
+        let event = match (self.routes.get(&id), route) {
             (None, None) => return,
             (Some(old), Some(new)) if Arc::ptr_eq(old, &new) || **old == *new => return,
             (None, Some(new)) => {
-                self.routes.insert(id.to_owned(), new.clone());
+                self.routes.insert(id, new.clone());
                 RouteEvent::Created(new)
             }
             (Some(_), Some(new)) => {
-                self.routes.insert(id.to_owned(), new.clone());
+                self.routes.insert(id, new.clone());
                 RouteEvent::Changed(new)
             }
-            (Some(_), None) => match self.routes.remove(id) {
+            (Some(_), None) => match self.routes.remove(&id) {
                 Some(old) => RouteEvent::Removed(old),
                 None => return,
             },
@@ -274,17 +274,6 @@ impl WatchHub {
     /// Replaces the whole set after an authoritative read; emits the differences.
     pub(crate) fn replace_all(&self, routes: BTreeMap<String, Arc<ServiceRoute>>) {
         let mut state = self.lock();
-        if state.routes.is_empty() && !state.synced {
-            // The first load, before anyone was told anything: taken as it is.
-            for route in routes.values() {
-                state.broadcast(RouteEvent::Created(route.clone()));
-            }
-            state.routes = routes;
-            state.mark_synced();
-            drop(state);
-            self.mark_good();
-            return;
-        }
         let gone: Vec<String> = state
             .routes
             .keys()
@@ -292,10 +281,10 @@ impl WatchHub {
             .cloned()
             .collect();
         for id in gone {
-            state.apply(&id, None);
+            state.apply(id, None);
         }
         for (id, route) in routes {
-            state.apply(&id, Some(route));
+            state.apply(id, Some(route));
         }
         state.mark_synced();
         drop(state);
@@ -309,7 +298,7 @@ impl WatchHub {
         }
         let mut state = self.lock();
         for (id, route) in routes {
-            state.apply(&id, route);
+            state.apply(id, route);
         }
     }
 

@@ -823,7 +823,10 @@ async fn follow(watch: Option<RouteWatch>, mut view: View, shared: std::sync::We
 /// The last event of each route in a batch, in batch order: events are whole states, so a
 /// route that changed many times while the resolver was busy (a rolling deploy of a thousand
 /// instances) is indexed once, in its newest state.
-fn latest_per_route(batch: Vec<RouteEvent>) -> impl Iterator<Item = RouteEvent> {
+fn latest_per_route(batch: Vec<RouteEvent>) -> Vec<RouteEvent> {
+    if batch.len() < 2 {
+        return batch;
+    }
     let keep: Vec<bool> = {
         let mut last: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
         for (at, event) in batch.iter().enumerate() {
@@ -842,6 +845,7 @@ fn latest_per_route(batch: Vec<RouteEvent>) -> impl Iterator<Item = RouteEvent> 
         .into_iter()
         .zip(keep)
         .filter_map(|(event, latest)| latest.then_some(event))
+        .collect()
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.

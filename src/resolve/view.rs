@@ -12,11 +12,10 @@
 //! addresses drops a removed one at once.
 
 use std::collections::{BTreeMap, HashMap};
-
-use foldhash::fast::RandomState;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::fast::RandomState;
 use tokio::time::Instant;
 
 use super::endpoint::{Endpoint, EndpointKey};
@@ -178,15 +177,6 @@ impl View {
             .map(|route| (route.id().to_owned(), route))
             .collect();
         self.held.clear();
-        if self.registry.is_empty() {
-            // The first load: the listing becomes the registry as it is, no copy per id.
-            self.registry = fresh;
-            let ids: Vec<Arc<ServiceRoute>> = self.registry.values().cloned().collect();
-            for route in ids {
-                self.rebuild(route.id(), config);
-            }
-            return;
-        }
         let gone: Vec<Arc<ServiceRoute>> = self
             .registry
             .iter()
@@ -200,8 +190,8 @@ impl View {
         }
         for (id, route) in fresh {
             if self.registry.get(&id) != Some(&route) {
-                self.registry.insert(id.clone(), route);
-                self.rebuild(&id, config);
+                self.registry.insert(id, route.clone());
+                self.rebuild(route.id(), config);
             }
         }
     }

@@ -118,6 +118,7 @@ impl Instances {
             .binary_search_by(|entry| (*entry.instance).cmp(instance))
     }
 
+    #[cfg(test)]
     fn contains(&self, instance: &str) -> bool {
         self.position(instance).is_ok()
     }
@@ -160,10 +161,13 @@ impl Instances {
         self.merge();
     }
 
-    fn remove(&mut self, instance: &str) {
-        if let Ok(at) = self.position(instance) {
+    /// Removes the instance's entry; returns whether there was one.
+    fn remove(&mut self, instance: &str) -> bool {
+        let found = self.position(instance);
+        if let Ok(at) = found {
             self.entries.remove(at);
         }
+        found.is_ok()
     }
 
     /// Merges the entries again: the newest descriptor (the last of equal versions) and the
@@ -263,21 +267,19 @@ pub(crate) struct Group(String, Instances);
 
 #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 impl Group {
-    /// The groups of a listing, in service id order. Listings come sorted by key (service id,
-    /// then instance); unsorted input is sorted first. A key given twice keeps its last entry.
+    /// The groups of a listing, one per run of keys of one service id, in listing order
+    /// (listings come sorted by key; [`RouteEntries::from_groups`] sorts any that do not).
     pub(crate) fn listing(
         listing: impl IntoIterator<Item = (EntryKey, u64, ServiceRoute)>,
     ) -> Vec<Group> {
         let mut groups: Vec<Group> = Vec::new();
-        let mut sorted = true;
         for (key, version, route) in listing {
             let instance = key.instance_id.as_deref().unwrap_or_default();
             match groups.last_mut() {
                 Some(Group(id, instances)) if *id == key.service_id => {
                     instances.store(instance, version, route)
                 }
-                last => {
-                    sorted &= last.is_none_or(|Group(id, _)| *id < key.service_id);
+                _ => {
                     let mut instances = Instances::default();
                     instances.store(instance, version, route);
                     groups.push(Group(key.service_id, instances));
@@ -287,13 +289,6 @@ impl Group {
         for Group(_, instances) in &mut groups {
             instances.entries.shrink_to_fit();
             instances.merge();
-        }
-        if !sorted {
-            return RouteEntries::from_groups(groups)
-                .services
-                .into_iter()
-                .map(|(id, instances)| Group(id, instances))
-                .collect();
         }
         groups
     }
@@ -372,11 +367,12 @@ impl RouteEntries {
     /// Removes one entry, if stored (see [`RouteEntries::put`]).
     pub(crate) fn remove(&mut self, key: &EntryKey) {
         let instance = key.instance_id.as_deref().unwrap_or_default();
-        if let Some(instances) = self.services.get_mut(&key.service_id) {
-            if instances.contains(instance) {
-                instances.remove(instance);
-                self.changed.insert(key.service_id.clone());
-            }
+        let removed = self
+            .services
+            .get_mut(&key.service_id)
+            .is_some_and(|instances| instances.remove(instance));
+        if removed {
+            self.changed.insert(key.service_id.clone());
         }
     }
 

@@ -69,7 +69,7 @@ async fn main() {
             put(&registry, i, address.clone());
             loop {
                 let entry = resolver.table().by_path(&path).cloned();
-                if entry.is_some_and(|e| e.route().addresses.contains(&address)) {
+                if entry.is_some_and(|e| e.route().addresses.iter().any(|a| **a == address)) {
                     break;
                 }
                 tokio::task::yield_now().await;

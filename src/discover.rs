@@ -138,7 +138,7 @@ where
 
     /// Sets the addresses of one service id and queues the changes: inserts before removes, so a
     /// replaced address never leaves the balancer empty in between.
-    fn update(&mut self, service_id: &str, addresses: &[Address]) {
+    fn update(&mut self, service_id: &str, addresses: &[Arc<Address>]) {
         let mut fresh: Vec<(EndpointKey, &Address)> = Vec::with_capacity(addresses.len());
         for address in addresses {
             let key = EndpointKey::of(address);
@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(discover.served.len(), 2);
 
         let mut moved = route("X.B", "api/x", &[3, 5]);
-        moved.addresses[0].weight = Some(7);
+        Arc::make_mut(&mut moved.addresses[0]).weight = Some(7);
         discover.apply(RouteEvent::Changed(Arc::new(moved)));
         let changes = drain(&mut discover);
         assert_eq!(changes[0], "+5");

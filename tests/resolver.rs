@@ -460,7 +460,7 @@ async fn selection_fails_open_when_every_address_is_unhealthy() {
         .unwrap();
     resolver.report_failure(&Address::new("127.0.0.1", 1));
     let all = resolver.resolve_all("api/demo/a").await.unwrap();
-    assert_eq!(all, vec![Address::new("127.0.0.1", 2)]);
+    assert_eq!(all, vec![Arc::new(Address::new("127.0.0.1", 2))]);
     for _ in 0..4 {
         let resolved = resolver.resolve_path("api/demo/a", None).await.unwrap();
         assert_eq!(resolved.address().port, 2);

@@ -16,13 +16,13 @@ use wayfinder::{Address, AddressResolver, Instance, RouteManager};
 
 const PICKS: usize = 100_000;
 
-fn addresses(n: u16) -> Vec<Address> {
+fn addresses(n: u16) -> Vec<Arc<Address>> {
     (1..=n)
-        .map(|i| Address::new("10.0.0.1", 9000 + i))
+        .map(|i| Arc::new(Address::new("10.0.0.1", 9000 + i)))
         .collect()
 }
 
-fn endpoints(addresses: &[Address]) -> Vec<Arc<Endpoint>> {
+fn endpoints(addresses: &[Arc<Address>]) -> Vec<Arc<Endpoint>> {
     addresses
         .iter()
         .map(|a| Arc::new(Endpoint::new(a.clone())))
@@ -94,7 +94,7 @@ fn random_stays_within_statistical_bounds() {
 fn weighted_follows_the_weights_within_statistical_bounds() {
     let mut addresses = addresses(5);
     for (i, address) in addresses.iter_mut().enumerate() {
-        address.weight = Some(i as u32); // 0, 1, 2, 3, 4
+        Arc::make_mut(address).weight = Some(i as u32); // 0, 1, 2, 3, 4
     }
     let endpoints = endpoints(&addresses);
     let pick = Weighted.build(&addresses);
@@ -143,7 +143,7 @@ fn consistent_hash_keeps_keys_and_moves_about_one_nth_when_one_leaves() {
     });
     assert_eq!(per_address.len(), 8, "every address owns keys");
 
-    let remaining: Vec<Address> = addresses
+    let remaining: Vec<Arc<Address>> = addresses
         .iter()
         .filter(|a| a.port != 9003)
         .cloned()
@@ -177,7 +177,7 @@ async fn resolver_with(
     for address in addresses(n) {
         registrations.push(
             registry
-                .register(Instance::new(address, vec![descriptor("Work")]))
+                .register(Instance::new((*address).clone(), vec![descriptor("Work")]))
                 .await
                 .unwrap(),
         );

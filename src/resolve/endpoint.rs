@@ -42,7 +42,7 @@ pub(crate) struct Streak {
 #[derive(Debug)]
 pub struct Endpoint {
     key: EndpointKey,
-    address: Address,
+    address: Arc<Address>,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
     pub(crate) streak: Mutex<Streak>,
@@ -50,12 +50,13 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// A new endpoint, healthy until checks say otherwise.
-    pub fn new(address: Address) -> Self {
+    pub fn new(address: impl Into<Arc<Address>>) -> Self {
+        let address = address.into();
         Self::with_key(EndpointKey::of(&address), address)
     }
 
     /// A new endpoint whose key is already known.
-    pub(crate) fn with_key(key: EndpointKey, address: Address) -> Self {
+    pub(crate) fn with_key(key: EndpointKey, address: Arc<Address>) -> Self {
         Endpoint {
             key,
             address,

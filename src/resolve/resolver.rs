@@ -477,7 +477,7 @@ impl AddressResolver {
     }
 
     /// Every healthy address of a route path, for broadcast (all of them when none is healthy).
-    pub async fn resolve_all(&self, path: &str) -> Result<Vec<Address>> {
+    pub async fn resolve_all(&self, path: &str) -> Result<Vec<Arc<Address>>> {
         let entry = self
             .shared
             .table
@@ -487,7 +487,7 @@ impl AddressResolver {
             None => self.miss(Lookup::Path(path)).await?,
         };
         let addresses = &entry.route().addresses;
-        let healthy: Vec<Address> = entry
+        let healthy: Vec<Arc<Address>> = entry
             .endpoints()
             .iter()
             .zip(addresses)

@@ -39,7 +39,7 @@ impl RouteEntry {
     pub(crate) fn new(
         route: Arc<ServiceRoute>,
         selector: &dyn Selector,
-        mut endpoint_of: impl FnMut(&crate::route::Address) -> Arc<Endpoint>,
+        mut endpoint_of: impl FnMut(&Arc<crate::route::Address>) -> Arc<Endpoint>,
     ) -> Self {
         let endpoints = route.addresses.iter().map(&mut endpoint_of).collect();
         let pick = selector.build(&route.addresses);

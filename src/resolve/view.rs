@@ -38,7 +38,7 @@ struct Held {
     /// The route as last listed with them (its descriptor serves while the registry has none).
     route: Arc<ServiceRoute>,
     /// Each held address and when its grace ends.
-    addresses: Vec<(Address, Instant)>,
+    addresses: Vec<(Arc<Address>, Instant)>,
 }
 
 /// The resolver task's state.
@@ -132,7 +132,7 @@ impl View {
                         .addresses
                         .iter()
                         .filter(|a| !route.addresses.iter().any(|b| b.same_endpoint(a)));
-                    let gone: Vec<Address> = gone.cloned().collect();
+                    let gone: Vec<Arc<Address>> = gone.cloned().collect();
                     self.hold(&old, gone, now);
                 }
                 let resetting = self.holding_every_removal(now);
@@ -196,7 +196,7 @@ impl View {
         }
     }
 
-    fn hold(&mut self, route: &Arc<ServiceRoute>, addresses: Vec<Address>, now: Instant) {
+    fn hold(&mut self, route: &Arc<ServiceRoute>, addresses: Vec<Arc<Address>>, now: Instant) {
         if self.grace.is_zero() || addresses.is_empty() {
             return;
         }
@@ -275,7 +275,7 @@ impl View {
             None => (held.route.descriptor.clone(), Vec::new()),
         };
         addresses.extend(held.addresses.iter().map(|(a, _)| a.clone()));
-        Some(Arc::new(ServiceRoute::new(descriptor, addresses)))
+        Some(Arc::new(ServiceRoute::shared(descriptor, addresses)))
     }
 
     fn rebuild(&mut self, id: &str, config: &ResolverConfig) {

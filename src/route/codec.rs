@@ -207,14 +207,14 @@ fn from_wire(wire: WireRoute) -> Result<ServiceRoute> {
                 if descriptor.token.is_none() {
                     descriptor.token = token;
                 }
-                addresses.push(address);
+                addresses.push(super::intern::address(address));
             }
             Err(err) => {
                 tracing::warn!(service_id = %descriptor.id, error = %err, "skipping malformed address");
             }
         }
     }
-    Ok(ServiceRoute::new(descriptor, addresses))
+    Ok(ServiceRoute::shared(descriptor, addresses))
 }
 
 fn address_from_value(value: Option<&RawValue>) -> Result<(Address, Option<String>)> {

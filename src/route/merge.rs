@@ -86,12 +86,12 @@ enum Addresses {
     /// value holds its own address).
     MergedAt(u32),
     /// Its own copy: several addresses, or one the merge did not keep (a repeated endpoint).
-    Own(Box<[Address]>),
+    Own(Box<[Arc<Address>]>),
 }
 
 impl Addresses {
     /// The addresses, given the merged route's as they were when this was set.
-    fn resolve<'a>(&'a self, merged: &'a [Address]) -> &'a [Address] {
+    fn resolve<'a>(&'a self, merged: &'a [Arc<Address>]) -> &'a [Arc<Address>] {
         match self {
             Addresses::Merged => merged,
             Addresses::MergedAt(at) => std::slice::from_ref(&merged[*at as usize]),
@@ -204,7 +204,7 @@ impl Instances {
                 entry.descriptor = None;
             }
         }
-        let before: &[Address] = old.as_deref().map_or(&[], |route| &route.addresses);
+        let before: &[Arc<Address>] = old.as_deref().map_or(&[], |route| &route.addresses);
         let (addresses, kept) = union(&self.entries, before);
         for (entry, kept) in self.entries.iter_mut().zip(kept) {
             entry.addresses = match (
@@ -217,7 +217,7 @@ impl Instances {
             };
         }
         self.merged =
-            (!addresses.is_empty()).then(|| Arc::new(ServiceRoute::new(descriptor, addresses)));
+            (!addresses.is_empty()).then(|| Arc::new(ServiceRoute::shared(descriptor, addresses)));
     }
 }
 
@@ -225,12 +225,15 @@ impl Instances {
 /// into), each endpoint once (the first seen), in entry order; and for each entry, how the new
 /// merged route keeps its addresses (`None`: it does not, the entry keeps its own). A route
 /// served by a thousand instances is merged in linear time, not quadratic.
-fn union(entries: &[Entry], before: &[Address]) -> (Vec<Address>, Vec<Option<Addresses>>) {
-    let slices: Vec<&[Address]> = entries
+fn union(
+    entries: &[Entry],
+    before: &[Arc<Address>],
+) -> (Vec<Arc<Address>>, Vec<Option<Addresses>>) {
+    let slices: Vec<&[Arc<Address>]> = entries
         .iter()
         .map(|entry| entry.addresses.resolve(before))
         .collect();
-    let mut addresses: Vec<Address> = Vec::with_capacity(slices.iter().map(|s| s.len()).sum());
+    let mut addresses: Vec<Arc<Address>> = Vec::with_capacity(slices.iter().map(|s| s.len()).sum());
     let small = addresses.capacity() <= 16;
     let mut seen: HashSet<EndpointOf<'_>, FixedState> = HashSet::default();
     let mut kept = Vec::with_capacity(entries.len());

@@ -2,6 +2,7 @@
 //! the registry key layout.
 
 mod codec;
+mod intern;
 mod key;
 mod merge;
 mod model;

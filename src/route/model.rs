@@ -1,6 +1,7 @@
 //! The route model: [`Address`], [`ServiceDescriptor`] and [`ServiceRoute`].
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -129,17 +130,25 @@ impl ServiceDescriptor {
 }
 
 /// A route: a descriptor plus every address that serves it.
+///
+/// Addresses are shared: routes decoded from a registry hold one copy of each distinct address
+/// (an instance serving 300 routes is stored once), which the resolver's endpoints share too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRoute {
     /// What is served.
     pub descriptor: ServiceDescriptor,
     /// Where it is served.
-    pub addresses: Vec<Address>,
+    pub addresses: Vec<Arc<Address>>,
 }
 
 impl ServiceRoute {
     /// A route from a descriptor and its addresses.
     pub fn new(descriptor: ServiceDescriptor, addresses: Vec<Address>) -> Self {
+        Self::shared(descriptor, addresses.into_iter().map(Arc::new).collect())
+    }
+
+    /// A route from a descriptor and addresses already shared.
+    pub fn shared(descriptor: ServiceDescriptor, addresses: Vec<Arc<Address>>) -> Self {
         ServiceRoute {
             descriptor,
             addresses,

@@ -3,6 +3,7 @@
 //! A backend's test file runs it with `conformance_suite!(HarnessType);`.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wayfinder::{Address, ErrorKind, Instance, RouteEvent, ServiceDescriptor};
@@ -68,7 +69,10 @@ pub async fn get_by_id<H: Harness>() {
         .unwrap()
         .expect("route present");
     assert_eq!(route.descriptor, descriptor("GetUser"));
-    assert_eq!(route.addresses, vec![Address::new("127.0.0.1", 7002)]);
+    assert_eq!(
+        route.addresses,
+        vec![Arc::new(Address::new("127.0.0.1", 7002))]
+    );
     assert_eq!(client.get("Test.IDemoService.Missing").await.unwrap(), None);
     let err = client.get("bad id with spaces").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
@@ -221,7 +225,7 @@ pub async fn abandoned_instance_expires_after_ttl<H: Harness>() {
             .any(|e| matches!(e, RouteEvent::Removed(r) if r.id() == "Test.IDemoService.B")),
         "{seen:?}"
     );
-    assert!(seen.iter().any(|e| matches!(e, RouteEvent::Changed(r) if r.addresses == vec![Address::new("127.0.0.1", 7041)])), "{seen:?}");
+    assert!(seen.iter().any(|e| matches!(e, RouteEvent::Changed(r) if r.addresses == vec![Arc::new(Address::new("127.0.0.1", 7041))])), "{seen:?}");
     stays.shutdown().await.unwrap();
 }
 

@@ -172,7 +172,7 @@ impl Document {
             route
                 .addresses
                 .retain(|a| !a.same_endpoint(&instance.address));
-            route.addresses.push(instance.address.clone());
+            route.addresses.push(instance.address.clone().into());
             self.routes
                 .insert(descriptor.id.clone(), encode_route_value(&route)?);
         }
@@ -271,7 +271,7 @@ impl Document {
                 .get(&descriptor.id)
                 .and_then(|value| self.decode(&descriptor.id, value))
                 .unwrap_or_else(|| ServiceRoute::new(descriptor.clone(), Vec::new()));
-            route.addresses.push(instance.address.clone());
+            route.addresses.push(instance.address.clone().into());
             self.routes
                 .insert(descriptor.id.clone(), encode_route_value(&route)?);
         }

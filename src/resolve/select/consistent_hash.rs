@@ -1,6 +1,8 @@
 //! Consistent hashing: a key keeps its address while membership is unchanged, and only about
 //! 1/n of keys move when one of n addresses leaves.
 
+use std::sync::Arc;
+
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{Candidates, Pick, Selector};
@@ -36,7 +38,7 @@ impl Selector for ConsistentHash {
         "consistent_hash"
     }
 
-    fn build(&self, addresses: &[Address]) -> Box<dyn Pick> {
+    fn build(&self, addresses: &[Arc<Address>]) -> Box<dyn Pick> {
         // Points depend on the address, not its index, so other addresses keep their points
         // when one leaves.
         let mut ring: Vec<(u64, u32)> =

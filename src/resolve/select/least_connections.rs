@@ -1,5 +1,7 @@
 //! Least connections: the usable address with the fewest calls in flight.
 
+use std::sync::Arc;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Candidates, Pick, Selector};
@@ -15,7 +17,7 @@ impl Selector for LeastConnections {
         "least_connections"
     }
 
-    fn build(&self, _addresses: &[Address]) -> Box<dyn Pick> {
+    fn build(&self, _addresses: &[Arc<Address>]) -> Box<dyn Pick> {
         Box::new(LeastConnectionsPick {
             rotation: AtomicUsize::new(0),
         })

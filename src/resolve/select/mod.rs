@@ -31,7 +31,7 @@ pub trait Selector: Send + Sync + fmt::Debug {
     fn name(&self) -> &'static str;
 
     /// Builds the picking state for a route with these addresses (in this order).
-    fn build(&self, addresses: &[Address]) -> Box<dyn Pick>;
+    fn build(&self, addresses: &[Arc<Address>]) -> Box<dyn Pick>;
 
     /// Whether picks read in-flight counts. Only then does a resolution count its call (two
     /// atomic updates that selectors blind to load are spared).

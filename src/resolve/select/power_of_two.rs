@@ -1,5 +1,7 @@
 //! Power of two choices: two random usable addresses, the less loaded wins.
 
+use std::sync::Arc;
+
 use super::{Candidates, Pick, Selector};
 use crate::route::Address;
 
@@ -12,7 +14,7 @@ impl Selector for PowerOfTwoChoices {
         "p2c"
     }
 
-    fn build(&self, _addresses: &[Address]) -> Box<dyn Pick> {
+    fn build(&self, _addresses: &[Arc<Address>]) -> Box<dyn Pick> {
         Box::new(PowerOfTwoPick)
     }
 

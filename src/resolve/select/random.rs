@@ -1,5 +1,7 @@
 //! Random: a uniformly random usable address.
 
+use std::sync::Arc;
+
 use super::{Candidates, Pick, Selector};
 use crate::route::Address;
 
@@ -12,7 +14,7 @@ impl Selector for Random {
         "random"
     }
 
-    fn build(&self, _addresses: &[Address]) -> Box<dyn Pick> {
+    fn build(&self, _addresses: &[Arc<Address>]) -> Box<dyn Pick> {
         Box::new(RandomPick)
     }
 }

@@ -3,6 +3,8 @@
 //! When some addresses are unusable, the survivors share the load evenly (plain skip-to-next
 //! would give the address after a dead one a double share).
 
+use std::sync::Arc;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{Candidates, Pick, Selector};
@@ -17,7 +19,7 @@ impl Selector for RoundRobin {
         "round_robin"
     }
 
-    fn build(&self, addresses: &[Address]) -> Box<dyn Pick> {
+    fn build(&self, addresses: &[Arc<Address>]) -> Box<dyn Pick> {
         // A random start, so clients that rebuild at the same moment do not all begin with
         // the first address.
         Box::new(RoundRobinPick {

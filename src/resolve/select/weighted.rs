@@ -1,5 +1,7 @@
 //! Weighted random: addresses chosen in proportion to their weight (`Wt`, default 1).
 
+use std::sync::Arc;
+
 use super::{Candidates, Pick, Selector};
 use crate::route::Address;
 
@@ -13,7 +15,7 @@ impl Selector for Weighted {
         "weighted"
     }
 
-    fn build(&self, addresses: &[Address]) -> Box<dyn Pick> {
+    fn build(&self, addresses: &[Arc<Address>]) -> Box<dyn Pick> {
         let weights: Vec<u64> = addresses
             .iter()
             .map(|a| u64::from(a.weight.unwrap_or(1)))

@@ -54,7 +54,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL, MIN_TTL};
 pub use registration::Registration;
 pub use resolve::{AddressResolver, ResolverConfig};
-pub use route::{Address, ServiceDescriptor, ServiceRoute};
+pub use route::{Address, Metadata, ServiceDescriptor, ServiceRoute};
 pub use watch::{RouteEvent, RouteWatch, SyncStatus};
 
 /// Compiles the README's examples so they stay true.

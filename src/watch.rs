@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::route::ServiceRoute;
+use crate::route::{RouteSet, ServiceRoute};
 
 /// A change to the routes of a registry, as seen by [`RouteWatch`].
 ///
@@ -159,7 +159,7 @@ impl futures_core::Stream for RouteWatch {
 
 #[derive(Default)]
 struct HubState {
-    routes: BTreeMap<String, Arc<ServiceRoute>>,
+    routes: RouteSet,
     synced: bool,
     subscribers: Vec<mpsc::UnboundedSender<RouteEvent>>,
 }
@@ -181,11 +181,11 @@ impl HubState {
             (None, None) => return,
             (Some(old), Some(new)) if Arc::ptr_eq(old, &new) || **old == *new => return,
             (None, Some(new)) => {
-                self.routes.insert(id, new.clone());
+                self.routes.insert(new.clone());
                 RouteEvent::Created(new)
             }
             (Some(_), Some(new)) => {
-                self.routes.insert(id, new.clone());
+                self.routes.insert(new.clone());
                 RouteEvent::Changed(new)
             }
             (Some(_), None) => match self.routes.remove(&id) {
@@ -261,7 +261,7 @@ impl WatchHub {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut state = self.lock();
         if state.synced {
-            for route in state.routes.values() {
+            for route in state.routes.iter() {
                 let _ = tx.send(RouteEvent::Created(route.clone()));
             }
             let _ = tx.send(RouteEvent::Synced);
@@ -276,9 +276,9 @@ impl WatchHub {
         let mut state = self.lock();
         let gone: Vec<String> = state
             .routes
-            .keys()
-            .filter(|id| !routes.contains_key(*id))
-            .cloned()
+            .iter()
+            .filter(|route| !routes.contains_key(route.id()))
+            .map(|route| route.id().to_owned())
             .collect();
         for id in gone {
             state.apply(id, None);

@@ -94,7 +94,7 @@ fn current_surging_form_decodes_and_reencodes_to_the_same_json() {
         Some("2e12df88b96c4ea6befa7bc3a3e4e406")
     );
     assert_eq!(
-        Value::Object(route.descriptor.metadata.clone()),
+        Value::Object((*route.descriptor.metadata).clone()),
         json!({"HttpMethod": "POST,PUT", "EnableAuthorization": true, "AuthType": "JWT"})
     );
     assert_eq!(route.addresses.len(), 1);
@@ -127,7 +127,7 @@ fn older_surging_form_decodes_and_lifts_address_token() {
     );
     assert_eq!(route.route_path(), "api/rotemange/getservicebyid");
     assert_eq!(
-        Value::Object(route.descriptor.metadata.clone()),
+        Value::Object((*route.descriptor.metadata).clone()),
         json!({"EnableAuthorization": false})
     );
     assert_eq!(route.addresses.len(), 1);
@@ -190,7 +190,7 @@ fn unknown_fields_are_ignored_at_every_level() {
     assert_eq!(route.id(), "Svc.Method_id");
     assert_eq!(route.route_path(), "api/svc/method");
     assert_eq!(
-        Value::Object(route.descriptor.metadata.clone()),
+        Value::Object((*route.descriptor.metadata).clone()),
         json!({"HttpMethod": "GET"})
     );
     assert_eq!(

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::endpoint::{Endpoint, EndpointKey};
 use super::resolver::ResolverConfig;
 use super::table::{is_template, path_key, RouteEntry, RouteTable, Templates};
-use crate::route::{Address, ServiceRoute};
+use crate::route::{Address, RouteSet, ServiceRoute};
 use crate::watch::RouteEvent;
 
 /// How often held addresses are checked against local health while any is held.
@@ -44,7 +44,7 @@ struct Held {
 /// The resolver task's state.
 pub(crate) struct View {
     /// What the registry says, by service id.
-    registry: BTreeMap<String, Arc<ServiceRoute>>,
+    registry: RouteSet,
     held: HashMap<String, Held, RandomState>,
     /// The working copy of the table, changed route by route and published as snapshots that
     /// share what did not change.
@@ -70,7 +70,7 @@ impl View {
     /// An empty view whose protection lasts `grace` (zero turns it off).
     pub(crate) fn new(grace: Duration) -> Self {
         View {
-            registry: BTreeMap::new(),
+            registry: RouteSet::default(),
             held: HashMap::default(),
             table: RouteTable::default(),
             endpoints: HashMap::default(),
@@ -126,7 +126,7 @@ impl View {
         match event {
             RouteEvent::Created(route) | RouteEvent::Changed(route) => {
                 let id = route.id().to_owned();
-                let old = self.registry.insert(id.clone(), route.clone());
+                let old = self.registry.insert(route.clone());
                 if let Some(old) = old.filter(|_| self.holding_every_removal(now)) {
                     let gone = old
                         .addresses
@@ -172,25 +172,28 @@ impl View {
     ) {
         self.claims
             .reserve(routes.len().saturating_sub(self.claims.len()));
-        let fresh: BTreeMap<String, Arc<ServiceRoute>> = routes
-            .into_iter()
-            .map(|route| (route.id().to_owned(), route))
-            .collect();
+        self.registry
+            .reserve(routes.len().saturating_sub(self.registry.len()));
+        let mut fresh = RouteSet::default();
+        fresh.reserve(routes.len());
+        for route in routes {
+            fresh.insert(route);
+        }
         self.held.clear();
         let gone: Vec<Arc<ServiceRoute>> = self
             .registry
             .iter()
-            .filter(|(id, _)| !fresh.contains_key(*id))
-            .map(|(_, route)| route.clone())
+            .filter(|route| !fresh.contains(route.id()))
+            .cloned()
             .collect();
         for route in gone {
             self.registry.remove(route.id());
             self.hold(&route, route.addresses.clone(), now);
             self.rebuild(route.id(), config);
         }
-        for (id, route) in fresh {
-            if self.registry.get(&id) != Some(&route) {
-                self.registry.insert(id, route.clone());
+        for route in fresh.iter() {
+            if self.registry.get(route.id()) != Some(route) {
+                self.registry.insert(route.clone());
                 self.rebuild(route.id(), config);
             }
         }
@@ -386,7 +389,7 @@ impl View {
         let registry = &self.registry;
         let winner = ids
             .iter()
-            .min_by_key(|id| (!registry.contains_key(&***id), Arc::clone(id)));
+            .min_by_key(|id| (!registry.contains(id), Arc::clone(id)));
         let entry = winner.and_then(|id| self.table.by_id(id).cloned());
         let key = key.clone();
         self.table.set_path(&key, entry);
@@ -405,7 +408,7 @@ impl View {
             let (listed, held_only): (Vec<_>, Vec<_>) = self
                 .templated
                 .iter()
-                .partition(|(id, _)| registry.contains_key(&***id));
+                .partition(|(id, _)| registry.contains(id));
             let templates =
                 Templates::build(listed.into_iter().chain(held_only).map(|(_, entry)| entry));
             self.table.set_templates(templates);

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::metadata::Metadata;
 use super::model::{Address, ServiceDescriptor, ServiceRoute};
 use crate::error::{Error, Result};
 
@@ -184,16 +185,11 @@ fn descriptor_from_wire(wire: WireDescriptor) -> Result<ServiceDescriptor> {
         id,
         route_path: wire.route_path.unwrap_or_default(),
         token: wire.token,
-        metadata: wire.metadata.map(compact).unwrap_or_default(),
+        metadata: wire
+            .metadata
+            .map(|map| Metadata::shared(super::intern::metadata(map)))
+            .unwrap_or_default(),
     })
-}
-
-/// The map with exactly its entries' room: parsing grows a map in steps, and the spare room of
-/// a one-entry map is most of a route's memory. Order is kept.
-fn compact(map: Map<String, Value>) -> Map<String, Value> {
-    let mut exact = Map::with_capacity(map.len());
-    exact.extend(map);
-    exact
 }
 
 fn from_wire(wire: WireRoute) -> Result<ServiceRoute> {
@@ -314,7 +310,7 @@ fn to_wire(route: &ServiceRoute) -> Result<WireRouteOut> {
             id: Some(d.id.clone()),
             token: d.token.clone(),
             route_path: Some(d.route_path.clone()),
-            metadata: Some(d.metadata.clone()),
+            metadata: Some((*d.metadata).clone()),
         },
     })
 }

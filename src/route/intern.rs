@@ -1,76 +1,165 @@
-//! One shared copy of each distinct decoded address.
+//! One shared copy of each distinct decoded address and metadata.
 //!
-//! In wayfinder's layout an instance writes the same address into every route it serves: a
-//! host serving 300 routes would otherwise be decoded into 300 copies, and the resolver's
-//! endpoint would hold one more. Decoding goes through [`address`], which hands out the copy
-//! already in use when there is one. Copies no route holds any longer are swept out once the
-//! set has doubled since the last sweep, so the set stays within twice what is in use.
+//! In wayfinder's layout an instance writes the same address into every route it serves, and
+//! most routes publish one of a few metadata maps: a host serving 300 routes would otherwise
+//! be decoded into 300 copies, and the resolver's endpoint would hold one more. Decoding goes
+//! through [`address`] and [`metadata`], which hand out the copy already in use when there is
+//! one. Copies no route holds any longer are swept out once a pool has doubled since its last
+//! sweep, so a pool stays within twice what is in use.
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
+use serde_json::{Map, Value};
 
 use super::model::Address;
 
-/// Sweeps start once this many copies are kept.
+/// Sweeps start once a pool keeps this many copies.
 const FIRST_SWEEP: usize = 4096;
 
-/// Every field of an address (`processor_time` by its bits): only identical values share a copy.
-#[allow(clippy::type_complexity)]
-fn fields(
-    a: &Address,
-) -> (
-    &str,
-    u16,
-    Option<&str>,
-    [Option<u16>; 3],
-    Option<u64>,
-    Option<u32>,
-    Option<i64>,
-) {
-    (
-        &a.ip,
-        a.port,
-        a.wan_ip.as_deref(),
-        [a.ws_port, a.mqtt_port, a.http_port],
-        a.processor_time.map(f64::to_bits),
-        a.weight,
-        a.timestamp,
-    )
+/// What a pool needs of its values: a hash of their content and content equality.
+trait Content {
+    fn hash_content(&self, state: &mut impl Hasher);
+    fn same_content(&self, other: &Self) -> bool;
 }
 
-#[derive(Default)]
-struct Interner {
-    kept: HashTable<Arc<Address>>,
+impl Address {
+    /// Every field (`processor_time` by its bits): only identical addresses share a copy.
+    #[allow(clippy::type_complexity)]
+    fn fields(
+        &self,
+    ) -> (
+        &str,
+        u16,
+        Option<&str>,
+        [Option<u16>; 3],
+        Option<u64>,
+        Option<u32>,
+        Option<i64>,
+    ) {
+        (
+            &self.ip,
+            self.port,
+            self.wan_ip.as_deref(),
+            [self.ws_port, self.mqtt_port, self.http_port],
+            self.processor_time.map(f64::to_bits),
+            self.weight,
+            self.timestamp,
+        )
+    }
+}
+
+impl Content for Address {
+    fn hash_content(&self, state: &mut impl Hasher) {
+        self.fields().hash(state);
+    }
+
+    fn same_content(&self, other: &Self) -> bool {
+        self.fields() == other.fields()
+    }
+}
+
+impl Content for Map<String, Value> {
+    fn hash_content(&self, state: &mut impl Hasher) {
+        // Order-independent, as map equality is: entries are combined by a commutative sum.
+        let mut sum = 0u64;
+        for (key, value) in self {
+            let mut entry = foldhash::fast::FixedState::default().build_hasher();
+            key.hash(&mut entry);
+            hash_value(value, &mut entry);
+            sum = sum.wrapping_add(entry.finish());
+        }
+        (self.len(), sum).hash(state);
+    }
+
+    fn same_content(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+fn hash_value(value: &Value, state: &mut impl Hasher) {
+    match value {
+        Value::Null => 0u8.hash(state),
+        Value::Bool(b) => (1u8, b).hash(state),
+        Value::Number(n) => (2u8, n.to_string()).hash(state),
+        Value::String(s) => (3u8, s).hash(state),
+        Value::Array(items) => {
+            (4u8, items.len()).hash(state);
+            items.iter().for_each(|item| hash_value(item, state));
+        }
+        Value::Object(map) => {
+            5u8.hash(state);
+            map.hash_content(state);
+        }
+    }
+}
+
+/// The map with exactly its entries' room: parsing grows a map in steps, and the spare room of
+/// a one-entry map is most of its memory. Order is kept.
+fn compact(map: Map<String, Value>) -> Map<String, Value> {
+    let mut exact = Map::with_capacity(map.len());
+    exact.extend(map);
+    exact
+}
+
+/// Shared copies of one kind of value.
+struct Pool<T> {
+    kept: HashTable<Arc<T>>,
     hasher: RandomState,
     next_sweep: usize,
 }
 
-static ADDRESSES: LazyLock<Mutex<Interner>> = LazyLock::new(Mutex::default);
+impl<T: Content> Pool<T> {
+    fn new() -> Mutex<Self> {
+        Mutex::new(Pool {
+            kept: HashTable::new(),
+            hasher: RandomState::default(),
+            next_sweep: FIRST_SWEEP,
+        })
+    }
+
+    fn hash(&self, value: &T) -> u64 {
+        let mut state = self.hasher.build_hasher();
+        value.hash_content(&mut state);
+        state.finish()
+    }
+
+    /// The kept copy equal to `value`, or `value` kept as the copy (after `keep`).
+    fn share(&mut self, value: T, keep: impl FnOnce(T) -> T) -> Arc<T> {
+        let hash = self.hash(&value);
+        if let Some(kept) = self.kept.find(hash, |kept| kept.same_content(&value)) {
+            return kept.clone();
+        }
+        if self.kept.len() >= self.next_sweep {
+            self.kept.retain(|kept| Arc::strong_count(kept) > 1);
+            self.next_sweep = FIRST_SWEEP.max(2 * self.kept.len());
+        }
+        let shared = Arc::new(keep(value));
+        let hasher = self.hasher.clone();
+        self.kept.insert_unique(hash, shared.clone(), |kept| {
+            let mut state = hasher.build_hasher();
+            kept.hash_content(&mut state);
+            state.finish()
+        });
+        shared
+    }
+}
+
+static ADDRESSES: LazyLock<Mutex<Pool<Address>>> = LazyLock::new(Pool::new);
+static METADATA: LazyLock<Mutex<Pool<Map<String, Value>>>> = LazyLock::new(Pool::new);
 
 /// The shared copy of `address`.
 pub(crate) fn address(address: Address) -> Arc<Address> {
-    let mut guard = ADDRESSES.lock().unwrap_or_else(|e| e.into_inner());
-    let interner = &mut *guard;
-    let hasher = interner.hasher.clone();
-    let hash = hasher.hash_one(fields(&address));
-    if let Some(kept) = interner
-        .kept
-        .find(hash, |kept| fields(kept) == fields(&address))
-    {
-        return kept.clone();
-    }
-    if interner.kept.len() >= interner.next_sweep.max(FIRST_SWEEP) {
-        interner.kept.retain(|kept| Arc::strong_count(kept) > 1);
-        interner.next_sweep = 2 * interner.kept.len();
-    }
-    let shared = Arc::new(address);
-    interner
-        .kept
-        .insert_unique(hash, shared.clone(), |kept| hasher.hash_one(fields(kept)));
-    shared
+    let mut pool = ADDRESSES.lock().unwrap_or_else(|e| e.into_inner());
+    pool.share(address, |address| address)
+}
+
+/// The shared copy of `metadata`.
+pub(crate) fn metadata(metadata: Map<String, Value>) -> Arc<Map<String, Value>> {
+    let mut pool = METADATA.lock().unwrap_or_else(|e| e.into_inner());
+    pool.share(metadata, compact)
 }
 
 #[cfg(test)]
@@ -90,14 +179,39 @@ mod tests {
     }
 
     #[test]
-    fn copies_no_one_holds_are_swept() {
-        for i in 0..3 * FIRST_SWEEP {
-            drop(address(Address::new(
-                format!("10.250.{}.{}", i / 250, i % 250),
-                1,
-            )));
+    fn equal_metadata_shares_one_copy_whatever_its_order() {
+        let one: Map<String, Value> =
+            serde_json::from_str(r#"{"HttpMethod":"GET","Auth":true,"n":[1,{"x":2}]}"#).unwrap();
+        let same: Map<String, Value> =
+            serde_json::from_str(r#"{"n":[1,{"x":2}],"Auth":true,"HttpMethod":"GET"}"#).unwrap();
+        let other: Map<String, Value> =
+            serde_json::from_str(r#"{"HttpMethod":"POST","Auth":true,"n":[1,{"x":2}]}"#).unwrap();
+        let (a, b, c) = (metadata(one), metadata(same), metadata(other));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    impl Pool<Address> {
+        fn share_address(&mut self, address: Address) -> Arc<Address> {
+            self.share(address, |a| a)
         }
-        let kept = ADDRESSES.lock().unwrap().kept.len();
-        assert!(kept <= 2 * FIRST_SWEEP, "{kept} kept");
+    }
+
+    #[test]
+    fn copies_no_one_holds_are_swept() {
+        let mut pool = Pool::<Address>::new().into_inner().unwrap();
+        let held = pool.share_address(Address::new("10.250.0.0", 1));
+        for i in 1..3 * FIRST_SWEEP {
+            drop(pool.share_address(Address::new(format!("10.250.{}.{}", i / 250, i % 250), 1)));
+        }
+        assert!(
+            pool.kept.len() <= 2 * FIRST_SWEEP,
+            "{} kept",
+            pool.kept.len()
+        );
+        assert!(Arc::ptr_eq(
+            &held,
+            &pool.share_address(Address::new("10.250.0.0", 1))
+        ));
     }
 }

@@ -5,7 +5,9 @@ mod codec;
 mod intern;
 mod key;
 mod merge;
+mod metadata;
 mod model;
+mod set;
 mod template;
 
 pub use codec::{
@@ -19,5 +21,7 @@ pub use key::{
 #[cfg(any(feature = "etcd", feature = "consul"))]
 pub(crate) use merge::Group;
 pub(crate) use merge::{decode_entry, RouteEntries};
+pub use metadata::Metadata;
 pub use model::{Address, ServiceDescriptor, ServiceRoute};
+pub(crate) use set::RouteSet;
 pub use template::{parameter_name, service_id, service_short_name, RouteTemplate};

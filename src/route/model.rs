@@ -3,7 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::metadata::Metadata;
 
 use crate::error::{Error, Result};
 
@@ -102,7 +104,7 @@ pub struct ServiceDescriptor {
     /// Access token published with the route, if any.
     pub token: Option<String>,
     /// Free-form metadata (`HttpMethod`, `EnableAuthorization`, ...), kept as JSON.
-    pub metadata: Map<String, Value>,
+    pub metadata: Metadata,
 }
 
 impl ServiceDescriptor {
@@ -112,13 +114,13 @@ impl ServiceDescriptor {
             id: id.into(),
             route_path: route_path.into(),
             token: None,
-            metadata: Map::new(),
+            metadata: Metadata::new(),
         }
     }
 
     /// Sets a metadata entry (builder style).
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.metadata.insert(key.into(), value.into());
+        self.metadata.insert(key, value);
         self
     }
 

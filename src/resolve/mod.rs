@@ -11,6 +11,7 @@ pub mod select;
 mod sharded;
 mod snapshot;
 mod table;
+mod users;
 mod view;
 
 #[cfg(feature = "tower")]

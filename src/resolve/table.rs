@@ -299,6 +299,11 @@ impl RouteTable {
             .or_else(|| self.by_template(path))
     }
 
+    /// The entry an exact path key (see [`path_key`]) resolves to.
+    pub(crate) fn exact_path(&self, key: &str) -> Option<&Arc<RouteEntry>> {
+        self.by_path.get(key)
+    }
+
     fn by_template(&self, path: &str) -> Option<&Arc<RouteEntry>> {
         if self.templates.is_empty() {
             return None;

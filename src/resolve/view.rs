@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::endpoint::{Endpoint, EndpointKey};
 use super::resolver::ResolverConfig;
 use super::table::{is_template, path_key, RouteEntry, RouteTable, Templates};
+use super::users::Users;
 use crate::route::{Address, RouteSet, ServiceRoute};
 use crate::watch::RouteEvent;
 
@@ -50,10 +51,10 @@ pub(crate) struct View {
     /// share what did not change.
     table: RouteTable,
     /// Every endpoint in use, with how many entries use it (and adopted ones with none yet).
-    endpoints: HashMap<EndpointKey, (Arc<Endpoint>, usize), RandomState>,
-    /// Exact paths and the ids that claim them; the table serves one (listed before held, then
-    /// the smallest id).
-    claims: HashMap<Arc<str>, Vec<Arc<str>>, RandomState>,
+    endpoints: Users,
+    /// Exact paths that several ids claim, with those ids; the table serves one (listed before
+    /// held, then the smallest id). A path with one claimant is only in the table.
+    contested: HashMap<Arc<str>, Vec<Arc<str>>, RandomState>,
     /// Entries with templated paths; their index is rebuilt when one changes.
     templated: BTreeMap<Arc<str>, Arc<RouteEntry>>,
     templates_dirty: bool,
@@ -73,8 +74,8 @@ impl View {
             registry: RouteSet::default(),
             held: HashMap::default(),
             table: RouteTable::default(),
-            endpoints: HashMap::default(),
-            claims: HashMap::default(),
+            endpoints: Users::default(),
+            contested: HashMap::default(),
             templated: BTreeMap::new(),
             templates_dirty: false,
             endpoints_changed: true,
@@ -103,9 +104,7 @@ impl View {
         endpoints: impl Iterator<Item = &'a Arc<Endpoint>>,
     ) {
         for endpoint in endpoints {
-            self.endpoints
-                .entry(endpoint.key().clone())
-                .or_insert_with(|| (endpoint.clone(), 0));
+            self.endpoints.adopt(endpoint);
         }
     }
 
@@ -170,8 +169,6 @@ impl View {
         config: &ResolverConfig,
         now: Instant,
     ) {
-        self.claims
-            .reserve(routes.len().saturating_sub(self.claims.len()));
         self.registry
             .reserve(routes.len().saturating_sub(self.registry.len()));
         let mut fresh = RouteSet::default();
@@ -234,7 +231,7 @@ impl View {
             held.addresses.retain(|(address, until)| {
                 let unhealthy = endpoints
                     .get(&EndpointKey::of(address))
-                    .is_some_and(|(e, _)| !e.is_healthy());
+                    .is_some_and(|e| !e.is_healthy());
                 let keep = now < *until && !unhealthy;
                 if !keep {
                     tracing::info!(service_id = %id, %address, unhealthy, "released a held address");
@@ -298,16 +295,14 @@ impl View {
         );
         let entry = RouteEntry::new(route, config.selector_for(&id), |address| {
             let key = EndpointKey::of(address);
-            let (endpoint, users) = endpoints.entry(key.clone()).or_insert_with(|| {
-                let endpoint = Endpoint::with_key(key.clone(), address.clone());
-                (Arc::new(endpoint), 0)
+            let (endpoint, first) = endpoints.take(&key, || {
+                Arc::new(Endpoint::with_key(key.clone(), address.clone()))
             });
-            *users += 1;
-            if *users == 1 {
+            if first {
                 table.set_endpoint(&key, Some(endpoint.clone()));
                 *changed = true;
             }
-            endpoint.clone()
+            endpoint
         });
         self.place(&id, Some(Arc::new(entry)));
     }
@@ -344,46 +339,60 @@ impl View {
     }
 
     fn release(&mut self, key: &EndpointKey) {
-        let Some((_, users)) = self.endpoints.get_mut(key) else {
-            return;
-        };
-        *users = users.saturating_sub(1);
-        if *users == 0 {
-            self.endpoints.remove(key);
+        if self.endpoints.release(key) {
             self.table.set_endpoint(key, None);
             self.endpoints_changed = true;
         }
     }
 
     fn claim(&mut self, path: Arc<str>, id: &Arc<str>) {
-        let ids = self.claims.entry(path.clone()).or_default();
-        if !ids.contains(id) {
-            ids.push(id.clone());
-        }
-        if ids.len() > 1 {
-            tracing::warn!(path = %path, ids = ?ids, "several service ids publish the same route path; one is served");
+        if let Some(ids) = self.contested.get_mut(&path) {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        } else {
+            match self.table.exact_path(&path) {
+                Some(other) if *other.route().id() != **id => {
+                    let ids = vec![Arc::from(other.route().id()), id.clone()];
+                    tracing::warn!(path = %path, ids = ?ids, "several service ids publish the same route path; one is served");
+                    self.contested.insert(path.clone(), ids);
+                }
+                _ => {
+                    let entry = self.table.by_id(id).cloned();
+                    self.table.set_path(&path, entry);
+                    return;
+                }
+            }
         }
         self.serve_path(&path);
     }
 
     fn unclaim(&mut self, path: &Arc<str>, id: &Arc<str>) {
-        let Some(ids) = self.claims.get_mut(path) else {
+        let Some(ids) = self.contested.get_mut(path) else {
+            if self
+                .table
+                .exact_path(path)
+                .is_some_and(|served| *served.route().id() == **id)
+            {
+                self.table.set_path(path, None);
+            }
             return;
         };
         ids.retain(|claimant| claimant != id);
-        if ids.is_empty() {
-            // The claims map's key is the one the table holds: remove it through the table.
-            self.claims.remove(path);
-            self.table.set_path(path, None);
+        if ids.len() < 2 {
+            let last = ids.pop();
+            self.contested.remove(path);
+            let entry = last.and_then(|last| self.table.by_id(&last).cloned());
+            self.table.set_path(path, entry);
         } else {
             self.serve_path(path);
         }
     }
 
-    /// Points an exact path at its claimant: one the registry lists before a held one, then the
-    /// smallest id.
+    /// Points a contested path at its claimant: one the registry lists before a held one, then
+    /// the smallest id.
     fn serve_path(&mut self, path: &Arc<str>) {
-        let Some((key, ids)) = self.claims.get_key_value(path) else {
+        let Some(ids) = self.contested.get(path) else {
             return;
         };
         let registry = &self.registry;
@@ -391,8 +400,7 @@ impl View {
             .iter()
             .min_by_key(|id| (!registry.contains(id), Arc::clone(id)));
         let entry = winner.and_then(|id| self.table.by_id(id).cloned());
-        let key = key.clone();
-        self.table.set_path(&key, entry);
+        self.table.set_path(path, entry);
     }
 
     /// Whether the set of endpoints changed since the last call (the health monitor's targets).

@@ -91,14 +91,15 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         Arc::make_mut(&mut Arc::make_mut(group)[index % FANOUT])
     }
 
-    /// Sets `key` to `value`; returns the value it replaced.
+    /// Sets `key` to `value` (the key given replaces an equal one held); returns the value
+    /// it replaced.
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         let hash = self.hash(&key);
         let hasher = self.hasher.clone();
         let shard = self.shard_mut(Self::shard_of(hash));
         match shard.entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
             hashbrown::hash_table::Entry::Occupied(mut found) => {
-                Some(std::mem::replace(&mut found.get_mut().1, value))
+                Some(std::mem::replace(found.get_mut(), (key, value)).1)
             }
             hashbrown::hash_table::Entry::Vacant(slot) => {
                 slot.insert((key, value));
@@ -124,18 +125,6 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         let ((_, value), _) = found.remove();
         self.len -= 1;
         Some(value)
-    }
-
-    /// Sets `key` to `value`, or removes it with `None`.
-    pub(crate) fn set(&mut self, key: &K, value: Option<V>) {
-        match value {
-            Some(value) => {
-                self.insert(key.clone(), value);
-            }
-            None => {
-                self.remove(key);
-            }
-        }
     }
 
     /// How many keys the map holds.

@@ -281,19 +281,19 @@ impl View {
     fn rebuild(&mut self, id: &str, config: &ResolverConfig) {
         match self.effective(id) {
             Some(route) if !route.addresses.is_empty() => self.upsert(route, config),
-            _ => self.place(&Arc::from(id), None),
+            _ => self.place(id, None),
         }
     }
 
     /// Prepares one route's entry, sharing endpoints with every other route at the same address.
     pub(crate) fn upsert(&mut self, route: Arc<ServiceRoute>, config: &ResolverConfig) {
-        let id: Arc<str> = Arc::from(route.id());
         let (endpoints, table, changed) = (
             &mut self.endpoints,
             &mut self.table,
             &mut self.endpoints_changed,
         );
-        let entry = RouteEntry::new(route, config.selector_for(&id), |address| {
+        let selector = config.selector_for(route.id());
+        let entry = RouteEntry::new(route, selector, |address| {
             let key = EndpointKey::of(address);
             let (endpoint, first) = endpoints.take(&key, || {
                 Arc::new(Endpoint::with_key(key.clone(), address.clone()))
@@ -304,13 +304,15 @@ impl View {
             }
             endpoint
         });
-        self.place(&id, Some(Arc::new(entry)));
+        let entry = Arc::new(entry);
+        let route = entry.route.clone();
+        self.place(route.id(), Some(entry));
     }
 
     /// Sets (or removes) the entry of `id` in the table and its path indexes; releases the
     /// endpoints of the entry it replaces (after the new one took its own, so shared endpoints
     /// keep their health).
-    fn place(&mut self, id: &Arc<str>, entry: Option<Arc<RouteEntry>>) {
+    fn place(&mut self, id: &str, entry: Option<Arc<RouteEntry>>) {
         let old = self.table.by_id(id).cloned();
         self.table.set_entry(id, entry.clone());
         if let Some(old) = &old {
@@ -325,10 +327,10 @@ impl View {
         if let Some(entry) = &entry {
             let path = entry.route().route_path();
             if is_template(path) {
-                self.templated.insert(id.clone(), entry.clone());
+                self.templated.insert(Arc::from(id), entry.clone());
                 self.templates_dirty = true;
             } else {
-                self.claim(path_key(path), id);
+                self.claim(&path_key(path), id);
             }
         }
         if let Some(old) = old {
@@ -345,40 +347,40 @@ impl View {
         }
     }
 
-    fn claim(&mut self, path: Arc<str>, id: &Arc<str>) {
-        if let Some(ids) = self.contested.get_mut(&path) {
-            if !ids.contains(id) {
-                ids.push(id.clone());
+    fn claim(&mut self, path: &str, id: &str) {
+        if let Some(ids) = self.contested.get_mut(path) {
+            if !ids.iter().any(|claimant| **claimant == *id) {
+                ids.push(Arc::from(id));
             }
         } else {
-            match self.table.exact_path(&path) {
-                Some(other) if *other.route().id() != **id => {
-                    let ids = vec![Arc::from(other.route().id()), id.clone()];
+            match self.table.exact_path(path) {
+                Some(other) if other.route().id() != id => {
+                    let ids = vec![Arc::from(other.route().id()), Arc::from(id)];
                     tracing::warn!(path = %path, ids = ?ids, "several service ids publish the same route path; one is served");
-                    self.contested.insert(path.clone(), ids);
+                    self.contested.insert(Arc::from(path), ids);
                 }
                 _ => {
                     let entry = self.table.by_id(id).cloned();
-                    self.table.set_path(&path, entry);
+                    self.table.set_path(path, entry);
                     return;
                 }
             }
         }
-        self.serve_path(&path);
+        self.serve_path(path);
     }
 
-    fn unclaim(&mut self, path: &Arc<str>, id: &Arc<str>) {
+    fn unclaim(&mut self, path: &str, id: &str) {
         let Some(ids) = self.contested.get_mut(path) else {
             if self
                 .table
                 .exact_path(path)
-                .is_some_and(|served| *served.route().id() == **id)
+                .is_some_and(|served| served.route().id() == id)
             {
                 self.table.set_path(path, None);
             }
             return;
         };
-        ids.retain(|claimant| claimant != id);
+        ids.retain(|claimant| **claimant != *id);
         if ids.len() < 2 {
             let last = ids.pop();
             self.contested.remove(path);
@@ -391,7 +393,7 @@ impl View {
 
     /// Points a contested path at its claimant: one the registry lists before a held one, then
     /// the smallest id.
-    fn serve_path(&mut self, path: &Arc<str>) {
+    fn serve_path(&mut self, path: &str) {
         let Some(ids) = self.contested.get(path) else {
             return;
         };

@@ -3,6 +3,7 @@
 //! A key-value registry holds one entry per (service id, instance). A route is the newest
 //! descriptor among its entries plus the union of their addresses.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -68,9 +69,26 @@ impl Hash for EndpointOf<'_> {
 /// One instance's entry: what its value added to the route.
 #[derive(Debug, Clone)]
 struct Entry {
-    instance: Box<str>,
     version: u64,
-    /// Its addresses: usually held by the merged route alone.
+    kept: Kept,
+}
+
+/// How an entry is kept. Nearly every entry is [`Kept::At`]: its value held one address, which
+/// the merged route keeps; its instance id is that address's (`host_port`, wayfinder's layout);
+/// and its descriptor is the merged one. Such an entry costs its version and an index, with no
+/// allocation of its own.
+#[derive(Debug, Clone)]
+enum Kept {
+    /// The merged route's address at this index; the instance id is derived from it.
+    At(u32),
+    /// Anything else.
+    Own(Box<OwnEntry>),
+}
+
+/// An entry's own parts.
+#[derive(Debug, Clone)]
+struct OwnEntry {
+    instance: Box<str>,
     addresses: Addresses,
     /// Its descriptor, or `None` when it is the merged route's (the usual case: every instance
     /// of a service id publishes the same one, and the merged route keeps the only copy).
@@ -82,8 +100,7 @@ struct Entry {
 enum Addresses {
     /// They are exactly the merged route's (a service id with one entry, as in Surging's layout).
     Merged,
-    /// Its one address is the merged route's at this index (wayfinder's layout: an instance's
-    /// value holds its own address).
+    /// Its one address is the merged route's at this index.
     MergedAt(u32),
     /// Its own copy: several addresses, or one the merge did not keep (a repeated endpoint).
     Own(Box<[Arc<Address>]>),
@@ -100,11 +117,127 @@ impl Addresses {
     }
 }
 
+/// The port's decimal digits.
+fn port_digits(port: u16) -> ([u8; 5], usize) {
+    let mut digits = [0u8; 5];
+    let mut len = 0;
+    let mut rest = port;
+    loop {
+        digits[len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    digits[..len].reverse();
+    (digits, len)
+}
+
+/// Compares the instance id derived from `address` (`host_port`, see [`instance_id`]) with
+/// `instance`, without building it.
+///
+/// [`instance_id`]: super::key::instance_id
+fn cmp_derived(address: &Address, instance: &str) -> Ordering {
+    let (digits, len) = port_digits(address.port);
+    address
+        .ip
+        .bytes()
+        .chain(std::iter::once(b'_'))
+        .chain(digits[..len].iter().copied())
+        .cmp(instance.bytes())
+}
+
+/// Whether `instance` is the id derived from `address` in the form an entry may leave out: a
+/// host with no `:` or brackets (an IPv6 literal is encoded).
+fn is_derived(instance: &str, address: &Address) -> bool {
+    !address.ip.contains([':', '[', ']']) && cmp_derived(address, instance) == Ordering::Equal
+}
+
+impl Entry {
+    /// A decoded entry, standing alone.
+    fn standalone(instance: &str, version: u64, route: ServiceRoute) -> Self {
+        Entry {
+            version,
+            kept: Kept::Own(Box::new(OwnEntry {
+                instance: instance.into(),
+                addresses: Addresses::Own(route.addresses.into_boxed_slice()),
+                descriptor: Some(Box::new(route.descriptor)),
+            })),
+        }
+    }
+
+    /// Orders it against an instance id (`merged`: the addresses its index points into).
+    fn cmp_instance(&self, merged: &[Arc<Address>], instance: &str) -> Ordering {
+        match &self.kept {
+            Kept::At(at) => cmp_derived(&merged[*at as usize], instance),
+            Kept::Own(own) => (*own.instance).cmp(instance),
+        }
+    }
+
+    fn addresses<'a>(&'a self, merged: &'a [Arc<Address>]) -> &'a [Arc<Address>] {
+        match &self.kept {
+            Kept::At(at) => std::slice::from_ref(&merged[*at as usize]),
+            Kept::Own(own) => own.addresses.resolve(merged),
+        }
+    }
+
+    /// Its own descriptor; `None` when it is the merged route's.
+    fn descriptor(&self) -> Option<&ServiceDescriptor> {
+        match &self.kept {
+            Kept::At(_) => None,
+            Kept::Own(own) => own.descriptor.as_deref(),
+        }
+    }
+
+    /// Its own parts, spelled out first if it was kept by index into `merged`.
+    fn own(&mut self, merged: &[Arc<Address>]) -> &mut OwnEntry {
+        if let Kept::At(at) = self.kept {
+            let address = &merged[at as usize];
+            self.kept = Kept::Own(Box::new(OwnEntry {
+                instance: format!("{}_{}", address.ip, address.port).into(),
+                addresses: Addresses::MergedAt(at),
+                descriptor: None,
+            }));
+        }
+        match &mut self.kept {
+            Kept::Own(own) => own,
+            Kept::At(_) => unreachable!("spelled out above"),
+        }
+    }
+
+    /// Sets how the merged route keeps its addresses (`None`: it does not; `before`: the
+    /// merged addresses it pointed into until now); kept by index alone when it can be.
+    fn keep(&mut self, kept: Option<Addresses>, before: &[Arc<Address>], merged: &[Arc<Address>]) {
+        if let Some(Addresses::MergedAt(at)) = kept {
+            let compact = match &self.kept {
+                Kept::At(_) => true,
+                Kept::Own(own) => {
+                    own.descriptor.is_none() && is_derived(&own.instance, &merged[at as usize])
+                }
+            };
+            if compact {
+                self.kept = Kept::At(at);
+                return;
+            }
+        }
+        let own = self.own(before);
+        own.addresses = match (
+            kept,
+            std::mem::replace(&mut own.addresses, Addresses::Merged),
+        ) {
+            (Some(kept), _) => kept,
+            (None, Addresses::Own(addresses)) => Addresses::Own(addresses),
+            (None, shared) => Addresses::Own(shared.resolve(before).into()),
+        };
+    }
+}
+
 /// One service id's entries, sorted by instance id, and the route they merge into.
 ///
 /// A sorted vector rather than a map: most service ids have a few instances. Descriptors are
 /// kept once per service id, in the merged route (which watchers share), so a key per route per
-/// instance costs its instance id and addresses, not another copy of the descriptor.
+/// instance costs its version and an index, not another copy of the descriptor or address.
 #[derive(Debug, Default, Clone)]
 struct Instances {
     entries: Vec<Entry>,
@@ -113,9 +246,15 @@ struct Instances {
 }
 
 impl Instances {
+    /// The addresses entries kept by index point into.
+    fn merged_addresses(&self) -> &[Arc<Address>] {
+        self.merged.as_deref().map_or(&[], |route| &route.addresses)
+    }
+
     fn position(&self, instance: &str) -> std::result::Result<usize, usize> {
+        let merged = self.merged_addresses();
         self.entries
-            .binary_search_by(|entry| (*entry.instance).cmp(instance))
+            .binary_search_by(|entry| entry.cmp_instance(merged, instance))
     }
 
     #[cfg(test)]
@@ -125,16 +264,8 @@ impl Instances {
 
     /// Stores an entry (replacing the instance's previous one) without merging.
     fn store(&mut self, instance: &str, version: u64, route: ServiceRoute) {
-        self.store_entry(Entry {
-            instance: instance.into(),
-            version,
-            addresses: Addresses::Own(route.addresses.into_boxed_slice()),
-            descriptor: Some(Box::new(route.descriptor)),
-        });
-    }
-
-    fn store_entry(&mut self, entry: Entry) {
-        match self.position(&entry.instance) {
+        let entry = Entry::standalone(instance, version, route);
+        match self.position(instance) {
             Ok(at) => self.entries[at] = entry,
             Err(at) => self.entries.insert(at, entry),
         }
@@ -144,19 +275,25 @@ impl Instances {
     /// the same instance) and merges again.
     #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
     fn absorb(&mut self, other: Instances) {
-        let merged = other.merged;
-        for mut entry in other.entries {
-            if let Some(merged) = &merged {
-                // Its shared parts leave the route they pointed into.
-                if entry.descriptor.is_none() {
-                    entry.descriptor = Some(Box::new(merged.descriptor.clone()));
-                }
-                if !matches!(entry.addresses, Addresses::Own(_)) {
-                    let own = entry.addresses.resolve(&merged.addresses).into();
-                    entry.addresses = Addresses::Own(own);
-                }
+        let Instances { entries, merged } = other;
+        let (descriptor, merged): (_, &[Arc<Address>]) = match &merged {
+            Some(route) => (Some(&route.descriptor), &route.addresses),
+            None => (None, &[]),
+        };
+        for mut entry in entries {
+            // Its shared parts leave the route they pointed into.
+            let own = entry.own(merged);
+            if own.descriptor.is_none() {
+                own.descriptor = descriptor.map(|d| Box::new(d.clone()));
             }
-            self.store_entry(entry);
+            if !matches!(own.addresses, Addresses::Own(_)) {
+                own.addresses = Addresses::Own(own.addresses.resolve(merged).into());
+            }
+            let instance = own.instance.clone();
+            match self.position(&instance) {
+                Ok(at) => self.entries[at] = entry,
+                Err(at) => self.entries.insert(at, entry),
+            }
         }
         self.merge();
     }
@@ -174,22 +311,26 @@ impl Instances {
     /// union of the addresses; entries whose descriptor is the merged one drop their copy.
     fn merge(&mut self) {
         let old = self.merged.take();
+        let before: &[Arc<Address>] = old.as_deref().map_or(&[], |route| &route.addresses);
         // `max_by_key` keeps the last of equal maxima: the last entry of the newest version.
         let Some(newest) = (0..self.entries.len()).max_by_key(|&at| self.entries[at].version)
         else {
             return;
         };
-        let descriptor = match self.entries[newest].descriptor.take() {
+        let newest_own = match &mut self.entries[newest].kept {
+            Kept::Own(own) => own.descriptor.take(),
+            Kept::At(_) => None,
+        };
+        let descriptor = match newest_own {
             // The newest entry's own descriptor moves into the merged route. If it differs from
             // the one the others shared, they keep a copy of that.
             Some(own) => {
                 if let Some(old) = old.as_ref().filter(|old| old.descriptor != *own) {
-                    for entry in &mut self.entries {
-                        if entry.descriptor.is_none() {
-                            entry.descriptor = Some(Box::new(old.descriptor.clone()));
+                    for (at, entry) in self.entries.iter_mut().enumerate() {
+                        if at != newest && entry.descriptor().is_none() {
+                            entry.own(before).descriptor = Some(Box::new(old.descriptor.clone()));
                         }
                     }
-                    self.entries[newest].descriptor = None;
                 }
                 *own
             }
@@ -200,21 +341,15 @@ impl Instances {
             },
         };
         for entry in &mut self.entries {
-            if entry.descriptor.as_deref() == Some(&descriptor) {
-                entry.descriptor = None;
+            if let Kept::Own(own) = &mut entry.kept {
+                if own.descriptor.as_deref() == Some(&descriptor) {
+                    own.descriptor = None;
+                }
             }
         }
-        let before: &[Arc<Address>] = old.as_deref().map_or(&[], |route| &route.addresses);
         let (addresses, kept) = union(&self.entries, before);
         for (entry, kept) in self.entries.iter_mut().zip(kept) {
-            entry.addresses = match (
-                kept,
-                std::mem::replace(&mut entry.addresses, Addresses::Merged),
-            ) {
-                (Some(kept), _) => kept,
-                (None, Addresses::Own(own)) => Addresses::Own(own),
-                (None, shared) => Addresses::Own(shared.resolve(before).into()),
-            };
+            entry.keep(kept, before, &addresses);
         }
         self.merged =
             (!addresses.is_empty()).then(|| Arc::new(ServiceRoute::shared(descriptor, addresses)));
@@ -231,7 +366,7 @@ fn union(
 ) -> (Vec<Arc<Address>>, Vec<Option<Addresses>>) {
     let slices: Vec<&[Arc<Address>]> = entries
         .iter()
-        .map(|entry| entry.addresses.resolve(before))
+        .map(|entry| entry.addresses(before))
         .collect();
     let mut addresses: Vec<Arc<Address>> = Vec::with_capacity(slices.iter().map(|s| s.len()).sum());
     let small = addresses.capacity() <= 16;
@@ -253,8 +388,8 @@ fn union(
             }
         }
         kept.push(match (all_new, slice.len(), entries.len()) {
-            (true, _, 1) => Some(Addresses::Merged),
             (true, 1, _) => Some(Addresses::MergedAt(start as u32)),
+            (true, _, 1) => Some(Addresses::Merged),
             _ => None,
         });
     }
@@ -539,7 +674,7 @@ mod tests {
             entries.services["A"]
                 .entries
                 .iter()
-                .filter(|entry| entry.descriptor.is_none())
+                .filter(|entry| entry.descriptor().is_none())
                 .count()
         };
         assert_eq!(
@@ -587,6 +722,43 @@ mod tests {
             [3],
             "an address kept by index follows its entry"
         );
+    }
+
+    #[test]
+    fn entries_in_wayfinder_layout_are_kept_by_index_and_still_found_by_instance() {
+        let at = |port: u16| {
+            let address = Address::new("10.0.0.1", port);
+            let instance = crate::route::instance_id(&address).unwrap();
+            (key("A", &instance), route("A", "api/a", port))
+        };
+        let compact = |entries: &RouteEntries| {
+            entries.services["A"]
+                .entries
+                .iter()
+                .filter(|entry| matches!(entry.kept, Kept::At(_)))
+                .count()
+        };
+        let mut entries = RouteEntries::default();
+        for port in [3, 1, 20, 2] {
+            let (key, route) = at(port);
+            put(&mut entries, &key, 1, route);
+        }
+        assert_eq!(compact(&entries), 4, "no entry keeps anything of its own");
+        assert!(entries.contains(&key("A", "10.0.0.1_2")));
+        assert!(!entries.contains(&key("A", "10.0.0.1_4")));
+        let (key2, mut newer) = at(2);
+        newer.descriptor.route_path = "api/a2".into();
+        let merged = put(&mut entries, &key2, 2, newer).unwrap();
+        assert_eq!(merged.route_path(), "api/a2");
+        assert_eq!(compact(&entries), 1, "the others keep the older descriptor");
+        let merged = remove(&mut entries, &key2).unwrap();
+        assert_eq!(merged.route_path(), "api/a");
+        assert_eq!(ports(&merged), [1, 20, 3], "in instance id order");
+        assert_eq!(compact(&entries), 3);
+        // An instance id that is not its address's stays with its entry.
+        put(&mut entries, &key("A", "other"), 1, route("A", "api/a", 9));
+        assert!(entries.contains(&key("A", "other")));
+        assert_eq!(compact(&entries), 3);
     }
 
     #[test]

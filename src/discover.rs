@@ -141,7 +141,7 @@ where
     fn update(&mut self, service_id: &str, addresses: &[Arc<Address>]) {
         let mut fresh: Vec<(EndpointKey, &Address)> = Vec::with_capacity(addresses.len());
         for address in addresses {
-            let key = EndpointKey::of(address);
+            let key = EndpointKey::shared(address);
             if !fresh.iter().any(|(k, _)| *k == key) {
                 fresh.push((key, address));
             }

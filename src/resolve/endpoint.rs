@@ -3,31 +3,75 @@
 //! Routes that share an address share one `Endpoint`, so it is probed once and its in-flight
 //! count covers every route's calls.
 
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::route::Address;
 
-/// Identity of an endpoint: lower-cased host and port. Cheap to copy (the host is shared).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Identity of an endpoint: its host (ignoring ASCII case and IPv6 brackets) and port. Cheap to
+/// copy: it shares the address it was made from.
+#[derive(Clone)]
 pub struct EndpointKey {
-    host: Arc<str>,
-    port: u16,
+    address: Arc<Address>,
+}
+
+/// An address's host without IPv6 brackets (`[::1]` and `::1` are one endpoint).
+fn bare_host(address: &Address) -> &str {
+    address.ip.trim_start_matches('[').trim_end_matches(']')
 }
 
 impl EndpointKey {
-    /// The key of an address (`[::1]` and `::1` are one endpoint).
+    /// The key of an address (a copy of it).
     pub fn of(address: &Address) -> Self {
-        let host = address.ip.trim_start_matches('[').trim_end_matches(']');
-        let host: Arc<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            host.to_ascii_lowercase().into()
-        } else {
-            host.into()
-        };
+        Self::shared(&Arc::new(address.clone()))
+    }
+
+    /// The key of a shared address (sharing it).
+    pub fn shared(address: &Arc<Address>) -> Self {
         EndpointKey {
-            host,
-            port: address.port,
+            address: address.clone(),
         }
+    }
+
+    /// Whether `address` is this endpoint.
+    pub fn matches(&self, address: &Address) -> bool {
+        self.address.port == address.port
+            && bare_host(&self.address).eq_ignore_ascii_case(bare_host(address))
+    }
+
+    /// Hashes `address` as its key hashes, so it can be looked up without making a key.
+    pub(crate) fn hash_address<H: Hasher>(address: &Address, state: &mut H) {
+        state.write_u16(address.port);
+        let host = bare_host(address).as_bytes();
+        if host.iter().any(u8::is_ascii_uppercase) {
+            state.write(&host.to_ascii_lowercase());
+        } else {
+            state.write(host);
+        }
+    }
+}
+
+impl PartialEq for EndpointKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(&other.address)
+    }
+}
+
+impl Eq for EndpointKey {}
+
+impl std::fmt::Debug for EndpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointKey")
+            .field("host", &bare_host(&self.address))
+            .field("port", &self.address.port)
+            .finish()
+    }
+}
+
+impl Hash for EndpointKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Self::hash_address(&self.address, state);
     }
 }
 
@@ -42,7 +86,6 @@ pub(crate) struct Streak {
 #[derive(Debug)]
 pub struct Endpoint {
     key: EndpointKey,
-    address: Arc<Address>,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
     pub(crate) streak: Mutex<Streak>,
@@ -51,15 +94,13 @@ pub struct Endpoint {
 impl Endpoint {
     /// A new endpoint, healthy until checks say otherwise.
     pub fn new(address: impl Into<Arc<Address>>) -> Self {
-        let address = address.into();
-        Self::with_key(EndpointKey::of(&address), address)
+        Self::with_key(EndpointKey::shared(&address.into()))
     }
 
-    /// A new endpoint whose key is already known.
-    pub(crate) fn with_key(key: EndpointKey, address: Arc<Address>) -> Self {
+    /// A new endpoint of a key.
+    pub(crate) fn with_key(key: EndpointKey) -> Self {
         Endpoint {
             key,
-            address,
             healthy: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             streak: Mutex::new(Streak::default()),
@@ -74,7 +115,7 @@ impl Endpoint {
     /// The address as first published (its host and port are what is probed; a route's
     /// current details are in the route).
     pub fn address(&self) -> &Address {
-        &self.address
+        &self.key.address
     }
 
     /// Whether local checks consider it healthy.

@@ -217,7 +217,7 @@ async fn run(
                 .filter(|(_, e)| e.probing.is_none() && e.due <= now)
                 .map(|(key, e)| (e.due, key))
                 .collect();
-            due.sort_unstable();
+            due.sort_unstable_by_key(|(due, _)| *due);
             let launch: Vec<EndpointKey> = due
                 .into_iter()
                 .take(config.max_concurrency - probes.len())

@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::endpoint::EndpointKey;
 use super::health::{HealthConfig, HealthMonitor};
 use super::select::{RoundRobin, Selector};
 use super::snapshot;
@@ -591,24 +590,14 @@ impl AddressResolver {
 
     /// A caller's call to `address` failed; counts against its health.
     pub fn report_failure(&self, address: &Address) {
-        if let Some(endpoint) = self
-            .shared
-            .table
-            .load_full()
-            .endpoint(&EndpointKey::of(address))
-        {
+        if let Some(endpoint) = self.shared.table.load_full().endpoint_of(address) {
             self.shared.health.report_failure(endpoint);
         }
     }
 
     /// A caller's call to `address` succeeded; counts toward its health.
     pub fn report_success(&self, address: &Address) {
-        if let Some(endpoint) = self
-            .shared
-            .table
-            .load_full()
-            .endpoint(&EndpointKey::of(address))
-        {
+        if let Some(endpoint) = self.shared.table.load_full().endpoint_of(address) {
             self.shared.health.report_success(endpoint);
         }
     }
@@ -618,7 +607,7 @@ impl AddressResolver {
         self.shared
             .table
             .load_full()
-            .endpoint(&EndpointKey::of(address))
+            .endpoint_of(address)
             .map(|e| e.is_healthy())
     }
 

@@ -9,7 +9,7 @@
 //! touch the reference count of every shard, a cache miss each once the table is large.
 
 use std::borrow::Borrow;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use foldhash::fast::FixedState;
@@ -82,6 +82,24 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         self.shard(Self::shard_of(hash))
             .find(hash, |(k, _)| k.borrow() == key)
             .map(|(_, v)| v)
+    }
+
+    /// The value whose key hashes as `hash` (with this map's hasher, see
+    /// [`ShardedMap::hash_with`]) and satisfies `eq`: a lookup by something that is not a key.
+    pub(crate) fn find(&self, hash: u64, eq: impl Fn(&K) -> bool) -> Option<&V> {
+        self.shard(Self::shard_of(hash))
+            .find(hash, |(k, _)| eq(k))
+            .map(|(_, v)| v)
+    }
+
+    /// A hash computed as keys' hashes are, by `hash` feeding this map's hasher.
+    pub(crate) fn hash_with(
+        &self,
+        hash: impl FnOnce(&mut foldhash::fast::FoldHasher<'static>),
+    ) -> u64 {
+        let mut state = self.hasher.build_hasher();
+        hash(&mut state);
+        state.finish()
     }
 
     fn shard_mut(&mut self, index: usize) -> &mut Shard<K, V> {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::endpoint::{Endpoint, EndpointKey};
 use super::select::{Candidates, Pick, Selector};
 use super::sharded::ShardedMap;
-use crate::route::{parameter_name, ServiceRoute};
+use crate::route::{parameter_name, Address, ServiceRoute};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -409,6 +409,14 @@ impl RouteTable {
     /// The shared endpoint for an address, if any route has it.
     pub fn endpoint(&self, key: &EndpointKey) -> Option<&Arc<Endpoint>> {
         self.endpoints.get(key)
+    }
+
+    /// The shared endpoint serving `address`, if any route has it.
+    pub fn endpoint_of(&self, address: &Address) -> Option<&Arc<Endpoint>> {
+        let hash = self
+            .endpoints
+            .hash_with(|state| EndpointKey::hash_address(address, state));
+        self.endpoints.find(hash, |key| key.matches(address))
     }
 
     /// Every distinct endpoint.

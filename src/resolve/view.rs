@@ -230,7 +230,7 @@ impl View {
             let before = held.addresses.len();
             held.addresses.retain(|(address, until)| {
                 let unhealthy = endpoints
-                    .get(&EndpointKey::of(address))
+                    .get(&EndpointKey::shared(address))
                     .is_some_and(|e| !e.is_healthy());
                 let keep = now < *until && !unhealthy;
                 if !keep {
@@ -294,10 +294,9 @@ impl View {
         );
         let selector = config.selector_for(route.id());
         let entry = RouteEntry::new(route, selector, |address| {
-            let key = EndpointKey::of(address);
-            let (endpoint, first) = endpoints.take(&key, || {
-                Arc::new(Endpoint::with_key(key.clone(), address.clone()))
-            });
+            let key = EndpointKey::shared(address);
+            let (endpoint, first) =
+                endpoints.take(&key, || Arc::new(Endpoint::with_key(key.clone())));
             if first {
                 table.set_endpoint(&key, Some(endpoint.clone()));
                 *changed = true;

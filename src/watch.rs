@@ -1,7 +1,6 @@
 //! Watching routes: [`RouteEvent`], the [`RouteWatch`] stream, and the hub that feeds every
 //! watcher of one manager.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,8 +175,8 @@ impl HubState {
         }
     }
 
-    fn apply(&mut self, id: String, route: Option<Arc<ServiceRoute>>) {
-        let event = match (self.routes.get(&id), route) {
+    fn apply(&mut self, id: &str, route: Option<Arc<ServiceRoute>>) {
+        let event = match (self.routes.get(id), route) {
             (None, None) => return,
             (Some(old), Some(new)) if Arc::ptr_eq(old, &new) || **old == *new => return,
             (None, Some(new)) => {
@@ -188,7 +187,7 @@ impl HubState {
                 self.routes.insert(new.clone());
                 RouteEvent::Changed(new)
             }
-            (Some(_), None) => match self.routes.remove(&id) {
+            (Some(_), None) => match self.routes.remove(id) {
                 Some(old) => RouteEvent::Removed(old),
                 None => return,
             },
@@ -272,19 +271,25 @@ impl WatchHub {
     }
 
     /// Replaces the whole set after an authoritative read; emits the differences.
-    pub(crate) fn replace_all(&self, routes: BTreeMap<String, Arc<ServiceRoute>>) {
+    pub(crate) fn replace_all(&self, routes: Vec<Arc<ServiceRoute>>) {
+        let mut fresh = RouteSet::default();
+        fresh.reserve(routes.len());
+        for route in &routes {
+            fresh.insert(route.clone());
+        }
         let mut state = self.lock();
-        let gone: Vec<String> = state
+        let gone: Vec<Arc<ServiceRoute>> = state
             .routes
             .iter()
-            .filter(|route| !routes.contains_key(route.id()))
-            .map(|route| route.id().to_owned())
+            .filter(|route| !fresh.contains(route.id()))
+            .cloned()
             .collect();
-        for id in gone {
-            state.apply(id, None);
+        for route in gone {
+            state.apply(route.id(), None);
         }
-        for (id, route) in routes {
-            state.apply(id, Some(route));
+        drop(fresh);
+        for route in routes {
+            state.apply(route.id(), Some(route.clone()));
         }
         state.mark_synced();
         drop(state);
@@ -298,7 +303,7 @@ impl WatchHub {
         }
         let mut state = self.lock();
         for (id, route) in routes {
-            state.apply(id, route);
+            state.apply(&id, route);
         }
     }
 

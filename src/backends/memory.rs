@@ -135,7 +135,7 @@ impl MemoryRouteManager {
         state.leases.clear();
         state.entries = RouteEntries::default();
         self.inner.hub.note_reset();
-        self.inner.hub.replace_all(BTreeMap::new());
+        self.inner.hub.replace_all(Vec::new());
     }
 }
 
@@ -347,7 +347,7 @@ impl RouteSource for MemoryRouteManager {
                 self.inner.check_available()?;
                 let mut state = self.inner.lock();
                 self.inner.expire(&mut state);
-                let routes = state.entries.all_merged().into_values();
+                let routes = state.entries.all_merged().into_iter();
                 Ok(routes.map(Arc::unwrap_or_clone).collect())
             },
             Vec::len,

@@ -3,6 +3,7 @@
 //! A key-value registry holds one entry per (service id, instance). A route is the newest
 //! descriptor among its entries plus the union of their addresses.
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
@@ -432,10 +433,61 @@ impl Group {
     }
 }
 
+/// A service id as the entries' map holds it: through its merged route, which holds the id
+/// already, or as text of its own while it has none.
+#[derive(Debug, Clone)]
+enum ServiceKey {
+    Merged(Arc<ServiceRoute>),
+    Own(Box<str>),
+}
+
+impl ServiceKey {
+    /// The key of a service id's instances.
+    fn of(id: &str, instances: &Instances) -> Self {
+        match &instances.merged {
+            Some(route) => ServiceKey::Merged(route.clone()),
+            None => ServiceKey::Own(id.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            ServiceKey::Merged(route) => route.id(),
+            ServiceKey::Own(id) => id,
+        }
+    }
+}
+
+impl PartialEq for ServiceKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ServiceKey {}
+
+impl PartialOrd for ServiceKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ServiceKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl Borrow<str> for ServiceKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
 /// All entries of a registry, grouped by service id, with the merged route of each id.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct RouteEntries {
-    services: BTreeMap<String, Instances>,
+    services: BTreeMap<ServiceKey, Instances>,
     /// Service ids stored to or removed from since [`RouteEntries::take_changed`].
     changed: BTreeSet<String>,
 }
@@ -484,7 +536,10 @@ impl RouteEntries {
             }
         }
         RouteEntries {
-            services: joined.into_iter().collect(),
+            services: joined
+                .into_iter()
+                .map(|(id, instances)| (ServiceKey::of(&id, &instances), instances))
+                .collect(),
             changed: BTreeSet::new(),
         }
     }
@@ -495,10 +550,15 @@ impl RouteEntries {
     /// `version` orders entries (a backend revision or index): the highest supplies the descriptor.
     pub(crate) fn put(&mut self, key: &EntryKey, version: u64, route: ServiceRoute) {
         let instance = key.instance_id.as_deref().unwrap_or_default();
-        self.services
-            .entry(key.service_id.clone())
-            .or_default()
-            .store(instance, version, route);
+        let id = key.service_id.as_str();
+        match self.services.get_mut(id) {
+            Some(instances) => instances.store(instance, version, route),
+            None => {
+                let mut instances = Instances::default();
+                instances.store(instance, version, route);
+                self.services.insert(ServiceKey::Own(id.into()), instances);
+            }
+        }
         self.changed.insert(key.service_id.clone());
     }
 
@@ -507,7 +567,7 @@ impl RouteEntries {
         let instance = key.instance_id.as_deref().unwrap_or_default();
         let removed = self
             .services
-            .get_mut(&key.service_id)
+            .get_mut(key.service_id.as_str())
             .is_some_and(|instances| instances.remove(instance));
         if removed {
             self.changed.insert(key.service_id.clone());
@@ -523,17 +583,17 @@ impl RouteEntries {
         changed
             .into_iter()
             .map(|id| {
-                let merged = match self.services.get_mut(&id) {
-                    Some(instances) if !instances.entries.is_empty() => {
-                        instances.merge();
-                        instances.merged.clone()
-                    }
-                    Some(_) => {
-                        self.services.remove(&id);
-                        None
-                    }
-                    None => None,
+                let Some((_, mut instances)) = self.services.remove_entry(id.as_str()) else {
+                    return (id, None);
                 };
+                if instances.entries.is_empty() {
+                    return (id, None);
+                }
+                instances.merge();
+                let merged = instances.merged.clone();
+                // Keyed anew: the key holds the merged route, which just changed.
+                self.services
+                    .insert(ServiceKey::of(&id, &instances), instances);
                 (id, merged)
             })
             .collect()
@@ -544,7 +604,7 @@ impl RouteEntries {
     pub(crate) fn contains(&self, key: &EntryKey) -> bool {
         let instance = key.instance_id.as_deref().unwrap_or_default();
         self.services
-            .get(&key.service_id)
+            .get(key.service_id.as_str())
             .is_some_and(|instances| instances.contains(instance))
     }
 
@@ -564,11 +624,11 @@ impl RouteEntries {
             .collect()
     }
 
-    /// Every merged route, by service id.
-    pub(crate) fn all_merged(&self) -> BTreeMap<String, Arc<ServiceRoute>> {
+    /// Every merged route, in service id order.
+    pub(crate) fn all_merged(&self) -> Vec<Arc<ServiceRoute>> {
         self.services
-            .iter()
-            .filter_map(|(id, instances)| Some((id.clone(), instances.merged.clone()?)))
+            .values()
+            .filter_map(|instances| instances.merged.clone())
             .collect()
     }
 }
@@ -637,7 +697,7 @@ mod tests {
         let owned = bulk.clone().into_merged();
         let shared: Vec<ServiceRoute> = bulk
             .all_merged()
-            .into_values()
+            .into_iter()
             .map(Arc::unwrap_or_clone)
             .collect();
         assert_eq!(owned, shared);
@@ -671,7 +731,10 @@ mod tests {
         put(&mut entries, &key("A", "i1"), 1, route("A", "api/old", 1));
         put(&mut entries, &key("A", "i2"), 2, route("A", "api/old", 2));
         let shared = |entries: &RouteEntries| {
-            entries.services["A"]
+            entries
+                .services
+                .get("A")
+                .unwrap()
                 .entries
                 .iter()
                 .filter(|entry| entry.descriptor().is_none())
@@ -732,7 +795,10 @@ mod tests {
             (key("A", &instance), route("A", "api/a", port))
         };
         let compact = |entries: &RouteEntries| {
-            entries.services["A"]
+            entries
+                .services
+                .get("A")
+                .unwrap()
                 .entries
                 .iter()
                 .filter(|entry| matches!(entry.kept, Kept::At(_)))

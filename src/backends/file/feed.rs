@@ -154,12 +154,8 @@ impl Reader {
             self.hub.note_reset();
         }
         self.had_routes = doc.route_count() > 0;
-        self.hub.replace_all(
-            routes
-                .into_iter()
-                .map(|(id, r)| (id, Arc::new(r)))
-                .collect(),
-        );
+        self.hub
+            .replace_all(routes.into_values().map(Arc::new).collect());
         self.next_expiry = next_expiry;
     }
 

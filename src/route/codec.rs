@@ -5,6 +5,8 @@
 //! Reads that form and the older one (a `Type` beside `Value`, `Token` / `DisableAuth` inside the
 //! address), with or without a leading UTF-8 BOM. Unknown fields are ignored.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -27,8 +29,10 @@ struct WireRoute<'a> {
         borrow
     )]
     addresses: Option<Vec<WireAddressDescriptor<'a>>>,
-    #[serde(rename = "ServiceDescriptor", alias = "serviceDescriptor")]
-    descriptor: WireDescriptor,
+    /// Kept as raw JSON text and parsed after: a run of values that repeat one descriptor
+    /// parses it once (see [`RunDecoder`]).
+    #[serde(rename = "ServiceDescriptor", alias = "serviceDescriptor", borrow)]
+    descriptor: &'a RawValue,
 }
 
 #[derive(Deserialize)]
@@ -193,24 +197,121 @@ fn descriptor_from_wire(wire: WireDescriptor) -> Result<ServiceDescriptor> {
 }
 
 fn from_wire(wire: WireRoute) -> Result<ServiceRoute> {
-    let mut descriptor = descriptor_from_wire(wire.descriptor)?;
-    let entries = wire.addresses.unwrap_or_default();
+    let mut descriptor = parse_descriptor(wire.descriptor)?;
+    let (addresses, token) = addresses_from_wire(wire.addresses, &descriptor.id);
+    if descriptor.token.is_none() {
+        descriptor.token = token;
+    }
+    Ok(ServiceRoute::shared(descriptor, addresses))
+}
+
+fn parse_descriptor(raw: &RawValue) -> Result<ServiceDescriptor> {
+    let wire: WireDescriptor = serde_json::from_str(raw.get()).map_err(|e| {
+        Error::malformed(format!("service descriptor does not parse: {e}")).with_source(e)
+    })?;
+    descriptor_from_wire(wire)
+}
+
+/// The valid addresses (a malformed one is skipped with a warning naming `id`) and the first
+/// token an address carried (the older form kept the service token there).
+fn addresses_from_wire(
+    entries: Option<Vec<WireAddressDescriptor<'_>>>,
+    id: &str,
+) -> (Vec<Arc<Address>>, Option<String>) {
+    let entries = entries.unwrap_or_default();
     // Exactly the room needed: most values hold one address, and a grown vector has four.
     let mut addresses = Vec::with_capacity(entries.len());
+    let mut first_token = None;
     for entry in entries {
         match address_from_value(entry.value) {
             Ok((address, token)) => {
-                if descriptor.token.is_none() {
-                    descriptor.token = token;
+                if first_token.is_none() {
+                    first_token = token;
                 }
                 addresses.push(super::intern::address(address));
             }
             Err(err) => {
-                tracing::warn!(service_id = %descriptor.id, error = %err, "skipping malformed address");
+                tracing::warn!(service_id = %id, error = %err, "skipping malformed address");
             }
         }
     }
-    Ok(ServiceRoute::shared(descriptor, addresses))
+    (addresses, first_token)
+}
+
+/// A route decoded as one of a run of registry values (a listing, in key order).
+#[derive(Debug)]
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+pub(crate) struct Decoded {
+    /// Its descriptor, or `None` when the value's descriptor text is the previous value's (as
+    /// it is for every instance of a service id after the first).
+    pub(crate) descriptor: Option<ServiceDescriptor>,
+    pub(crate) addresses: Vec<Arc<Address>>,
+}
+
+/// Decodes a run of registry values, parsing a descriptor only when its text differs from the
+/// previous value's: in wayfinder's layout a route's instances all write the same one, so a
+/// listing parses each route's descriptor once instead of once per instance.
+#[derive(Default)]
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+pub(crate) struct RunDecoder {
+    /// The last value's descriptor text and service id; empty when it cannot be repeated.
+    previous: String,
+    previous_id: String,
+}
+
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+impl RunDecoder {
+    /// Decodes one value (bytes, optionally BOM-prefixed).
+    pub(crate) fn decode(&mut self, bytes: &[u8]) -> Result<Decoded> {
+        let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+        check_size(bytes.len())?;
+        let wire: WireRoute = serde_json::from_slice(bytes).map_err(|e| {
+            Error::malformed(format!("route JSON does not parse: {e}")).with_source(e)
+        })?;
+        let raw = wire.descriptor.get();
+        let mut descriptor = if !self.previous.is_empty() && self.previous == raw {
+            None
+        } else {
+            Some(parse_descriptor(wire.descriptor)?)
+        };
+        let id = descriptor.as_ref().map_or(&self.previous_id, |d| &d.id);
+        let (addresses, token) = addresses_from_wire(wire.addresses, id);
+        match (&mut descriptor, token) {
+            // Repeated, as the previous value wrote it.
+            (None, None) => {}
+            (Some(descriptor), None) => {
+                self.previous.clear();
+                self.previous.push_str(raw);
+                self.previous_id.clone_from(&descriptor.id);
+            }
+            // A token carried by an address (the older form) makes the descriptor the value's
+            // own, and the next value parses its own.
+            (own, Some(token)) => {
+                let mut parsed = match own.take() {
+                    Some(parsed) => parsed,
+                    None => parse_descriptor(wire.descriptor)?,
+                };
+                if parsed.token.is_none() {
+                    parsed.token = Some(token);
+                }
+                *own = Some(parsed);
+                self.previous.clear();
+                self.previous_id.clear();
+            }
+        }
+        Ok(Decoded {
+            descriptor,
+            addresses,
+        })
+    }
+
+    /// The service id of the last value decoded, whatever its descriptor was.
+    pub(crate) fn id_of<'a>(&'a self, decoded: &'a Decoded) -> &'a str {
+        decoded
+            .descriptor
+            .as_ref()
+            .map_or(&self.previous_id, |descriptor| &descriptor.id)
+    }
 }
 
 fn address_from_value(value: Option<&RawValue>) -> Result<(Address, Option<String>)> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use foldhash::fast::FixedState;
 
-use super::codec::decode_route;
+use super::codec::{decode_route, Decoded, RunDecoder};
 use super::key::{EntryKey, KeyLayout};
 use super::model::{Address, ServiceDescriptor, ServiceRoute};
 use crate::error::{Error, Result};
@@ -22,24 +22,52 @@ pub(crate) fn decode_entry(
     key: &str,
     value: &[u8],
 ) -> Result<(EntryKey, ServiceRoute)> {
-    let entry_key = layout.parse(key).ok_or_else(|| {
+    let entry_key = parse_key(layout, key)?;
+    let route = decode_route(value)?;
+    check_entry(key, &entry_key, route.id(), &route.addresses)?;
+    Ok((entry_key, route))
+}
+
+/// Decodes one raw entry of a listing read in key order (see [`RunDecoder`]), checking that
+/// the key and the value agree on the service id.
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+pub(crate) fn decode_listed(
+    decoder: &mut RunDecoder,
+    layout: &KeyLayout,
+    key: &str,
+    value: &[u8],
+) -> Result<(EntryKey, Decoded)> {
+    let entry_key = parse_key(layout, key)?;
+    let decoded = decoder.decode(value)?;
+    check_entry(key, &entry_key, decoder.id_of(&decoded), &decoded.addresses)?;
+    Ok((entry_key, decoded))
+}
+
+fn parse_key(layout: &KeyLayout, key: &str) -> Result<EntryKey> {
+    layout.parse(key).ok_or_else(|| {
         Error::malformed(format!(
             "key {key:?} is not <prefix><service-id>[/<instance-id>]"
         ))
-    })?;
-    let route = decode_route(value)?;
-    if route.id() != entry_key.service_id {
+    })
+}
+
+fn check_entry(
+    key: &str,
+    entry_key: &EntryKey,
+    id: &str,
+    addresses: &[Arc<Address>],
+) -> Result<()> {
+    if id != entry_key.service_id {
         return Err(Error::malformed(format!(
-            "key {key:?} holds a route for another service id {:?}",
-            route.id()
+            "key {key:?} holds a route for another service id {id:?}"
         )));
     }
-    if route.addresses.is_empty() {
+    if addresses.is_empty() {
         return Err(Error::malformed(format!(
             "key {key:?} holds no valid address"
         )));
     }
-    Ok((entry_key, route))
+    Ok(())
 }
 
 /// An address as an endpoint: equal and hashed by port and host, ignoring ASCII case (see
@@ -93,7 +121,7 @@ struct OwnEntry {
     addresses: Addresses,
     /// Its descriptor, or `None` when it is the merged route's (the usual case: every instance
     /// of a service id publishes the same one, and the merged route keeps the only copy).
-    descriptor: Option<Box<ServiceDescriptor>>,
+    descriptor: Option<Arc<ServiceDescriptor>>,
 }
 
 /// Where an entry's addresses are kept.
@@ -157,13 +185,18 @@ fn is_derived(instance: &str, address: &Address) -> bool {
 
 impl Entry {
     /// A decoded entry, standing alone.
-    fn standalone(instance: &str, version: u64, route: ServiceRoute) -> Self {
+    fn standalone(
+        instance: &str,
+        version: u64,
+        descriptor: Arc<ServiceDescriptor>,
+        addresses: Vec<Arc<Address>>,
+    ) -> Self {
         Entry {
             version,
             kept: Kept::Own(Box::new(OwnEntry {
                 instance: instance.into(),
-                addresses: Addresses::Own(route.addresses.into_boxed_slice()),
-                descriptor: Some(Box::new(route.descriptor)),
+                addresses: Addresses::Own(addresses.into_boxed_slice()),
+                descriptor: Some(descriptor),
             })),
         }
     }
@@ -264,8 +297,14 @@ impl Instances {
     }
 
     /// Stores an entry (replacing the instance's previous one) without merging.
-    fn store(&mut self, instance: &str, version: u64, route: ServiceRoute) {
-        let entry = Entry::standalone(instance, version, route);
+    fn store(
+        &mut self,
+        instance: &str,
+        version: u64,
+        descriptor: Arc<ServiceDescriptor>,
+        addresses: Vec<Arc<Address>>,
+    ) {
+        let entry = Entry::standalone(instance, version, descriptor, addresses);
         match self.position(instance) {
             Ok(at) => self.entries[at] = entry,
             Err(at) => self.entries.insert(at, entry),
@@ -285,7 +324,7 @@ impl Instances {
             // Its shared parts leave the route they pointed into.
             let own = entry.own(merged);
             if own.descriptor.is_none() {
-                own.descriptor = descriptor.map(|d| Box::new(d.clone()));
+                own.descriptor = descriptor.map(|d| Arc::new(d.clone()));
             }
             if !matches!(own.addresses, Addresses::Own(_)) {
                 own.addresses = Addresses::Own(own.addresses.resolve(merged).into());
@@ -327,13 +366,26 @@ impl Instances {
             // the one the others shared, they keep a copy of that.
             Some(own) => {
                 if let Some(old) = old.as_ref().filter(|old| old.descriptor != *own) {
+                    let shared = Arc::new(old.descriptor.clone());
                     for (at, entry) in self.entries.iter_mut().enumerate() {
                         if at != newest && entry.descriptor().is_none() {
-                            entry.own(before).descriptor = Some(Box::new(old.descriptor.clone()));
+                            entry.own(before).descriptor = Some(shared.clone());
                         }
                     }
                 }
-                *own
+                // Entries sharing it (a listing's instances) let go first, so it moves.
+                for entry in &mut self.entries {
+                    if let Kept::Own(other) = &mut entry.kept {
+                        if other
+                            .descriptor
+                            .as_ref()
+                            .is_some_and(|d| Arc::ptr_eq(d, &own))
+                        {
+                            other.descriptor = None;
+                        }
+                    }
+                }
+                Arc::unwrap_or_clone(own)
             }
             // It shared the merged descriptor, which stays.
             None => match &old {
@@ -409,22 +461,33 @@ impl Group {
     /// The groups of a listing, one per run of keys of one service id, in listing order
     /// (listings come sorted by key; [`RouteEntries::from_groups`] sorts any that do not).
     pub(crate) fn listing(
-        listing: impl IntoIterator<Item = (EntryKey, u64, ServiceRoute)>,
+        listing: impl IntoIterator<Item = (EntryKey, u64, Decoded)>,
     ) -> Vec<Group> {
         let mut groups: Vec<Group> = Vec::new();
-        for (key, version, route) in listing {
+        // The descriptor of the previous entry, which a repeated one shares.
+        let mut previous: Option<Arc<ServiceDescriptor>> = None;
+        for (key, version, decoded) in listing {
             let instance = key.instance_id.as_deref().unwrap_or_default();
-            match groups.last_mut() {
-                Some(Group(id, instances)) if *id == key.service_id => {
-                    instances.store(instance, version, route)
+            let same_group = groups
+                .last()
+                .is_some_and(|Group(id, _)| *id == key.service_id);
+            let descriptor = match (decoded.descriptor, &previous) {
+                (Some(own), _) => Arc::new(own),
+                (None, Some(previous)) if same_group => previous.clone(),
+                (None, _) => {
+                    tracing::warn!(service_id = %key.service_id, "skipping an entry whose descriptor repeats one not listed before it");
+                    continue;
                 }
-                _ => {
-                    let mut instances = Instances::default();
-                    instances.store(instance, version, route);
-                    groups.push(Group(key.service_id, instances));
-                }
+            };
+            previous = Some(descriptor.clone());
+            if !same_group {
+                groups.push(Group(key.service_id.clone(), Instances::default()));
+            }
+            if let Some(Group(_, instances)) = groups.last_mut() {
+                instances.store(instance, version, descriptor, decoded.addresses);
             }
         }
+        drop(previous);
         for Group(_, instances) in &mut groups {
             instances.entries.shrink_to_fit();
             instances.merge();
@@ -484,6 +547,20 @@ impl Borrow<str> for ServiceKey {
     }
 }
 
+/// A listing of routes as decoded entries that each have their own descriptor.
+#[cfg(test)]
+fn decoded(
+    listing: impl IntoIterator<Item = (EntryKey, u64, ServiceRoute)>,
+) -> impl Iterator<Item = (EntryKey, u64, Decoded)> {
+    listing.into_iter().map(|(key, version, route)| {
+        let decoded = Decoded {
+            descriptor: Some(route.descriptor),
+            addresses: route.addresses,
+        };
+        (key, version, decoded)
+    })
+}
+
 /// All entries of a registry, grouped by service id, with the merged route of each id.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct RouteEntries {
@@ -507,7 +584,7 @@ impl RouteEntries {
     pub(crate) fn from_listing(
         listing: impl IntoIterator<Item = (EntryKey, u64, ServiceRoute)>,
     ) -> Self {
-        Self::from_groups(Group::listing(listing))
+        Self::from_groups(Group::listing(decoded(listing)))
     }
 
     /// The entries of merged groups, in the order they were listed (pages, or halves of pages
@@ -551,11 +628,12 @@ impl RouteEntries {
     pub(crate) fn put(&mut self, key: &EntryKey, version: u64, route: ServiceRoute) {
         let instance = key.instance_id.as_deref().unwrap_or_default();
         let id = key.service_id.as_str();
+        let (descriptor, addresses) = (Arc::new(route.descriptor), route.addresses);
         match self.services.get_mut(id) {
-            Some(instances) => instances.store(instance, version, route),
+            Some(instances) => instances.store(instance, version, descriptor, addresses),
             None => {
                 let mut instances = Instances::default();
-                instances.store(instance, version, route);
+                instances.store(instance, version, descriptor, addresses);
                 self.services.insert(ServiceKey::Own(id.into()), instances);
             }
         }
@@ -716,8 +794,8 @@ mod tests {
         for at in 0..=listing.len() {
             let (first, second) = listing.split_at(at);
             let pieces = [
-                Group::listing(first.to_vec()),
-                Group::listing(second.to_vec()),
+                Group::listing(decoded(first.to_vec())),
+                Group::listing(decoded(second.to_vec())),
             ];
             let joined = RouteEntries::from_groups(pieces.into_iter().flatten());
             assert_eq!(joined.all_merged(), whole, "split at {at}");
@@ -825,6 +903,42 @@ mod tests {
         put(&mut entries, &key("A", "other"), 1, route("A", "api/a", 9));
         assert!(entries.contains(&key("A", "other")));
         assert_eq!(compact(&entries), 3);
+    }
+
+    #[test]
+    fn a_listing_parses_a_repeated_descriptor_once_and_still_checks_every_key() {
+        let layout = KeyLayout::new("p/").unwrap();
+        let value = |id: &str, port: u16| {
+            let route = ServiceRoute::new(
+                ServiceDescriptor::new(id, "api/a").with_metadata("HttpMethod", "GET"),
+                vec![Address::new("10.0.0.1", port)],
+            );
+            crate::route::encode_route(&route).unwrap()
+        };
+        let mut decoder = RunDecoder::default();
+        let (_, first) = decode_listed(&mut decoder, &layout, "p/A/i1", &value("A", 1)).unwrap();
+        let (_, second) = decode_listed(&mut decoder, &layout, "p/A/i2", &value("A", 2)).unwrap();
+        assert!(first.descriptor.is_some());
+        assert!(
+            second.descriptor.is_none(),
+            "the same text is not parsed again"
+        );
+        assert_eq!(second.addresses[0].port, 2);
+        // The repeated descriptor names A, so it cannot sit under B's key.
+        let err = decode_listed(&mut decoder, &layout, "p/B/i1", &value("A", 3)).unwrap_err();
+        assert!(err.to_string().contains("another service id"), "{err}");
+        // An older value with the token in its address has a descriptor of its own.
+        let tokened = br#"{"AddressDescriptors":[{"Type":"x","Value":"{\"Ip\":\"10.0.0.1\",\"Port\":4,\"Token\":\"t\"}"}],"ServiceDescriptor":{"Id":"A","RoutePath":"api/a","Metadatas":{"HttpMethod":"GET"}}}"#;
+        let (_, own) = decode_listed(&mut decoder, &layout, "p/A/i4", tokened).unwrap();
+        assert_eq!(own.descriptor.unwrap().token.as_deref(), Some("t"));
+        let listing = [("i1", 1), ("i2", 2), ("i3", 3)].map(|(instance, port)| {
+            let key = format!("p/A/{instance}");
+            decode_listed(&mut decoder, &layout, &key, &value("A", port)).unwrap()
+        });
+        let groups = Group::listing(listing.into_iter().map(|(key, decoded)| (key, 1, decoded)));
+        let merged = RouteEntries::from_groups(groups).merged("A").unwrap();
+        assert_eq!(ports(&merged), [1, 2, 3]);
+        assert_eq!(merged.descriptor.metadata.get("HttpMethod").unwrap(), "GET");
     }
 
     #[test]

@@ -10,6 +10,8 @@ mod model;
 mod set;
 mod template;
 
+#[cfg(any(feature = "etcd", feature = "consul"))]
+pub(crate) use codec::RunDecoder;
 pub use codec::{
     decode_descriptors, decode_route, decode_route_value, encode_route, encode_route_value,
     MAX_VALUE_BYTES,
@@ -18,6 +20,8 @@ pub use key::{
     instance_id, parse_instance_id, validate_key, validate_service_id, EntryKey, KeyLayout,
     DEFAULT_PREFIX,
 };
+#[cfg(any(feature = "etcd", feature = "consul"))]
+pub(crate) use merge::decode_listed;
 #[cfg(any(feature = "etcd", feature = "consul"))]
 pub(crate) use merge::Group;
 pub(crate) use merge::{decode_entry, RouteEntries};

@@ -22,8 +22,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
-    decode_entry, encode_route, instance_id, Address, EntryKey, Group, KeyLayout, RouteEntries,
-    ServiceRoute,
+    decode_entry, decode_listed, encode_route, instance_id, Address, EntryKey, Group, KeyLayout,
+    RouteEntries, RunDecoder, ServiceRoute,
 };
 use crate::scope::{self, ScopedReader};
 use crate::telemetry::traced;
@@ -411,10 +411,11 @@ pub(crate) async fn decode_pairs(
 pub(crate) async fn entries_of(layout: &KeyLayout, pairs: Vec<KvPair>) -> Result<RouteEntries> {
     let layout = layout.clone();
     let groups = decode_in_halves(pairs, move |half| {
+        let mut decoder = RunDecoder::default();
         let decoded = half.into_iter().filter_map(|pair| {
             let entry = pair
                 .bytes()
-                .and_then(|bytes| decode_entry(&layout, &pair.key, &bytes));
+                .and_then(|bytes| decode_listed(&mut decoder, &layout, &pair.key, &bytes));
             match entry {
                 Ok((key, route)) => Some((key, pair.modify_index, route)),
                 Err(err) => {

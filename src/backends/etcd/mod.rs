@@ -27,8 +27,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
-    decode_entry, encode_route, instance_id, Address, Group, KeyLayout, RouteEntries, ServiceRoute,
-    MAX_VALUE_BYTES,
+    decode_listed, encode_route, instance_id, Address, Group, KeyLayout, RouteEntries, RunDecoder,
+    ServiceRoute, MAX_VALUE_BYTES,
 };
 use crate::scope::{self, ScopedReader};
 use crate::telemetry::traced;
@@ -302,13 +302,14 @@ pub(crate) async fn read_prefix(members: &Members, prefix: &str) -> Result<(Vec<
 /// Decodes keys into per-instance entries merged by service id; malformed ones are skipped with
 /// a warning.
 fn decode_page(layout: &KeyLayout, kvs: Vec<KeyValue>) -> Vec<Group> {
+    let mut decoder = RunDecoder::default();
     let decoded = kvs.iter().filter_map(|kv| {
         let Ok(key) = kv.key_str() else {
             tracing::warn!("skipping an etcd key that is not UTF-8");
             return None;
         };
-        match decode_entry(layout, key, kv.value()) {
-            Ok((entry_key, route)) => Some((entry_key, kv.mod_revision() as u64, route)),
+        match decode_listed(&mut decoder, layout, key, kv.value()) {
+            Ok((entry_key, decoded)) => Some((entry_key, kv.mod_revision() as u64, decoded)),
             Err(err) => {
                 tracing::warn!(%key, error = %err, "skipping malformed registry entry");
                 None

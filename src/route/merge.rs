@@ -454,7 +454,7 @@ fn union(
 /// (on a blocking thread, page by page), so a cold load holds merged routes, not every
 /// instance's decoded copy of its descriptor.
 #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
-pub(crate) struct Group(String, Instances);
+pub(crate) struct Group(ServiceKey, Instances);
 
 #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 impl Group {
@@ -470,7 +470,7 @@ impl Group {
             let instance = key.instance_id.as_deref().unwrap_or_default();
             let same_group = groups
                 .last()
-                .is_some_and(|Group(id, _)| *id == key.service_id);
+                .is_some_and(|Group(id, _)| id.as_str() == key.service_id);
             let descriptor = match (decoded.descriptor, &previous) {
                 (Some(own), _) => Arc::new(own),
                 (None, Some(previous)) if same_group => previous.clone(),
@@ -481,16 +481,20 @@ impl Group {
             };
             previous = Some(descriptor.clone());
             if !same_group {
-                groups.push(Group(key.service_id.clone(), Instances::default()));
+                let id = ServiceKey::Own(key.service_id.as_str().into());
+                groups.push(Group(id, Instances::default()));
             }
             if let Some(Group(_, instances)) = groups.last_mut() {
                 instances.store(instance, version, descriptor, decoded.addresses);
             }
         }
         drop(previous);
-        for Group(_, instances) in &mut groups {
+        for Group(id, instances) in &mut groups {
             instances.entries.shrink_to_fit();
             instances.merge();
+            // Keyed by the merged route from here on: the id's own copy is freed on the thread
+            // that made it, while its neighbours are still being made.
+            *id = ServiceKey::of(id.as_str(), instances);
         }
         groups
     }
@@ -592,13 +596,14 @@ impl RouteEntries {
     /// order are sorted first. A key given twice keeps its last entry.
     #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
     pub(crate) fn from_groups(groups: impl IntoIterator<Item = Group>) -> Self {
-        let mut joined: Vec<(String, Instances)> = Vec::new();
+        let mut joined: Vec<(ServiceKey, Instances)> = Vec::new();
         let mut sorted = true;
-        let join =
-            |joined: &mut Vec<(String, Instances)>, Group(id, instances)| match joined.last_mut() {
-                Some((last, into)) if *last == id => into.absorb(instances),
-                _ => joined.push((id, instances)),
-            };
+        let join = |joined: &mut Vec<(ServiceKey, Instances)>, Group(id, instances)| match joined
+            .last_mut()
+        {
+            Some((last, into)) if *last == id => into.absorb(instances),
+            _ => joined.push((id, instances)),
+        };
         for group in groups {
             sorted &= joined.last().is_none_or(|(last, _)| *last <= group.0);
             join(&mut joined, group);
@@ -615,7 +620,7 @@ impl RouteEntries {
         RouteEntries {
             services: joined
                 .into_iter()
-                .map(|(id, instances)| (ServiceKey::of(&id, &instances), instances))
+                .map(|(id, instances)| (ServiceKey::of(id.as_str(), &instances), instances))
                 .collect(),
             changed: BTreeSet::new(),
         }

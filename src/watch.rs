@@ -260,7 +260,10 @@ impl WatchHub {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut state = self.lock();
         if state.synced {
-            for route in state.routes.iter() {
+            // In id order, as a first read lists them.
+            let mut routes: Vec<&Arc<ServiceRoute>> = state.routes.iter().collect();
+            routes.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+            for route in routes {
                 let _ = tx.send(RouteEvent::Created(route.clone()));
             }
             let _ = tx.send(RouteEvent::Synced);
@@ -289,6 +292,7 @@ impl WatchHub {
         }
         drop(fresh);
         for route in routes {
+            // (A copy of the pointer: `apply` borrows the id from the route it is given.)
             state.apply(route.id(), Some(route.clone()));
         }
         state.mark_synced();

@@ -60,6 +60,27 @@ impl PartialEq for EndpointKey {
 
 impl Eq for EndpointKey {}
 
+impl PartialOrd for EndpointKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EndpointKey {
+    /// By lower-cased host, then port.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let host = |key: &Self| {
+            bare_host(&key.address)
+                .bytes()
+                .map(|b| b.to_ascii_lowercase())
+                .collect::<Vec<u8>>()
+        };
+        host(self)
+            .cmp(&host(other))
+            .then(self.address.port.cmp(&other.address.port))
+    }
+}
+
 impl std::fmt::Debug for EndpointKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EndpointKey")

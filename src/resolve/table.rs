@@ -243,7 +243,7 @@ pub(crate) fn path_key(path: &str) -> Cow<'_, str> {
 /// A key of the table's indexes. Most keys are text the entry they lead to holds already (its
 /// service id; its route path when that is in key form), so they borrow it through the entry
 /// instead of keeping a copy: at 100k routes that is two allocations fewer per route.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Key {
     /// The entry's service id.
     Id(Arc<RouteEntry>),
@@ -260,6 +260,12 @@ impl Key {
             Key::Path(entry) => entry.route().route_path(),
             Key::Owned(text) => text,
         }
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
     }
 }
 

@@ -305,6 +305,12 @@ impl RunDecoder {
         })
     }
 
+    /// Forgets the last value (one the caller skipped): the next parses its own descriptor.
+    pub(crate) fn forget(&mut self) {
+        self.previous.clear();
+        self.previous_id.clear();
+    }
+
     /// The service id of the last value decoded, whatever its descriptor was.
     pub(crate) fn id_of<'a>(&'a self, decoded: &'a Decoded) -> &'a str {
         decoded

@@ -4,8 +4,8 @@
 //! most routes publish one of a few metadata maps: a host serving 300 routes would otherwise
 //! be decoded into 300 copies, and the resolver's endpoint would hold one more. Decoding goes
 //! through [`address`] and [`metadata`], which hand out the copy already in use when there is
-//! one. Copies no route holds any longer are swept out once a pool has doubled since its last
-//! sweep, so a pool stays within twice what is in use.
+//! one. Copies no route holds any longer are swept out when a new value finds the pool twice as
+//! large as after its last sweep: a pool holds at most twice what was in use then.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -61,21 +61,23 @@ impl Content for Address {
     }
 }
 
+/// Maps share a copy only when their entries are equal in the same order, so a value encodes
+/// back exactly as it was written.
 impl Content for Map<String, Value> {
     fn hash_content(&self, state: &mut impl Hasher) {
-        // Order-independent, as map equality is: entries are combined by a commutative sum.
-        let mut sum = 0u64;
+        self.len().hash(state);
         for (key, value) in self {
-            let mut entry = foldhash::fast::FixedState::default().build_hasher();
-            key.hash(&mut entry);
-            hash_value(value, &mut entry);
-            sum = sum.wrapping_add(entry.finish());
+            key.hash(state);
+            hash_value(value, state);
         }
-        (self.len(), sum).hash(state);
     }
 
     fn same_content(&self, other: &Self) -> bool {
-        self == other
+        self.len() == other.len()
+            && self
+                .iter()
+                .zip(other)
+                .all(|((k1, v1), (k2, v2))| k1 == k2 && same_value(v1, v2))
     }
 }
 
@@ -93,6 +95,18 @@ fn hash_value(value: &Value, state: &mut impl Hasher) {
             5u8.hash(state);
             map.hash_content(state);
         }
+    }
+}
+
+/// Equality as written: numbers by their text, objects in order.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(a), Value::Number(b)) => a.to_string() == b.to_string(),
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_value(a, b))
+        }
+        (Value::Object(a), Value::Object(b)) => a.same_content(b),
+        (a, b) => a == b,
     }
 }
 
@@ -179,16 +193,21 @@ mod tests {
     }
 
     #[test]
-    fn equal_metadata_shares_one_copy_whatever_its_order() {
-        let one: Map<String, Value> =
-            serde_json::from_str(r#"{"HttpMethod":"GET","Auth":true,"n":[1,{"x":2}]}"#).unwrap();
-        let same: Map<String, Value> =
-            serde_json::from_str(r#"{"n":[1,{"x":2}],"Auth":true,"HttpMethod":"GET"}"#).unwrap();
-        let other: Map<String, Value> =
-            serde_json::from_str(r#"{"HttpMethod":"POST","Auth":true,"n":[1,{"x":2}]}"#).unwrap();
-        let (a, b, c) = (metadata(one), metadata(same), metadata(other));
-        assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &c));
+    fn metadata_shares_a_copy_only_when_written_alike() {
+        let parse = |text: &str| serde_json::from_str::<Map<String, Value>>(text).unwrap();
+        let one = metadata(parse(r#"{"HttpMethod":"GET","Auth":true,"n":[1,{"x":2}]}"#));
+        let same = metadata(parse(r#"{"HttpMethod":"GET","Auth":true,"n":[1,{"x":2}]}"#));
+        let reordered = metadata(parse(r#"{"n":[1,{"x":2}],"Auth":true,"HttpMethod":"GET"}"#));
+        let other = metadata(parse(
+            r#"{"HttpMethod":"POST","Auth":true,"n":[1,{"x":2}]}"#,
+        ));
+        assert!(Arc::ptr_eq(&one, &same));
+        assert!(!Arc::ptr_eq(&one, &other));
+        assert!(
+            !Arc::ptr_eq(&one, &reordered),
+            "the order it was written in is kept"
+        );
+        assert_eq!(reordered.keys().next().unwrap(), "n");
     }
 
     impl Pool<Address> {

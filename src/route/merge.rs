@@ -39,7 +39,11 @@ pub(crate) fn decode_listed(
 ) -> Result<(EntryKey, Decoded)> {
     let entry_key = parse_key(layout, key)?;
     let decoded = decoder.decode(value)?;
-    check_entry(key, &entry_key, decoder.id_of(&decoded), &decoded.addresses)?;
+    if let Err(err) = check_entry(key, &entry_key, decoder.id_of(&decoded), &decoded.addresses) {
+        // The listing skips it: the next value must not take its descriptor as the one before.
+        decoder.forget();
+        return Err(err);
+    }
     Ok((entry_key, decoded))
 }
 
@@ -317,14 +321,14 @@ impl Instances {
     fn absorb(&mut self, other: Instances) {
         let Instances { entries, merged } = other;
         let (descriptor, merged): (_, &[Arc<Address>]) = match &merged {
-            Some(route) => (Some(&route.descriptor), &route.addresses),
+            Some(route) => (Some(Arc::new(route.descriptor.clone())), &route.addresses),
             None => (None, &[]),
         };
         for mut entry in entries {
             // Its shared parts leave the route they pointed into.
             let own = entry.own(merged);
             if own.descriptor.is_none() {
-                own.descriptor = descriptor.map(|d| Arc::new(d.clone()));
+                own.descriptor = descriptor.clone();
             }
             if !matches!(own.addresses, Addresses::Own(_)) {
                 own.addresses = Addresses::Own(own.addresses.resolve(merged).into());
@@ -502,7 +506,7 @@ impl Group {
 
 /// A service id as the entries' map holds it: through its merged route, which holds the id
 /// already, or as text of its own while it has none.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum ServiceKey {
     Merged(Arc<ServiceRoute>),
     Own(Box<str>),
@@ -522,6 +526,12 @@ impl ServiceKey {
             ServiceKey::Merged(route) => route.id(),
             ServiceKey::Own(id) => id,
         }
+    }
+}
+
+impl std::fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
     }
 }
 
@@ -944,6 +954,45 @@ mod tests {
         let merged = RouteEntries::from_groups(groups).merged("A").unwrap();
         assert_eq!(ports(&merged), [1, 2, 3]);
         assert_eq!(merged.descriptor.metadata.get("HttpMethod").unwrap(), "GET");
+    }
+
+    #[test]
+    fn a_skipped_value_lends_its_descriptor_to_no_other() {
+        let layout = KeyLayout::new("p/").unwrap();
+        let value = |id: &str, path: &str, port: u16| {
+            let route = ServiceRoute::new(
+                ServiceDescriptor::new(id, path),
+                vec![Address::new("10.0.0.1", port.max(1))],
+            );
+            let text = String::from_utf8(crate::route::encode_route(&route).unwrap()).unwrap();
+            // Port 0 is no valid address: the value is skipped.
+            text.replace(r#"\"Port\":1}"#, &format!(r#"\"Port\":{port}}}"#))
+        };
+        // As etcd's and Consul's listings do: skip what does not decode, group the rest.
+        let list = |values: &[(&str, String)]| {
+            let mut decoder = RunDecoder::default();
+            let decoded = values.iter().filter_map(|(key, value)| {
+                decode_listed(&mut decoder, &layout, key, value.as_bytes())
+                    .ok()
+                    .map(|(key, decoded)| (key, 1, decoded))
+            });
+            RouteEntries::from_groups(Group::listing(decoded))
+        };
+        let entries = list(&[
+            ("p/A/i1", value("A", "api/old", 1)),
+            ("p/A/i2", value("A", "api/new", 0)),
+            ("p/A/i3", value("A", "api/new", 3)),
+        ]);
+        let merged = entries.merged("A").unwrap();
+        assert_eq!(merged.route_path(), "api/new", "i3's own descriptor");
+        assert_eq!(ports(&merged), [1, 3]);
+        let entries = list(&[
+            ("p/A/i1", value("A", "api/a", 1)),
+            ("p/B/i1", value("B", "api/b", 0)),
+            ("p/B/i2", value("B", "api/b", 2)),
+            ("p/B/i3", value("B", "api/b", 3)),
+        ]);
+        assert_eq!(ports(&entries.merged("B").unwrap()), [2, 3]);
     }
 
     #[test]

@@ -58,6 +58,22 @@ impl From<Map<String, Value>> for Metadata {
     }
 }
 
+impl From<Metadata> for Map<String, Value> {
+    /// The map (copied only when shared).
+    fn from(metadata: Metadata) -> Self {
+        Arc::unwrap_or_clone(metadata.0)
+    }
+}
+
+impl<'a> IntoIterator for &'a Metadata {
+    type Item = (&'a String, &'a Value);
+    type IntoIter = serde_json::map::Iter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 impl fmt::Debug for Metadata {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -84,12 +84,22 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
             .map(|(_, v)| v)
     }
 
-    /// The value whose key hashes as `hash` (with this map's hasher, see
+    /// The key that hashes as `hash` (with this map's hasher, see
     /// [`ShardedMap::hash_with`]) and satisfies `eq`: a lookup by something that is not a key.
-    pub(crate) fn find(&self, hash: u64, eq: impl Fn(&K) -> bool) -> Option<&V> {
+    pub(crate) fn find(&self, hash: u64, eq: impl Fn(&K) -> bool) -> Option<&K> {
         self.shard(Self::shard_of(hash))
             .find(hash, |(k, _)| eq(k))
-            .map(|(_, v)| v)
+            .map(|(k, _)| k)
+    }
+
+    /// The key held equal to `key` (for a map that keeps its values in its keys).
+    pub(crate) fn get_key<Q>(&self, key: &Q) -> Option<&K>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.find(hash, |k| k.borrow() == key)
     }
 
     /// A hash computed as keys' hashes are, by `hash` feeding this map's hasher.
@@ -157,10 +167,19 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
 
     /// Every value, in no particular order.
     pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries().map(|(_, v)| v)
+    }
+
+    /// Every key, in no particular order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries().map(|(k, _)| k)
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &(K, V)> {
         self.groups
             .iter()
             .flat_map(|group| group.iter())
-            .flat_map(|shard| shard.iter().map(|(_, v)| v))
+            .flat_map(|shard| shard.iter())
     }
 }
 

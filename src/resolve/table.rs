@@ -222,7 +222,32 @@ pub struct RouteTable {
     by_id: ShardedMap<Key, Arc<RouteEntry>>,
     by_path: ShardedMap<Key, Arc<RouteEntry>>,
     templates: Arc<Templates>,
-    endpoints: ShardedMap<EndpointKey, Arc<Endpoint>>,
+    endpoints: ShardedMap<Keyed, ()>,
+}
+
+/// An endpoint as its own key in the table (found by its [`EndpointKey`]): a copy of the table's
+/// shard then touches one reference count per endpoint, not a key's and a value's.
+#[derive(Debug, Clone)]
+struct Keyed(Arc<Endpoint>);
+
+impl PartialEq for Keyed {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key() == other.0.key()
+    }
+}
+
+impl Eq for Keyed {}
+
+impl Hash for Keyed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key().hash(state);
+    }
+}
+
+impl Borrow<EndpointKey> for Keyed {
+    fn borrow(&self) -> &EndpointKey {
+        self.0.key()
+    }
 }
 
 /// Whether a route path is a template (has `{parameter}` segments).
@@ -345,7 +370,7 @@ impl RouteTable {
     pub(crate) fn set_endpoint(&mut self, key: &EndpointKey, endpoint: Option<Arc<Endpoint>>) {
         match endpoint {
             Some(endpoint) => {
-                self.endpoints.insert(key.clone(), endpoint);
+                self.endpoints.insert(Keyed(endpoint), ());
             }
             None => {
                 self.endpoints.remove(key);
@@ -414,7 +439,7 @@ impl RouteTable {
 
     /// The shared endpoint for an address, if any route has it.
     pub fn endpoint(&self, key: &EndpointKey) -> Option<&Arc<Endpoint>> {
-        self.endpoints.get(key)
+        self.endpoints.get_key(key).map(|keyed| &keyed.0)
     }
 
     /// The shared endpoint serving `address`, if any route has it.
@@ -422,12 +447,14 @@ impl RouteTable {
         let hash = self
             .endpoints
             .hash_with(|state| EndpointKey::hash_address(address, state));
-        self.endpoints.find(hash, |key| key.matches(address))
+        self.endpoints
+            .find(hash, |keyed| keyed.0.key().matches(address))
+            .map(|keyed| &keyed.0)
     }
 
     /// Every distinct endpoint.
     pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
-        self.endpoints.values()
+        self.endpoints.keys().map(|keyed| &keyed.0)
     }
 
     /// How many distinct endpoints the table holds.

@@ -9,9 +9,10 @@
 //! Each shape runs in a child process of its own (RSS is not given back between shapes). It fills
 //! an in-process registry, starts a resolver on it (watch, hub and route table, as a client of
 //! any backend holds them), and prints the resident set and the bytes allocated. The in-process
-//! registry also keeps the raw values, which with etcd or Consul live in the server; their size
-//! is printed and taken off the total (its own bookkeeping of them stays in). For a client's
-//! memory alone, against a real etcd, see `benches/subscription.rs`.
+//! registry also keeps the raw keys and values, which with etcd or Consul live in the server:
+//! what a map of them costs is measured apart (the same keys and values in a `BTreeMap`, as the
+//! registry stores them) and taken off the total. For a client's memory alone, against a real
+//! etcd, see `benches/subscription.rs`.
 //!
 //! Run with `cargo bench --bench memory`.
 
@@ -19,6 +20,7 @@ mod common;
 #[path = "common/counting.rs"]
 mod counting;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::{descriptor, no_health};
@@ -46,17 +48,17 @@ fn address(shape: &str, i: usize, k: usize) -> Address {
     }
 }
 
-/// Writes the shape's keys; returns the bytes of the raw values written.
-fn fill(registry: &MemoryRouteManager, shape: &str) -> usize {
-    let mut raw_bytes = 0;
+/// The shape's raw keys and values, in key order.
+fn raw(shape: &str, mut each: impl FnMut(String, Vec<u8>)) {
     for i in 0..ROUTES {
         let descriptor = descriptor(i);
         let addresses: Vec<Address> = (0..ADDRESSES).map(|k| address(shape, i, k)).collect();
         if shape == "surging" {
             let route = ServiceRoute::new(descriptor, addresses);
-            let value = encode_route(&route).unwrap();
-            raw_bytes += value.len();
-            registry.insert_raw(&format!("{DEFAULT_PREFIX}{}", route.id()), value);
+            each(
+                format!("{DEFAULT_PREFIX}{}", route.id()),
+                encode_route(&route).unwrap(),
+            );
             continue;
         }
         for address in addresses {
@@ -67,27 +69,38 @@ fn fill(registry: &MemoryRouteManager, shape: &str) -> usize {
             );
             let value =
                 encode_route(&ServiceRoute::new(descriptor.clone(), vec![address])).unwrap();
-            raw_bytes += key.len() + value.len();
-            registry.insert_raw(&key, value);
+            each(key, value);
         }
     }
-    raw_bytes
 }
 
-async fn measure(shape: &str) {
+/// What a map of the shape's raw keys and values alone costs (MiB allocated), as the registry
+/// keeps them beside its decoded routes (a value and an optional lease per key).
+fn raw_map_mib(shape: &str) -> f64 {
+    let before = live_mib();
+    let mut map: BTreeMap<String, (Vec<u8>, Option<u64>)> = BTreeMap::new();
+    raw(shape, |key, value| {
+        map.insert(key, (value, None));
+    });
+    let held = live_mib() - before;
+    drop(map);
+    held
+}
+
+/// One shape, in this (child) process; `raw_mib`: what the raw map costs (measured apart).
+async fn measure(shape: &str, raw_mib: f64) {
     let Some(start) = rss_mib() else {
         println!("no /proc/self/status here: nothing to measure");
         return;
     };
     let registry = MemoryRouteManager::default();
-    let raw_bytes = fill(&registry, shape);
+    raw(shape, |key, value| registry.insert_raw(&key, value));
     let (filled, filled_live) = (rss_mib().unwrap(), live_mib());
     let resolver = AddressResolver::with_config(Arc::new(registry.clone()), no_health())
         .await
         .unwrap();
     assert_eq!(resolver.stats().routes, ROUTES);
     let (resolving, resolving_live) = (rss_mib().unwrap(), live_mib());
-    let raw_mib = raw_bytes as f64 / (1024.0 * 1024.0);
     let target = match shape {
         "instances-distinct" => "under 150",
         "instances-1000-hosts" => "under 80",
@@ -97,7 +110,7 @@ async fn measure(shape: &str) {
     println!("  at start                              {start:8.1}");
     println!("  registry filled                       {filled:8.1}   {filled_live:8.1}");
     println!("  resolver running                      {resolving:8.1}   {resolving_live:8.1}");
-    println!("  raw keys and values the registry keeps {raw_mib:7.1}  (held by the server with etcd/Consul)");
+    println!("  a map of the raw keys and values       {raw_mib:7.1}  (held by the server with etcd/Consul)");
     println!(
         "  total without them                    {:8.1}   {:8.1}  (target: {target})",
         resolving - raw_mib,
@@ -109,11 +122,13 @@ async fn measure(shape: &str) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--shape") {
-        return measure(&args[at + 1]).await;
+        return measure(&args[at + 1], args[at + 2].parse().unwrap()).await;
     }
     for shape in SHAPES {
+        // Measured here, so the shape's own process starts clean.
+        let raw_mib = raw_map_mib(shape);
         let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--shape", shape])
+            .args(["--shape", shape, &raw_mib.to_string()])
             .output()
             .unwrap();
         print!("{}", String::from_utf8_lossy(&output.stdout));

@@ -314,22 +314,38 @@ impl View {
     fn place(&mut self, id: &str, entry: Option<Arc<RouteEntry>>) {
         let old = self.table.by_id(id).cloned();
         self.table.set_entry(id, entry.clone());
-        if let Some(old) = &old {
-            let path = old.route().route_path();
-            if is_template(path) {
-                self.templated.remove(id);
-                self.templates_dirty = true;
-            } else {
-                self.unclaim(&path_key(path), id);
+        match (&old, &entry) {
+            // The same exact path, claimed by this id alone (a change of addresses, the usual
+            // change): it only points at the new entry.
+            (Some(old), Some(new))
+                if old.route().route_path() == new.route().route_path()
+                    && !is_template(new.route().route_path())
+                    && !self
+                        .contested
+                        .contains_key(&*path_key(new.route().route_path())) =>
+            {
+                self.table
+                    .set_path(&path_key(new.route().route_path()), Some(new.clone()));
             }
-        }
-        if let Some(entry) = &entry {
-            let path = entry.route().route_path();
-            if is_template(path) {
-                self.templated.insert(Arc::from(id), entry.clone());
-                self.templates_dirty = true;
-            } else {
-                self.claim(&path_key(path), id);
+            _ => {
+                if let Some(old) = &old {
+                    let path = old.route().route_path();
+                    if is_template(path) {
+                        self.templated.remove(id);
+                        self.templates_dirty = true;
+                    } else {
+                        self.unclaim(&path_key(path), id);
+                    }
+                }
+                if let Some(entry) = &entry {
+                    let path = entry.route().route_path();
+                    if is_template(path) {
+                        self.templated.insert(Arc::from(id), entry.clone());
+                        self.templates_dirty = true;
+                    } else {
+                        self.claim(&path_key(path), entry);
+                    }
+                }
             }
         }
         if let Some(old) = old {
@@ -346,7 +362,8 @@ impl View {
         }
     }
 
-    fn claim(&mut self, path: &str, id: &str) {
+    fn claim(&mut self, path: &str, entry: &Arc<RouteEntry>) {
+        let id = entry.route().id();
         if let Some(ids) = self.contested.get_mut(path) {
             if !ids.iter().any(|claimant| **claimant == *id) {
                 ids.push(Arc::from(id));
@@ -359,8 +376,7 @@ impl View {
                     self.contested.insert(Arc::from(path), ids);
                 }
                 _ => {
-                    let entry = self.table.by_id(id).cloned();
-                    self.table.set_path(path, entry);
+                    self.table.set_path(path, Some(entry.clone()));
                     return;
                 }
             }

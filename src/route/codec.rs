@@ -127,11 +127,15 @@ struct WireAddress {
 /// The descriptor must be valid (non-empty id); addresses that fail the strict checks are skipped
 /// with a warning so one bad address does not hide the others.
 pub fn decode_route(bytes: &[u8]) -> Result<ServiceRoute> {
+    from_wire(parse_wire(bytes)?)
+}
+
+/// Parses a registry value (optionally BOM-prefixed) in its wire form.
+fn parse_wire(bytes: &[u8]) -> Result<WireRoute<'_>> {
     let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     check_size(bytes.len())?;
-    let wire: WireRoute = serde_json::from_slice(bytes)
-        .map_err(|e| Error::malformed(format!("route JSON does not parse: {e}")).with_source(e))?;
-    from_wire(wire)
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::malformed(format!("route JSON does not parse: {e}")).with_source(e))
 }
 
 /// Decodes a route from an already-parsed JSON value (used by the file backend).
@@ -263,11 +267,7 @@ pub(crate) struct RunDecoder {
 impl RunDecoder {
     /// Decodes one value (bytes, optionally BOM-prefixed).
     pub(crate) fn decode(&mut self, bytes: &[u8]) -> Result<Decoded> {
-        let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
-        check_size(bytes.len())?;
-        let wire: WireRoute = serde_json::from_slice(bytes).map_err(|e| {
-            Error::malformed(format!("route JSON does not parse: {e}")).with_source(e)
-        })?;
+        let wire = parse_wire(bytes)?;
         let raw = wire.descriptor.get();
         let mut descriptor = if !self.previous.is_empty() && self.previous == raw {
             None

@@ -309,6 +309,11 @@ impl Instances {
         addresses: Vec<Arc<Address>>,
     ) {
         let entry = Entry::standalone(instance, version, descriptor, addresses);
+        self.store_entry(instance, entry);
+    }
+
+    /// Puts `entry` in its place by instance id, replacing one of the same instance.
+    fn store_entry(&mut self, instance: &str, entry: Entry) {
         match self.position(instance) {
             Ok(at) => self.entries[at] = entry,
             Err(at) => self.entries.insert(at, entry),
@@ -334,10 +339,7 @@ impl Instances {
                 own.addresses = Addresses::Own(own.addresses.resolve(merged).into());
             }
             let instance = own.instance.clone();
-            match self.position(&instance) {
-                Ok(at) => self.entries[at] = entry,
-                Err(at) => self.entries.insert(at, entry),
-            }
+            self.store_entry(&instance, entry);
         }
         self.merge();
     }

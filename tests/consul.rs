@@ -84,6 +84,10 @@ impl Harness for ConsulHarness {
         .await;
     }
 
+    async fn put_surging_route(&self, service_id: &str, value: &[u8]) {
+        self.put_raw(service_id, value.to_vec()).await;
+    }
+
     async fn delete_entries_by_hand(&self) {
         // As `consul kv delete -recurse` does: the keys go, the sessions stay.
         let url = format!(

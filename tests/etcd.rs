@@ -51,22 +51,18 @@ impl Harness for EtcdHarness {
         connect(&url).await.unwrap()
     }
 
+    async fn put_surging_route(&self, service_id: &str, value: &[u8]) {
+        let (prefix, key, value) = (self.prefix.clone(), service_id.to_owned(), value.to_vec());
+        control(&self.server, move |server| {
+            etcdctl_put(server, &prefix, &key, &value)
+        })
+        .await;
+    }
+
     async fn put_malformed(&self) {
         let prefix = self.prefix.clone();
         control(&self.server, move |server| {
-            let put = |key: &str, value: &[u8]| {
-                let mut child = std::process::Command::new(
-                    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("backends/.local/bin/etcdctl"),
-                )
-                .args(["--endpoints", &server.endpoint(), "put", &format!("{prefix}{key}")])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-                use std::io::Write;
-                child.stdin.take().unwrap().write_all(value).unwrap();
-                assert!(child.wait().unwrap().success(), "etcdctl put {key}");
-            };
+            let put = |key: &str, value: &[u8]| etcdctl_put(server, &prefix, key, value);
             put("Bad.Json/127.0.0.1_1", b"{not json");
             put(
                 "Bad.Mismatch/127.0.0.1_1",
@@ -101,6 +97,26 @@ impl Harness for EtcdHarness {
     async fn restore_backend(&self) {
         control(&self.server, EtcdServer::restart).await;
     }
+}
+
+/// Writes `value` at `<prefix><key>` with etcdctl, around wayfinder.
+fn etcdctl_put(server: &EtcdServer, prefix: &str, key: &str, value: &[u8]) {
+    let etcdctl =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("backends/.local/bin/etcdctl");
+    let mut child = std::process::Command::new(etcdctl)
+        .args([
+            "--endpoints",
+            &server.endpoint(),
+            "put",
+            &format!("{prefix}{key}"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(value).unwrap();
+    assert!(child.wait().unwrap().success(), "etcdctl put {key}");
 }
 
 conformance_suite!(EtcdHarness);

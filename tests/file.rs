@@ -66,6 +66,16 @@ impl Harness for FileHarness {
         self.write_atomically(&serde_json::to_vec(&doc).unwrap());
     }
 
+    async fn put_surging_route(&self, service_id: &str, value: &[u8]) {
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(self.path()).unwrap()).unwrap();
+        let route: Value = serde_json::from_slice(value).unwrap();
+        doc["Routes"]
+            .as_object_mut()
+            .unwrap()
+            .insert(service_id.to_owned(), route);
+        self.write_atomically(&serde_json::to_vec(&doc).unwrap());
+    }
+
     async fn delete_entries_by_hand(&self) {
         // An edit that takes every route out and leaves the heartbeat records.
         let mut doc: Value = serde_json::from_slice(&std::fs::read(self.path()).unwrap()).unwrap();
@@ -115,6 +125,83 @@ async fn reads_surging_shared_file() {
     reg.shutdown().await.unwrap();
     let routes = client.list().await.unwrap();
     assert_eq!(routes.len(), 1, "the static Surging route survives");
+}
+
+/// In the `surging` layout the file stays Surging's own (a BOM and a JSON array, one route per
+/// service id, every address with its `Type`), the liveness records go beside it, and a
+/// crashed instance's address is pruned by the next write of a live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_surging_layout_keeps_surgings_own_file() {
+    init_logging();
+    let h = FileHarness::new().await;
+    let url = format!(
+        "file://{}?layout=surging&ttl=1s&poll=200ms",
+        h.path().display()
+    );
+    let (a, b) = (
+        wayfinder::connect(&url).await.unwrap(),
+        wayfinder::connect(&url).await.unwrap(),
+    );
+    let reg_a = a.register(instance(7311, &["A", "B"])).await.unwrap();
+    let reg_b = b.register(instance(7312, &["A"])).await.unwrap();
+    // As Surging reads it: BOM, array, one route per id.
+    let surging_reads = || {
+        let bytes = std::fs::read(h.path()).unwrap();
+        let json = bytes
+            .strip_prefix(b"\xEF\xBB\xBF")
+            .expect("Surging's file starts with a BOM");
+        let routes: Vec<Value> = serde_json::from_slice(json).unwrap();
+        let mut by_id = std::collections::BTreeMap::new();
+        for route in routes {
+            let id = route["ServiceDescriptor"]["Id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let mut ports: Vec<u64> = route["AddressDescriptors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|entry| {
+                    assert_eq!(
+                        entry["Type"],
+                        "Surging.Core.CPlatform.Address.IpAddressModel"
+                    );
+                    let address: Value =
+                        serde_json::from_str(entry["Value"].as_str().unwrap()).unwrap();
+                    address["Port"].as_u64().unwrap()
+                })
+                .collect();
+            ports.sort_unstable();
+            assert!(by_id.insert(id, ports).is_none(), "one route per id");
+        }
+        by_id
+    };
+    let view = surging_reads();
+    assert_eq!(view["Test.IDemoService.A"], [7311, 7312]);
+    assert_eq!(view["Test.IDemoService.B"], [7311]);
+    let records = std::fs::read(h.dir.path().join("routes.json.instances.json")).unwrap();
+    assert!(String::from_utf8(records)
+        .unwrap()
+        .contains("127.0.0.1_7311"));
+    // A reader in the default layout reads it too.
+    let routes = h.client().await.list().await.unwrap();
+    assert_eq!(routes.len(), 2);
+
+    // A crashed instance: the live one's next heartbeat prunes it.
+    reg_a.abandon().await;
+    eventually(
+        Duration::from_secs(4),
+        "the crashed instance pruned",
+        || async {
+            let view = surging_reads();
+            (view.get("Test.IDemoService.A") == Some(&vec![7312])
+                && !view.contains_key("Test.IDemoService.B"))
+            .then_some(())
+        },
+    )
+    .await;
+    reg_b.shutdown().await.unwrap();
+    assert!(surging_reads().is_empty());
 }
 
 /// A file that does not parse is never overwritten by a writer: nothing in it is lost.

@@ -43,6 +43,11 @@ impl Harness for MemoryHarness {
             .insert_raw(&format!("{prefix}Bad.Empty/127.0.0.1_1"), "");
     }
 
+    async fn put_surging_route(&self, service_id: &str, value: &[u8]) {
+        self.registry
+            .insert_raw(&format!("services/serviceRoutes/{service_id}"), value);
+    }
+
     async fn delete_entries_by_hand(&self) {
         assert!(self.registry.delete_raw("services/serviceRoutes/") > 0);
     }

@@ -5,9 +5,9 @@ use std::net::Ipv6Addr;
 
 use serde_json::{json, Value};
 use wayfinder::route::{
-    decode_route, encode_route, encode_route_value, instance_id, parse_instance_id, service_id,
-    service_short_name, validate_key, validate_service_id, KeyLayout, RouteTemplate,
-    DEFAULT_PREFIX, MAX_VALUE_BYTES,
+    decode_route, encode_route, encode_route_for_surging, encode_route_value, instance_id,
+    parse_instance_id, service_id, service_short_name, validate_key, validate_service_id,
+    KeyLayout, RouteTemplate, DEFAULT_PREFIX, MAX_VALUE_BYTES,
 };
 use wayfinder::{Address, ErrorKind, ServiceDescriptor, ServiceRoute};
 
@@ -138,6 +138,83 @@ fn older_surging_form_decodes_and_lifts_address_token() {
         route.descriptor.token.as_deref(),
         Some("88904f103a3740529e960d9d230ce852")
     );
+}
+
+/// Values exactly as each age of Surging writes them: each is read, with its addresses, token,
+/// metadata and (in seconds) timestamp.
+#[test]
+fn values_as_every_surging_version_writes_them_are_read() {
+    // Today's form with a weight: `Tp` in seconds beside `Wt`, 0-valued optional fields omitted.
+    let current = r#"{"AddressDescriptors":[{"Value":"{\"Ip\":\"192.168.1.10\",\"Port\":98,\"WsPort\":96,\"MqttPort\":97,\"HttpPort\":280,\"Wt\":3,\"Tp\":1732000000}"}],"ServiceDescriptor":{"Id":"Surging.IModuleServices.Common.IUserService.GetUser_id","Token":"True","RoutePath":"api/user/getuser","Metadatas":{"HttpMethod":"GET"}}}"#;
+    let route = decode_route(current.as_bytes()).unwrap();
+    let address = &route.addresses[0];
+    assert_eq!(
+        (address.port, address.ws_port, address.http_port),
+        (98, Some(96), Some(280))
+    );
+    assert_eq!(
+        (address.weight, address.timestamp),
+        (Some(3), Some(1_732_000_000))
+    );
+    assert_eq!(route.descriptor.token.as_deref(), Some("True"));
+
+    // A process with Surging's camelCase resolver: every name camelCase, metadata keys too.
+    let camel = r#"{"addressDescriptors":[{"value":"{\"ip\":\"192.168.1.11\",\"port\":98,\"wsPort\":0,\"mqttPort\":0}"}],"serviceDescriptor":{"id":"Surging.IModuleServices.Common.IUserService.GetUser_id","token":null,"routePath":"api/user/getuser","metadatas":{"httpMethod":"GET"}}}"#;
+    let route = decode_route(camel.as_bytes()).unwrap();
+    assert_eq!(route.addresses[0].to_string(), "192.168.1.11:98");
+    assert_eq!(route.route_path(), "api/user/getuser");
+    assert_eq!(route.descriptor.token, None);
+    assert_eq!(
+        route.descriptor.metadata.get("httpMethod"),
+        Some(&json!("GET"))
+    );
+
+    // Mid-2018: `Type` (assembly-qualified) still beside `Value`, nulls written out.
+    let mid_2018 = r#"{"AddressDescriptors":[{"Type":"Surging.Core.CPlatform.Address.IpAddressModel, Surging.Core.CPlatform","Value":"{\"Ip\":\"127.0.0.1\",\"Port\":98,\"WanIp\":null,\"WsPort\":0,\"MqttPort\":null,\"HttpPort\":null,\"ProcessorTime\":0.0}"}],"ServiceDescriptor":{"Id":"Surging.IModuleServices.Common.IUserService.GetUser_id","Token":null,"RoutePath":"api/user/getuser","Metadatas":{"EnableAuthorization":false}}}"#;
+    let route = decode_route(mid_2018.as_bytes()).unwrap();
+    assert_eq!(route.addresses[0].to_string(), "127.0.0.1:98");
+    assert_eq!(route.addresses[0].wan_ip, None);
+
+    // 2017: `Type` required and the token inside each address.
+    let route = decode_route(OLDER_FORM.as_bytes()).unwrap();
+    assert_eq!(
+        route.descriptor.token.as_deref(),
+        Some("88904f103a3740529e960d9d230ce852")
+    );
+
+    // A route whose every address went, and one without metadata.
+    let emptied = r#"{"AddressDescriptors":[],"ServiceDescriptor":{"Id":"Surging.IModuleServices.Common.IUserService.GetUser_id","RoutePath":"api/user/getuser","Metadatas":null}}"#;
+    let route = decode_route(emptied.as_bytes()).unwrap();
+    assert!(route.addresses.is_empty());
+    assert!(route.descriptor.metadata.is_empty());
+}
+
+/// In the `surging` layout wayfinder writes the form every Surging reader takes: `Type` beside
+/// each `Value`, the token inside each address too, `WsPort` and `MqttPort` always there.
+#[test]
+fn the_surging_layout_writes_what_every_surging_reader_takes() {
+    let descriptor =
+        ServiceDescriptor::new("Svc.IUserService.Get", "api/user/get").with_token("t0k");
+    let mut address = Address::new("10.0.0.1", 98);
+    address.weight = Some(2);
+    address.timestamp = Some(1_732_000_000);
+    let route = ServiceRoute::new(descriptor, vec![address]);
+    let written: Value =
+        serde_json::from_slice(&encode_route_for_surging(&route).unwrap()).unwrap();
+    let entry = &written["AddressDescriptors"][0];
+    assert_eq!(
+        entry["Type"],
+        "Surging.Core.CPlatform.Address.IpAddressModel"
+    );
+    let inner: Value = serde_json::from_str(entry["Value"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        inner,
+        json!({"Ip": "10.0.0.1", "Port": 98, "WsPort": 0, "MqttPort": 0, "Wt": 2, "Tp": 1_732_000_000i64, "Token": "t0k"})
+    );
+    assert_eq!(written["ServiceDescriptor"]["Token"], "t0k");
+    let read = decode_route(&encode_route_for_surging(&route).unwrap()).unwrap();
+    assert_eq!(read.descriptor, route.descriptor);
+    assert_eq!(read.addresses[0].timestamp, Some(1_732_000_000));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
 use crate::route::{
-    decode_entry, decode_route, encode_route, instance_id, Address, KeyLayout, RouteEntries,
+    decode_entry, encode_route, instance_id, without, Address, Edit, KeyLayout, RouteEntries,
     ServiceRoute,
 };
 use crate::telemetry::traced;
@@ -399,21 +399,16 @@ impl RouteManager for MemoryRouteManager {
                         Some(_) => {}
                         // A whole-route value written by Surging: take the addresses out of it.
                         None => {
-                            let Ok(mut route) = decode_route(&state.kv[&key].value) else {
-                                continue;
-                            };
-                            let before = route.addresses.len();
-                            route
-                                .addresses
-                                .retain(|a| !addresses.iter().any(|d| d.same_endpoint(a)));
-                            if route.addresses.len() == before {
-                                continue;
-                            }
-                            removed += before - route.addresses.len();
-                            if route.addresses.is_empty() {
-                                state.delete(&self.inner, &key);
-                            } else {
-                                state.put(&self.inner, key, encode_route(&route)?, None);
+                            let (edit, taken) = without(&state.kv[&key].value, |a| {
+                                addresses.iter().any(|d| d.same_endpoint(a))
+                            })?;
+                            removed += taken;
+                            match edit {
+                                Edit::Unchanged => {}
+                                Edit::Delete => {
+                                    state.delete(&self.inner, &key);
+                                }
+                                Edit::Put(value) => state.put(&self.inner, key, value, None),
                             }
                         }
                     }

@@ -7,3 +7,5 @@ pub mod etcd;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod memory;
+#[cfg(any(feature = "etcd", feature = "consul"))]
+pub(crate) mod shared;

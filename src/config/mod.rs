@@ -53,7 +53,8 @@ pub const ENV_PREFIX: &str = "WAYFINDER_";
 
 /// The backend options: URL query options, [`Config`] fields and `WAYFINDER_*` variables alike.
 pub const OPTION_NAMES: &[&str] = &[
-    "prefix", "ttl", "timeout", "poll", "wait", "user", "password", "token", "ca", "cert", "key",
+    "prefix", "layout", "ttl", "timeout", "poll", "wait", "user", "password", "token", "ca",
+    "cert", "key",
 ];
 
 /// Opens the backend a URL names. See the module docs for the forms.
@@ -65,7 +66,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn RouteManager>> {
 pub async fn connect_with(config: &Config) -> Result<Arc<dyn RouteManager>> {
     let url = BackendUrl::parse(&config.backend)?;
     open::check_scheme(&url)?;
-    let options = open::BackendOptions::from_query(&url)?.overlaid_with(config);
+    let options = open::BackendOptions::from_query(&url)?.overlaid_with(config)?;
     tracing::debug!(backend = %redact_url(&config.backend), "connecting");
     open::open(&url, options).await
 }
@@ -86,6 +87,9 @@ pub struct Config {
     pub backend: String,
     /// Key prefix for memory, etcd and Consul; default `services/serviceRoutes/`.
     pub prefix: Option<String>,
+    /// How instances write routes (etcd, Consul, file): `instances` (default; a key per route
+    /// per instance) or `surging` (one shared value per service id, as Surging keeps it).
+    pub layout: Option<String>,
     /// Liveness TTL of registrations; default 10 s, at least 1 s.
     #[serde(deserialize_with = "duration::deserialize_option")]
     pub ttl: Option<Duration>,
@@ -162,6 +166,7 @@ impl Default for Config {
         Config {
             backend: DEFAULT_BACKEND_URL.to_owned(),
             prefix: None,
+            layout: None,
             ttl: None,
             timeout: None,
             poll: None,
@@ -189,6 +194,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("backend", &redact_url(&self.backend))
             .field("prefix", &self.prefix)
+            .field("layout", &self.layout)
             .field("ttl", &self.ttl)
             .field("timeout", &self.timeout)
             .field("poll", &self.poll)
@@ -226,6 +232,7 @@ impl Config {
         for (key, _) in &parsed.query {
             match key.as_str() {
                 "prefix" => self.prefix = None,
+                "layout" => self.layout = None,
                 "ttl" => self.ttl = None,
                 "timeout" => self.timeout = None,
                 "poll" => self.poll = None,

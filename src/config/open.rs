@@ -11,12 +11,13 @@ use super::{Config, KNOWN_SCHEMES, OPTION_NAMES};
 use crate::backends::memory::{MemoryConfig, MemoryRouteManager};
 use crate::error::{Error, Result};
 use crate::manager::RouteManager;
-use crate::route::KeyLayout;
+use crate::route::{KeyLayout, LayoutStyle};
 
 /// The backend options, typed: from the URL's query, then overlaid with a [`Config`].
 #[derive(Default)]
 pub(super) struct BackendOptions {
     prefix: Option<String>,
+    layout: Option<LayoutStyle>,
     ttl: Option<Duration>,
     timeout: Option<Duration>,
     poll: Option<Duration>,
@@ -37,6 +38,7 @@ impl BackendOptions {
             let duration = || parse_duration(value).map(Some);
             let repeated = match key.as_str() {
                 "prefix" => options.prefix.replace(value.clone()).is_some(),
+                "layout" => options.layout.replace(LayoutStyle::parse(value)?).is_some(),
                 "ttl" => std::mem::replace(&mut options.ttl, duration()?).is_some(),
                 "timeout" => std::mem::replace(&mut options.timeout, duration()?).is_some(),
                 "poll" => std::mem::replace(&mut options.poll, duration()?).is_some(),
@@ -72,9 +74,15 @@ impl BackendOptions {
     }
 
     /// These options with every field `config` sets put in their place.
-    pub(super) fn overlaid_with(self, config: &Config) -> Self {
-        BackendOptions {
+    pub(super) fn overlaid_with(self, config: &Config) -> Result<Self> {
+        let layout = config
+            .layout
+            .as_deref()
+            .map(LayoutStyle::parse)
+            .transpose()?;
+        Ok(BackendOptions {
             prefix: config.prefix.clone().or(self.prefix),
+            layout: layout.or(self.layout),
             ttl: config.ttl.or(self.ttl),
             timeout: config.timeout.or(self.timeout),
             poll: config.poll.or(self.poll),
@@ -85,13 +93,14 @@ impl BackendOptions {
             ca: config.ca.clone().or(self.ca),
             cert: config.cert.clone().or(self.cert),
             key: config.key.clone().or(self.key),
-        }
+        })
     }
 
     /// Refuses options that `scheme` does not take, so a misplaced setting is not ignored.
     fn accept_only(&self, scheme: &str, allowed: &[&str]) -> Result<()> {
         let set = [
             ("prefix", self.prefix.is_some()),
+            ("layout", self.layout.is_some()),
             ("ttl", self.ttl.is_some()),
             ("timeout", self.timeout.is_some()),
             ("poll", self.poll.is_some()),
@@ -112,8 +121,13 @@ impl BackendOptions {
         }
     }
 
-    fn layout(&self) -> Result<Option<KeyLayout>> {
-        self.prefix.as_deref().map(KeyLayout::new).transpose()
+    /// The key layout: the prefix given or the default, in the style given or the default.
+    fn layout(&self) -> Result<KeyLayout> {
+        let layout = match self.prefix.as_deref() {
+            Some(prefix) => KeyLayout::new(prefix)?,
+            None => KeyLayout::default(),
+        };
+        Ok(layout.with_style(self.layout.unwrap_or_default()))
     }
 
     fn ttl(&self) -> Result<Option<Duration>> {
@@ -154,10 +168,10 @@ pub(super) async fn open(
 
 fn open_memory(options: BackendOptions) -> Result<Arc<dyn RouteManager>> {
     options.accept_only("memory", &["prefix", "ttl"])?;
-    let mut config = MemoryConfig::default();
-    if let Some(layout) = options.layout()? {
-        config.layout = layout;
-    }
+    let mut config = MemoryConfig {
+        layout: options.layout()?,
+        ..MemoryConfig::default()
+    };
     if let Some(ttl) = options.ttl()? {
         config.ttl = ttl;
     }
@@ -172,8 +186,9 @@ fn open_file(url: &BackendUrl, options: BackendOptions) -> Result<Arc<dyn RouteM
             "file URL has no path (use file:///abs/path.json or file://./relative.json)",
         ));
     }
-    options.accept_only("file", &["ttl", "poll"])?;
+    options.accept_only("file", &["layout", "ttl", "poll"])?;
     let mut config = FileConfig::new(&url.location);
+    config.layout = options.layout()?.style();
     if let Some(ttl) = options.ttl()? {
         config.ttl = ttl;
     }
@@ -197,13 +212,11 @@ async fn open_etcd(url: &BackendUrl, options: BackendOptions) -> Result<Arc<dyn 
     options.accept_only(
         "etcd",
         &[
-            "prefix", "ttl", "timeout", "user", "password", "ca", "cert", "key",
+            "prefix", "layout", "ttl", "timeout", "user", "password", "ca", "cert", "key",
         ],
     )?;
     let mut config = EtcdConfig::new(hosts);
-    if let Some(layout) = options.layout()? {
-        config.layout = layout;
-    }
+    config.layout = options.layout()?;
     if let Some(ttl) = options.ttl()? {
         config.ttl = ttl;
     }
@@ -251,11 +264,12 @@ fn open_consul(url: &BackendUrl, options: BackendOptions) -> Result<Arc<dyn Rout
             "consul URL names no agent (consul://host:port[,host:port])",
         ));
     }
-    options.accept_only("consul", &["prefix", "ttl", "timeout", "wait", "token"])?;
+    options.accept_only(
+        "consul",
+        &["prefix", "layout", "ttl", "timeout", "wait", "token"],
+    )?;
     let mut config = ConsulConfig::new(agents);
-    if let Some(layout) = options.layout()? {
-        config.layout = layout;
-    }
+    config.layout = options.layout()?;
     if let Some(ttl) = options.ttl()? {
         config.ttl = ttl;
     }
@@ -308,7 +322,8 @@ mod tests {
         config.ttl = Some(Duration::from_secs(7));
         let options = BackendOptions::from_query(&url)
             .unwrap()
-            .overlaid_with(&config);
+            .overlaid_with(&config)
+            .unwrap();
         assert_eq!(options.ttl, Some(Duration::from_secs(7)));
         assert_eq!(options.prefix.as_deref(), Some("from-url/"));
         assert!(options.accept_only("memory", &["prefix", "ttl"]).is_ok());

@@ -117,8 +117,14 @@ struct WireAddress {
         skip_serializing_if = "Option::is_none"
     )]
     timestamp: Option<i64>,
-    /// Older form only: the service token lived in the address.
-    #[serde(rename = "Token", alias = "token", default, skip_serializing)]
+    /// The service token, inside the address as the older form kept it (written in the
+    /// `surging` layout so that older Surging readers find it).
+    #[serde(
+        rename = "Token",
+        alias = "token",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     token: Option<String>,
 }
 
@@ -148,7 +154,30 @@ pub fn decode_route_value(value: Value) -> Result<ServiceRoute> {
 
 /// Encodes a route in the current Surging form, refusing values over [`MAX_VALUE_BYTES`].
 pub fn encode_route(route: &ServiceRoute) -> Result<Vec<u8>> {
-    let bytes = serde_json::to_vec(&to_wire(route)?).map_err(|e| {
+    encode_route_in(route, Form::Current)
+}
+
+/// Encodes a route as Surging's readers of every age take it (the `surging` layout's shared
+/// values): `Type` beside each `Value`, the route's token also inside each address, `WsPort` and
+/// `MqttPort` always written. Refuses values over [`MAX_VALUE_BYTES`].
+pub fn encode_route_for_surging(route: &ServiceRoute) -> Result<Vec<u8>> {
+    encode_route_in(route, Form::Compatible)
+}
+
+/// Which of Surging's forms a value is written in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Today's: the address alone under `Value`.
+    Current,
+    /// Readable by Surging before mid-2018 too.
+    Compatible,
+}
+
+/// The `Type` Surging names beside each address value.
+const ADDRESS_TYPE: &str = "Surging.Core.CPlatform.Address.IpAddressModel";
+
+fn encode_route_in(route: &ServiceRoute, form: Form) -> Result<Vec<u8>> {
+    let bytes = serde_json::to_vec(&to_wire(route, form)?).map_err(|e| {
         Error::invalid_input(format!("route {} cannot be encoded: {e}", route.id()))
     })?;
     check_size(bytes.len())?;
@@ -158,7 +187,7 @@ pub fn encode_route(route: &ServiceRoute) -> Result<Vec<u8>> {
 /// Encodes a route as a JSON value in the current Surging form (no size limit: for whole-file
 /// backends, where [`MAX_VALUE_BYTES`] does not apply).
 pub fn encode_route_value(route: &ServiceRoute) -> Result<Value> {
-    let value = serde_json::to_value(to_wire(route)?).map_err(|e| {
+    let value = serde_json::to_value(to_wire(route, Form::Current)?).map_err(|e| {
         Error::invalid_input(format!("route {} cannot be encoded: {e}", route.id()))
     })?;
     Ok(value)
@@ -382,11 +411,14 @@ struct WireRouteOut {
 
 #[derive(Serialize)]
 struct WireAddressOut {
+    #[serde(rename = "Type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
     #[serde(rename = "Value")]
     value: String,
 }
 
-fn to_wire(route: &ServiceRoute) -> Result<WireRouteOut> {
+fn to_wire(route: &ServiceRoute, form: Form) -> Result<WireRouteOut> {
+    let compatible = form == Form::Compatible;
     let d = &route.descriptor;
     if d.id.trim().is_empty() {
         return Err(Error::invalid_input("service descriptor has an empty id"));
@@ -398,18 +430,22 @@ fn to_wire(route: &ServiceRoute) -> Result<WireRouteOut> {
             ip: Some(address.ip.clone()),
             port: Some(i64::from(address.port)),
             wan_ip: address.wan_ip.clone(),
-            ws_port: address.ws_port.map(i64::from),
-            mqtt_port: address.mqtt_port.map(i64::from),
+            // A Surging host always writes these two, 0 when unset.
+            ws_port: address.ws_port.or(compatible.then_some(0)).map(i64::from),
+            mqtt_port: address.mqtt_port.or(compatible.then_some(0)).map(i64::from),
             http_port: address.http_port.map(i64::from),
             processor_time: address.processor_time,
             weight: address.weight.map(serde_json::Number::from),
             timestamp: address.timestamp,
-            token: None,
+            token: d.token.clone().filter(|_| compatible),
         };
         let value = serde_json::to_string(&wire).map_err(|e| {
             Error::invalid_input(format!("address {address} cannot be encoded: {e}"))
         })?;
-        addresses.push(WireAddressOut { value });
+        addresses.push(WireAddressOut {
+            kind: compatible.then_some(ADDRESS_TYPE),
+            value,
+        });
     }
     Ok(WireRouteOut {
         addresses,

@@ -146,10 +146,37 @@ fn validate_host_name(host: &str) -> Result<()> {
     }
 }
 
-/// Where routes live in a key-value registry: the prefix and the key of each instance's entry.
+/// How instances write their routes under the prefix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LayoutStyle {
+    /// wayfinder's own layout: a key per route per instance, `<prefix><service-id>/<instance-id>`,
+    /// bound to the instance's liveness. Concurrent writers never touch each other's keys.
+    #[default]
+    Instances,
+    /// Surging's layout: one value per service id at `<prefix><service-id>` holding every
+    /// instance's address, edited by compare-and-swap; liveness lives in keys beside the prefix.
+    Surging,
+}
+
+impl LayoutStyle {
+    /// The style an option names: `instances` or `surging`.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "instances" => Ok(LayoutStyle::Instances),
+            "surging" => Ok(LayoutStyle::Surging),
+            other => Err(Error::invalid_input(format!(
+                "unknown layout {other:?}; known layouts: instances, surging"
+            ))),
+        }
+    }
+}
+
+/// Where routes live in a key-value registry: the prefix, the key of each entry, and the keys
+/// beside the prefix that hold liveness and deregistration records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLayout {
     prefix: String,
+    style: LayoutStyle,
 }
 
 /// What a key under the prefix names.
@@ -170,7 +197,21 @@ impl KeyLayout {
         }
         validate_key(&prefix)
             .map_err(|e| Error::invalid_input(format!("prefix: {}", e.message())))?;
-        Ok(KeyLayout { prefix })
+        Ok(KeyLayout {
+            prefix,
+            style: LayoutStyle::Instances,
+        })
+    }
+
+    /// This layout written in `style` (builder style).
+    pub fn with_style(mut self, style: LayoutStyle) -> Self {
+        self.style = style;
+        self
+    }
+
+    /// How instances write their routes.
+    pub fn style(&self) -> LayoutStyle {
+        self.style
     }
 
     /// The prefix, ending in `/`.
@@ -196,10 +237,36 @@ impl KeyLayout {
     /// the prefix (`services/serviceRoutes-removed/<instance-id>`), never under it, since readers
     /// of the prefix (Surging among them) take every value there for a route.
     pub fn tombstone_key(&self, instance_id: &str) -> Result<String> {
-        let key = format!(
-            "{}-removed/{instance_id}",
-            self.prefix.trim_end_matches('/')
-        );
+        self.beside("removed", instance_id)
+    }
+
+    /// The key of one service id's shared value in the `surging` style: `<prefix><service-id>`.
+    pub fn route_key(&self, service_id: &str) -> Result<String> {
+        validate_service_id(service_id)?;
+        Ok(format!("{}{service_id}", self.prefix))
+    }
+
+    /// In the `surging` style, the key bound to a running instance's liveness
+    /// (`services/serviceRoutes-live/<instance-id>`), beside the prefix since Surging takes
+    /// every value under it for a route.
+    pub fn live_key(&self, instance_id: &str) -> Result<String> {
+        self.beside("live", instance_id)
+    }
+
+    /// In the `surging` style, the key that records that wayfinder wrote an instance's address
+    /// into shared values (`services/serviceRoutes-owned/<instance-id>`): once its live key is
+    /// gone, a reaper takes that address out. Addresses without one are never reaped.
+    pub fn owned_key(&self, instance_id: &str) -> Result<String> {
+        self.beside("owned", instance_id)
+    }
+
+    /// The prefix of the keys beside the prefix of one `kind` (`live`, `owned`, `removed`).
+    pub(crate) fn beside_prefix(&self, kind: &str) -> String {
+        format!("{}-{kind}/", self.prefix.trim_end_matches('/'))
+    }
+
+    fn beside(&self, kind: &str, instance_id: &str) -> Result<String> {
+        let key = format!("{}{instance_id}", self.beside_prefix(kind));
         validate_key(&key)?;
         Ok(key)
     }
@@ -228,6 +295,7 @@ impl Default for KeyLayout {
     fn default() -> Self {
         KeyLayout {
             prefix: DEFAULT_PREFIX.to_owned(),
+            style: LayoutStyle::Instances,
         }
     }
 }

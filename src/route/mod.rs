@@ -8,17 +8,18 @@ mod merge;
 mod metadata;
 mod model;
 mod set;
+mod shared;
 mod template;
 
 #[cfg(any(feature = "etcd", feature = "consul"))]
 pub(crate) use codec::RunDecoder;
 pub use codec::{
-    decode_descriptors, decode_route, decode_route_value, encode_route, encode_route_value,
-    MAX_VALUE_BYTES,
+    decode_descriptors, decode_route, decode_route_value, encode_route, encode_route_for_surging,
+    encode_route_value, MAX_VALUE_BYTES,
 };
 pub use key::{
     instance_id, parse_instance_id, validate_key, validate_service_id, EntryKey, KeyLayout,
-    DEFAULT_PREFIX,
+    LayoutStyle, DEFAULT_PREFIX,
 };
 #[cfg(any(feature = "etcd", feature = "consul"))]
 pub(crate) use merge::decode_listed;
@@ -28,4 +29,7 @@ pub(crate) use merge::{decode_entry, RouteEntries};
 pub use metadata::Metadata;
 pub use model::{Address, ServiceDescriptor, ServiceRoute};
 pub(crate) use set::RouteSet;
+#[cfg(any(feature = "etcd", feature = "consul"))]
+pub(crate) use shared::{holds, with_address};
+pub(crate) use shared::{without, Edit};
 pub use template::{parameter_name, service_id, service_short_name, RouteTemplate};

@@ -28,7 +28,8 @@ pub struct Address {
     pub processor_time: Option<f64>,
     /// Weight for weighted selection (`Wt`); absent means 1.
     pub weight: Option<u32>,
-    /// Timestamp (`Tp`) set by the publisher, milliseconds since the Unix epoch.
+    /// Timestamp (`Tp`) set by the publisher: **seconds** since the Unix epoch, as Surging writes
+    /// it (Surging sets it only beside a weight).
     pub timestamp: Option<i64>,
 }
 

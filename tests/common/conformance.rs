@@ -28,7 +28,8 @@ macro_rules! conformance_suite {
             concurrent_registrations_lose_nothing, malformed_entries_are_skipped,
             outage_keeps_last_good_routes, invalid_registrations_are_refused,
             watch_cycles_leak_no_tasks, a_new_watch_or_resolver_sees_every_completed_write,
-            a_subscription_reads_and_follows_only_its_services);
+            a_subscription_reads_and_follows_only_its_services,
+            deregistering_edits_surging_values_in_place);
     };
     (@tests $h:ty; $($name:ident),*) => {
         $(
@@ -540,4 +541,39 @@ pub async fn a_subscription_reads_and_follows_only_its_services<H: Harness>() {
         "the order service's removals never arrive: {seen:?}"
     );
     user.shutdown().await.unwrap();
+}
+
+/// A whole-route value as Surging writes it, served at 127.0.0.1:7092 and :7093.
+const SURGING_SHARED: &[u8] = br#"{"AddressDescriptors":[{"Value":"{\"Ip\":\"127.0.0.1\",\"Port\":7092,\"WsPort\":0,\"MqttPort\":0}"},{"Value":"{\"Ip\":\"127.0.0.1\",\"Port\":7093,\"WsPort\":0,\"MqttPort\":0}"}],"ServiceDescriptor":{"Id":"Test.IDemoService.Shared","RoutePath":"api/demo/shared","Metadatas":{}}}"#;
+
+/// Deregistering an address edits the values Surging shares among instances, on every backend
+/// alike: the address goes, the others stay, and a value whose last address goes is deleted.
+pub async fn deregistering_edits_surging_values_in_place<H: Harness>() {
+    init_logging();
+    let h = H::new().await;
+    let client = h.client().await;
+    let reg = client.register(instance(7091, &["Other"])).await.unwrap();
+    h.put_surging_route("Test.IDemoService.Shared", SURGING_SHARED)
+        .await;
+    let shared =
+        || async { addresses_of(&client.list().await.unwrap(), "Test.IDemoService.Shared") };
+    assert_eq!(shared().await, ["127.0.0.1:7092", "127.0.0.1:7093"]);
+    let removed = client
+        .deregister(&Address::new("127.0.0.1", 7092))
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(shared().await, ["127.0.0.1:7093"]);
+    let removed = client
+        .deregister(&Address::new("127.0.0.1", 7093))
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(shared().await.is_empty());
+    let routes = client.list().await.unwrap();
+    assert_eq!(
+        addresses_of(&routes, "Test.IDemoService.Other"),
+        ["127.0.0.1:7091"]
+    );
+    reg.shutdown().await.unwrap();
 }

@@ -24,6 +24,9 @@ pub trait Harness: Sized {
     async fn client(&self) -> Arc<dyn RouteManager>;
     /// Writes malformed entries under service ids that start with `Bad.`, bypassing the API.
     async fn put_malformed(&self);
+    /// Writes a whole route value for `service_id` as Surging itself does (one value per service
+    /// id, no liveness), bypassing the API.
+    async fn put_surging_route(&self, service_id: &str, value: &[u8]);
     /// Deletes every route entry under the test's prefix bypassing the API (`etcdctl del
     /// --prefix`, `consul kv delete -recurse`, an edited file), leaving liveness records alone.
     async fn delete_entries_by_hand(&self);

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use super::{decode_pairs, Agents, KvPair, Listing};
+use super::agents::{Agents, KvPair, Listing};
+use super::decode_pairs;
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::route::RouteEntries;

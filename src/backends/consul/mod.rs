@@ -7,22 +7,26 @@
 //! `feed`) is one recursive blocking query on the prefix. The ACL token is only ever sent in the
 //! `X-Consul-Token` header and is redacted from Debug output.
 
+mod agents;
 mod feed;
+mod liveness;
+mod session;
+mod shared;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
-use reqwest::{Client, RequestBuilder, Response, StatusCode};
-use serde::{Deserialize, Serialize};
 
+use agents::{Agents, KvPair, TxnOp};
+
+use crate::backends::shared::{clear_beside, remove_from_shared, SurgingLayout};
 use crate::decode::decode_in_halves;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
-use crate::registration::{Liveness, LivenessStore, Registration};
+use crate::registration::Registration;
 use crate::route::{
-    decode_entry, decode_listed, encode_route, instance_id, Address, EntryKey, Group, KeyLayout,
+    decode_entry, decode_listed, instance_id, Address, EntryKey, Group, KeyLayout, LayoutStyle,
     RouteEntries, RunDecoder, ServiceRoute,
 };
 use crate::scope::{self, ScopedReader};
@@ -95,275 +99,15 @@ pub struct ConsulRouteManager {
     inner: Arc<ConsulStore>,
 }
 
-/// HTTP access to the agents, with fail-over and the token header.
-#[derive(Clone)]
-pub(crate) struct Agents {
-    http: Client,
-    config: ConsulConfig,
-}
-
-impl std::fmt::Debug for Agents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agents")
-            .field("config", &self.config)
-            .finish()
-    }
-}
-
-/// One key as the KV API returns it.
-#[derive(Debug, Deserialize)]
-pub(crate) struct KvPair {
-    #[serde(rename = "Key")]
-    pub key: String,
-    #[serde(rename = "Value", default)]
-    pub value: Option<String>,
-    #[serde(rename = "ModifyIndex", default)]
-    pub modify_index: u64,
-    /// The session holding the key, if any.
-    #[serde(rename = "Session", default)]
-    pub session: Option<String>,
-}
-
-impl KvPair {
-    /// The value's bytes (empty for a key without a value).
-    pub(crate) fn bytes(&self) -> Result<Vec<u8>> {
-        match &self.value {
-            None => Ok(Vec::new()),
-            Some(encoded) => base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|e| {
-                    Error::malformed(format!("key {}: value is not base64: {e}", self.key))
-                }),
-        }
-    }
-}
-
-/// The result of a recursive read.
-pub(crate) struct Listing {
-    pub pairs: Vec<KvPair>,
-    pub index: u64,
-    /// ACLs hid some keys: the listing is partial and absences mean nothing.
-    pub filtered: bool,
-}
-
-/// The key-value pairs of a successful KV read.
-async fn pairs_of(action: &str, response: Response) -> Result<Vec<KvPair>> {
-    response.json::<Vec<KvPair>>().await.map_err(|e| {
-        Error::new(
-            ErrorKind::Unavailable,
-            format!("consul {action}: bad answer: {e}"),
-        )
-    })
-}
-
-fn error_from(action: &str, status: StatusCode, body: &str) -> Error {
-    let kind = match status {
-        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => ErrorKind::PermissionDenied,
-        StatusCode::BAD_REQUEST => ErrorKind::InvalidInput,
-        StatusCode::NOT_FOUND => ErrorKind::NotFound,
-        _ => ErrorKind::Unavailable,
-    };
-    Error::new(
-        kind,
-        format!("consul {action}: HTTP {status}: {}", body.trim()),
-    )
-}
-
-impl Agents {
-    fn new(config: ConsulConfig) -> Result<Self> {
-        let http = Client::builder()
-            .connect_timeout(config.timeout)
-            // Idle connections (and their background tasks) go soon; busy ones are reused.
-            .pool_idle_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Unavailable, format!("HTTP client: {e}")))?;
-        Ok(Agents { http, config })
-    }
-
-    /// Sends the request built by `build` to each agent in turn until one answers.
-    async fn send(
-        &self,
-        action: &str,
-        timeout: Duration,
-        build: impl Fn(&Client, &str) -> RequestBuilder,
-    ) -> Result<Response> {
-        let mut last = None;
-        for agent in &self.config.agents {
-            let mut request = build(&self.http, agent).timeout(timeout);
-            if let Some(token) = &self.config.token {
-                request = request.header("X-Consul-Token", token);
-            }
-            match request.send().await {
-                Ok(response) => return Ok(response),
-                Err(err) => {
-                    // reqwest errors can carry the URL, never the header: safe to log.
-                    tracing::debug!(%agent, error = %err, "consul agent unreachable");
-                    last = Some(Error::new(
-                        ErrorKind::Unavailable,
-                        format!("consul {action}: {agent}: {err}"),
-                    ));
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| Error::invalid_input("consul URL names no agent")))
-    }
-
-    /// Reads the keys of the service ids starting with `scope` (every key under the prefix when
-    /// it is empty) recursively; with `index > 0` it is a blocking query.
-    pub(crate) async fn list(&self, scope: &str, index: u64) -> Result<Listing> {
-        let prefix = format!("{}{scope}", self.config.layout.prefix());
-        let wait = self.config.wait;
-        let timeout = if index > 0 {
-            // Consul adds up to wait/16 of jitter to a blocking query.
-            wait * 17 / 16 + self.config.timeout
-        } else {
-            self.config.timeout
-        };
-        let response = self
-            .send("list", timeout, |http, agent| {
-                let request = http
-                    .get(format!("{agent}/v1/kv/{prefix}"))
-                    .query(&[("recurse", "true")]);
-                if index > 0 {
-                    request.query(&[
-                        ("index", index.to_string()),
-                        ("wait", format!("{}s", wait.as_secs().max(1))),
-                    ])
-                } else {
-                    request
-                }
-            })
-            .await?;
-        let status = response.status();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let index = header("X-Consul-Index")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        let filtered = header("X-Consul-Results-Filtered-By-ACLs").is_some_and(|v| v == "true");
-        match status {
-            StatusCode::NOT_FOUND => Ok(Listing {
-                pairs: Vec::new(),
-                index,
-                filtered,
-            }),
-            s if s.is_success() => {
-                let pairs = pairs_of("list", response).await?;
-                Ok(Listing {
-                    pairs,
-                    index,
-                    filtered,
-                })
-            }
-            s => Err(error_from(
-                "list",
-                s,
-                &response.text().await.unwrap_or_default(),
-            )),
-        }
-    }
-
-    /// Runs KV operations through `/v1/txn`, at most [`MAX_TXN_OPS`] per request.
-    async fn txn(&self, action: &str, ops: Vec<TxnOp>) -> Result<()> {
-        for batch in ops.chunks(MAX_TXN_OPS) {
-            let response = self
-                .send(action, self.config.timeout, |http, agent| {
-                    http.put(format!("{agent}/v1/txn")).json(batch)
-                })
-                .await?;
-            let status = response.status();
-            if !status.is_success() {
-                return Err(error_from(
-                    action,
-                    status,
-                    &response.text().await.unwrap_or_default(),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs check operations through `/v1/txn`; `false` when one of them does not hold (409).
-    async fn txn_holds(&self, action: &str, ops: Vec<TxnOp>) -> Result<bool> {
-        for batch in ops.chunks(MAX_TXN_OPS) {
-            let response = self
-                .send(action, self.config.timeout, |http, agent| {
-                    http.put(format!("{agent}/v1/txn")).json(batch)
-                })
-                .await?;
-            match response.status() {
-                s if s.is_success() => {}
-                StatusCode::CONFLICT => return Ok(false),
-                s => {
-                    return Err(error_from(
-                        action,
-                        s,
-                        &response.text().await.unwrap_or_default(),
-                    ))
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    async fn put_json(
-        &self,
-        action: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<Response> {
-        let response = self
-            .send(action, self.config.timeout, |http, agent| {
-                let request = http.put(format!("{agent}{path}"));
-                match body {
-                    Some(body) => request.json(body),
-                    None => request,
-                }
-            })
-            .await?;
-        Ok(response)
-    }
-}
-
-#[derive(Clone, Serialize)]
-struct TxnOp {
-    #[serde(rename = "KV")]
-    kv: TxnKv,
-}
-
-impl TxnOp {
-    fn kv(verb: &'static str, key: String, value: Option<String>, session: Option<String>) -> Self {
-        TxnOp {
-            kv: TxnKv {
-                verb,
-                key,
-                value,
-                session,
-            },
-        }
-    }
-}
-
-#[derive(Clone, Serialize)]
-struct TxnKv {
-    #[serde(rename = "Verb")]
-    verb: &'static str,
-    #[serde(rename = "Key")]
-    key: String,
-    #[serde(rename = "Value", skip_serializing_if = "Option::is_none")]
-    value: Option<String>,
-    #[serde(rename = "Session", skip_serializing_if = "Option::is_none")]
-    session: Option<String>,
-}
-
 struct ConsulStore {
     agents: Agents,
     feeds: ScopedFeeds,
+}
+
+impl ConsulStore {
+    fn config(&self) -> &ConsulConfig {
+        &self.agents.config
+    }
 }
 
 impl std::fmt::Debug for ConsulStore {
@@ -446,160 +190,6 @@ impl ConsulRouteManager {
     }
 }
 
-impl ConsulStore {
-    fn config(&self) -> &ConsulConfig {
-        &self.agents.config
-    }
-
-    /// Operations that write every entry of the instance, locked by `session`.
-    fn lock_ops(&self, instance: &Instance, id: &str, session: &str) -> Result<Vec<TxnOp>> {
-        let mut ops = Vec::with_capacity(instance.routes.len());
-        for descriptor in &instance.routes {
-            let key = self.config().layout.instance_key(&descriptor.id, id)?;
-            let value = encode_route(&instance.route(descriptor))?;
-            ops.push(TxnOp::kv(
-                "lock",
-                key,
-                Some(base64::engine::general_purpose::STANDARD.encode(value)),
-                Some(session.to_owned()),
-            ));
-        }
-        Ok(ops)
-    }
-}
-
-#[async_trait]
-impl LivenessStore for ConsulStore {
-    type Lease = String;
-    const BACKEND: &'static str = "consul";
-
-    async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<String> {
-        let id = instance.id()?;
-        let ttl = ttl.max(MIN_SESSION_TTL);
-        let body = serde_json::json!({
-            "Name": format!("wayfinder {id}"),
-            "TTL": format!("{}s", ttl.as_secs()),
-            "Behavior": "delete",
-            "LockDelay": "0s",
-        });
-        let response = self
-            .agents
-            .put_json("session create", "/v1/session/create", Some(&body))
-            .await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(error_from(
-                "session create",
-                status,
-                &response.text().await.unwrap_or_default(),
-            ));
-        }
-        #[derive(Deserialize)]
-        struct Created {
-            #[serde(rename = "ID")]
-            id: String,
-        }
-        let session = response
-            .json::<Created>()
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Unavailable,
-                    format!("consul session create: {e}"),
-                )
-            })?
-            .id;
-        let ops = self.lock_ops(instance, &id, &session)?;
-        if let Err(err) = self.agents.txn("register", ops).await {
-            let _ = self
-                .agents
-                .put_json(
-                    "session destroy",
-                    &format!("/v1/session/destroy/{session}"),
-                    None,
-                )
-                .await;
-            return Err(err);
-        }
-        Ok(session)
-    }
-
-    async fn keep_alive(&self, _instance: &Instance, session: &String) -> Result<Liveness> {
-        let response = self
-            .agents
-            .put_json(
-                "session renew",
-                &format!("/v1/session/renew/{session}"),
-                None,
-            )
-            .await?;
-        match response.status() {
-            s if s.is_success() => Ok(Liveness::Alive),
-            StatusCode::NOT_FOUND => Ok(Liveness::Lost),
-            s => Err(error_from(
-                "session renew",
-                s,
-                &response.text().await.unwrap_or_default(),
-            )),
-        }
-    }
-
-    async fn heal(&self, instance: &Instance, session: &String) -> Result<usize> {
-        let id = instance.id()?;
-        let layout = &self.config().layout;
-        let keys = instance
-            .routes
-            .iter()
-            .map(|d| layout.instance_key(&d.id, &id))
-            .collect::<Result<Vec<_>>>()?;
-        let checks: Vec<TxnOp> = keys
-            .iter()
-            .map(|key| TxnOp::kv("check-session", key.clone(), None, Some(session.clone())))
-            .collect();
-        if self.agents.txn_holds("heal check", checks).await? {
-            return Ok(0);
-        }
-        // Something is missing: unless a deregistration removed the instance, write it all back
-        // (taking a lock the session already holds changes nothing). Each batch writes only
-        // while no deregistration marker exists, so a deregistration, earlier or concurrent, wins.
-        let tombstone = layout.tombstone_key(&id)?;
-        let mut written = 0;
-        for batch in self
-            .lock_ops(instance, &id, session)?
-            .chunks(MAX_TXN_OPS - 1)
-        {
-            let size = batch.len();
-            let mut ops = vec![TxnOp::kv("check-not-exists", tombstone.clone(), None, None)];
-            ops.extend(batch.iter().cloned());
-            if !self.agents.txn_holds("heal", ops).await? {
-                break;
-            }
-            written += size;
-        }
-        Ok(written)
-    }
-
-    async fn remove_instance(&self, _instance: &Instance, session: String) -> Result<()> {
-        // Destroying the session deletes its keys (Behavior=delete).
-        let response = self
-            .agents
-            .put_json(
-                "session destroy",
-                &format!("/v1/session/destroy/{session}"),
-                None,
-            )
-            .await?;
-        match response.status() {
-            s if s.is_success() => Ok(()),
-            s => Err(error_from(
-                "session destroy",
-                s,
-                &response.text().await.unwrap_or_default(),
-            )),
-        }
-    }
-}
-
 #[async_trait]
 impl RouteSource for ConsulRouteManager {
     fn backend(&self) -> &'static str {
@@ -657,7 +247,14 @@ impl ScopedReader for ConsulRouteManager {
 #[async_trait]
 impl RouteManager for ConsulRouteManager {
     async fn register(&self, instance: Instance) -> Result<Registration> {
-        Registration::start(self.inner.clone(), instance, self.inner.config().ttl).await
+        let ttl = self.inner.config().ttl;
+        match self.inner.config().layout.style() {
+            LayoutStyle::Instances => Registration::start(self.inner.clone(), instance, ttl).await,
+            LayoutStyle::Surging => {
+                let layout = Arc::new(SurgingLayout(self.inner.clone()));
+                Registration::start(layout, instance, ttl).await
+            }
+        }
     }
 
     async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {
@@ -705,9 +302,14 @@ impl RouteManager for ConsulRouteManager {
                     Ok(()) => agents.txn("deregister", ops).await,
                     Err(err) => Err(err),
                 };
+                // Shared values (the surging layout's, or Surging's own) are edited in place.
+                let shared = match deleted {
+                    Ok(()) => remove_from_shared(self.inner.as_ref(), addresses).await,
+                    Err(err) => Err(err),
+                };
                 // Counted even when only part of it went through.
                 note_write();
-                deleted.map(|()| count)
+                shared.map(|taken| count + taken)
             },
             |removed| *removed,
         )
@@ -722,39 +324,19 @@ impl RouteManager for ConsulRouteManager {
                 let prefix = self.inner.config().layout.prefix().to_owned();
                 // Destroy the sessions holding keys under the prefix: running instances see their
                 // liveness gone and register again.
-                let response = self
-                    .inner
-                    .agents
-                    .send("sessions", self.inner.config().timeout, |http, agent| {
-                        http.get(format!("{agent}/v1/kv/{prefix}"))
-                            .query(&[("recurse", "true")])
-                    })
-                    .await?;
-                #[derive(Deserialize)]
-                struct Held {
-                    #[serde(rename = "Session", default)]
-                    session: Option<String>,
-                }
-                if response.status().is_success() {
-                    let held: Vec<Held> = response.json().await.unwrap_or_default();
-                    let mut sessions: Vec<String> =
-                        held.into_iter().filter_map(|h| h.session).collect();
-                    sessions.sort();
-                    sessions.dedup();
-                    for session in sessions {
-                        let _ = self
-                            .inner
-                            .agents
-                            .put_json(
-                                "session destroy",
-                                &format!("/v1/session/destroy/{session}"),
-                                None,
-                            )
-                            .await;
-                    }
+                let held = self.inner.agents.list_under(&prefix).await?;
+                let mut sessions: Vec<String> =
+                    held.into_iter().filter_map(|pair| pair.session).collect();
+                sessions.sort();
+                sessions.dedup();
+                for session in sessions {
+                    let _ = self.inner.destroy_session(&session).await;
                 }
                 let op = TxnOp::kv("delete-tree", prefix, None, None);
-                let deleted = self.inner.agents.txn("clear", vec![op]).await;
+                let deleted = match self.inner.agents.txn("clear", vec![op]).await {
+                    Ok(()) => clear_beside(self.inner.as_ref()).await,
+                    Err(err) => Err(err),
+                };
                 // Destroyed sessions already took keys with them, even if the delete failed.
                 note_write();
                 deleted

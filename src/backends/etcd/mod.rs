@@ -7,27 +7,29 @@
 //! request goes through `Members` (in `members`), which sends it to a member that answers.
 
 mod feed;
+mod lease;
+mod liveness;
 mod members;
+mod shared;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    KeyValue, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, TlsOptions,
-    Txn, TxnOp,
+    Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, KeyValue, PutOptions,
+    TlsOptions, Txn, TxnOp,
 };
-use tokio::sync::Mutex;
 
 use members::Members;
 
+use crate::backends::shared::{clear_beside, remove_from_shared, SurgingLayout};
 use crate::decode::decode_in_halves;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
-use crate::registration::{Liveness, LivenessStore, Registration};
+use crate::registration::Registration;
 use crate::route::{
-    decode_listed, encode_route, instance_id, Address, Group, KeyLayout, RouteEntries, RunDecoder,
+    decode_listed, instance_id, Address, Group, KeyLayout, LayoutStyle, RouteEntries, RunDecoder,
     ServiceRoute, MAX_VALUE_BYTES,
 };
 use crate::scope::{self, ScopedReader};
@@ -384,204 +386,6 @@ async fn run_batched(members: &Members, ops: Vec<TxnOp>, action: &str) -> Result
     Ok(())
 }
 
-/// Revokes a lease; one already gone counts as revoked (its keys went with it).
-async fn revoke_lease(members: &Members, lease: i64) -> Result<()> {
-    members
-        .call("lease revoke", |mut client| async move {
-            match client.lease_revoke(lease).await {
-                Ok(_) => Ok(()),
-                Err(err) if status_code(&err) == Some(NOT_FOUND) => Ok(()),
-                Err(err) => Err(err),
-            }
-        })
-        .await
-}
-
-/// One registration's lease and its keep-alive stream.
-pub(crate) struct EtcdLease {
-    id: i64,
-    stream: Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
-}
-
-fn lease_seconds(ttl: Duration) -> i64 {
-    (ttl.as_secs_f64().ceil() as i64).max(2)
-}
-
-impl EtcdStore {
-    fn instance_keys(&self, instance: &Instance) -> Result<Vec<String>> {
-        let id = instance.id()?;
-        instance
-            .routes
-            .iter()
-            .map(|d| self.config.layout.instance_key(&d.id, &id))
-            .collect()
-    }
-}
-
-#[async_trait]
-impl LivenessStore for EtcdStore {
-    type Lease = EtcdLease;
-    const BACKEND: &'static str = "etcd";
-
-    async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<EtcdLease> {
-        let keys = self.instance_keys(instance)?;
-        let seconds = lease_seconds(ttl);
-        let lease = self
-            .members
-            .call("lease grant", |mut client| async move {
-                client.lease_grant(seconds, None).await
-            })
-            .await?
-            .id();
-        let mut ops = Vec::with_capacity(keys.len());
-        for (key, descriptor) in keys.into_iter().zip(&instance.routes) {
-            let value = encode_route(&instance.route(descriptor))?;
-            ops.push(TxnOp::put(
-                key,
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            ));
-        }
-        if let Err(err) = run_batched(&self.members, ops, "register").await {
-            // Take back what a partial write put up, rather than leave it for a TTL.
-            let _ = revoke_lease(&self.members, lease).await;
-            return Err(err);
-        }
-        Ok(EtcdLease {
-            id: lease,
-            stream: Mutex::new(None),
-        })
-    }
-
-    async fn keep_alive(&self, _instance: &Instance, lease: &EtcdLease) -> Result<Liveness> {
-        let mut slot = lease.stream.lock().await;
-        if slot.is_none() {
-            let id = lease.id;
-            // Opening the stream already sends one keep-alive.
-            let opened = self
-                .members
-                .call("lease keep-alive", |mut client| async move {
-                    match client.lease_keep_alive(id).await {
-                        Ok(stream) => Ok(Some(stream)),
-                        Err(err) if is_lease_gone(&err) => Ok(None),
-                        Err(err) => Err(err),
-                    }
-                })
-                .await?;
-            match opened {
-                Some(stream) => *slot = Some(stream),
-                None => return Ok(Liveness::Lost),
-            }
-        }
-        let Some((keeper, stream)) = slot.as_mut() else {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                "etcd keep-alive stream missing",
-            ));
-        };
-        let renewal = async {
-            keeper.keep_alive().await?;
-            stream.message().await
-        };
-        let Ok(answer) = tokio::time::timeout(self.config.timeout, renewal).await else {
-            // The member holding the stream went quiet: reopen it (on a member that answers).
-            *slot = None;
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "etcd lease keep-alive: no answer within {:?}",
-                    self.config.timeout
-                ),
-            ));
-        };
-        match answer {
-            Ok(Some(response)) if response.ttl() > 0 => Ok(Liveness::Alive),
-            // A TTL of 0, or (as etcd-client reports it) "lease not found": expired or revoked.
-            Ok(Some(_)) => {
-                *slot = None;
-                Ok(Liveness::Lost)
-            }
-            // The stream closed: reopen it next time (reopening tells whether the lease lives).
-            Ok(None) => {
-                *slot = None;
-                Err(Error::new(
-                    ErrorKind::Unavailable,
-                    "etcd keep-alive stream closed",
-                ))
-            }
-            Err(err) if is_lease_gone(&err) => {
-                *slot = None;
-                Ok(Liveness::Lost)
-            }
-            Err(err) => {
-                *slot = None;
-                Err(etcd_error("lease keep-alive", err))
-            }
-        }
-    }
-
-    async fn heal(&self, instance: &Instance, lease: &EtcdLease) -> Result<usize> {
-        let keys = self.instance_keys(instance)?;
-        let id = lease.id;
-        let attached = self
-            .members
-            .call("lease time-to-live", |mut client| async move {
-                let options = LeaseTimeToLiveOptions::new().with_keys();
-                client.lease_time_to_live(id, Some(options)).await
-            })
-            .await?;
-        if attached.ttl() <= 0 {
-            // The lease is gone: the next renewal finds out and registers again.
-            return Ok(0);
-        }
-        let held: std::collections::HashSet<&[u8]> =
-            attached.keys().iter().map(Vec::as_slice).collect();
-        let missing: Vec<(String, &crate::route::ServiceDescriptor)> = keys
-            .into_iter()
-            .zip(&instance.routes)
-            .filter(|(key, _)| !held.contains(key.as_bytes()))
-            .collect();
-        if missing.is_empty() {
-            return Ok(0);
-        }
-        let tombstone = self.config.layout.tombstone_key(&instance.id()?)?;
-        let mut ops = Vec::with_capacity(missing.len());
-        for (key, descriptor) in &missing {
-            let value = encode_route(&instance.route(descriptor))?;
-            ops.push(TxnOp::put(
-                key.as_str(),
-                value,
-                Some(PutOptions::new().with_lease(lease.id)),
-            ));
-        }
-        // Each batch writes only while no deregistration marker exists (one is bound to this
-        // lease when a deregistration removed the instance), so a deregistration always wins.
-        let mut written = 0;
-        for batch in ops.chunks(MAX_TXN_OPS) {
-            let txn = Txn::new()
-                .when([Compare::version(tombstone.as_str(), CompareOp::Equal, 0)])
-                .and_then(batch.to_vec());
-            let answer = self
-                .members
-                .call("heal", |mut client| {
-                    let txn = txn.clone();
-                    async move { client.txn(txn).await }
-                })
-                .await?;
-            if !answer.succeeded() {
-                break;
-            }
-            written += batch.len();
-        }
-        Ok(written)
-    }
-
-    async fn remove_instance(&self, _instance: &Instance, lease: EtcdLease) -> Result<()> {
-        drop(lease.stream.lock().await.take());
-        revoke_lease(&self.members, lease.id).await
-    }
-}
-
 #[async_trait]
 impl RouteSource for EtcdRouteManager {
     fn backend(&self) -> &'static str {
@@ -638,7 +442,14 @@ impl ScopedReader for EtcdRouteManager {
 #[async_trait]
 impl RouteManager for EtcdRouteManager {
     async fn register(&self, instance: Instance) -> Result<Registration> {
-        Registration::start(self.inner.clone(), instance, self.inner.config.ttl).await
+        let ttl = self.inner.config.ttl;
+        match self.inner.config.layout.style() {
+            LayoutStyle::Instances => Registration::start(self.inner.clone(), instance, ttl).await,
+            LayoutStyle::Surging => {
+                let layout = Arc::new(SurgingLayout(self.inner.clone()));
+                Registration::start(layout, instance, ttl).await
+            }
+        }
     }
 
     async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {
@@ -690,9 +501,14 @@ impl RouteManager for EtcdRouteManager {
                     Ok(()) => run_batched(members, doomed, "deregister").await,
                     Err(err) => Err(err),
                 };
+                // Shared values (the surging layout's, or Surging's own) are edited in place.
+                let shared = match deleted {
+                    Ok(()) => remove_from_shared(self.inner.as_ref(), addresses).await,
+                    Err(err) => Err(err),
+                };
                 // Counted even when only part of it went through.
                 note_write();
-                deleted.map(|()| count)
+                shared.map(|taken| count + taken)
             },
             |removed| *removed,
         )
@@ -716,7 +532,7 @@ impl RouteManager for EtcdRouteManager {
                 leases.dedup();
                 // Revoking the leases tells running instances their liveness is gone.
                 for lease in leases {
-                    if let Err(err) = revoke_lease(members, lease).await {
+                    if let Err(err) = lease::revoke_lease(members, lease).await {
                         tracing::debug!(lease, error = %err, "lease revoke failed");
                     }
                 }
@@ -727,9 +543,13 @@ impl RouteManager for EtcdRouteManager {
                             .await
                     })
                     .await;
+                let deleted = match deleted {
+                    Ok(_) => clear_beside(self.inner.as_ref()).await,
+                    Err(err) => Err(err),
+                };
                 // Revoked leases already took keys with them, even if the delete failed.
                 note_write();
-                deleted.map(|_| ())
+                deleted
             },
             |_| 0,
         )

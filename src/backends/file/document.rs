@@ -16,7 +16,10 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::manager::Instance;
-use crate::route::{decode_route_value, encode_route_value, instance_id, Address, ServiceRoute};
+use crate::route::{
+    decode_route_value, encode_route_for_surging, encode_route_value, instance_id, Address,
+    ServiceRoute,
+};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -101,6 +104,51 @@ impl Document {
             .map_err(|e| Error::invalid_input(format!("routes file cannot be encoded: {e}")))?;
         bytes.push(b'\n');
         Ok(bytes)
+    }
+
+    /// Surging's own file: a BOM and a JSON array of the routes, each as every Surging reader
+    /// takes it; the liveness records are left out (see [`Document::records_to_bytes`]). A route
+    /// that does not decode is written as it was.
+    pub(crate) fn to_surging_bytes(&self) -> Result<Vec<u8>> {
+        let routes: Vec<Value> = self
+            .routes
+            .values()
+            .map(|value| {
+                decode_route_value(value.clone())
+                    .and_then(|route| encode_route_for_surging(&route))
+                    .and_then(|bytes| {
+                        serde_json::from_slice(&bytes).map_err(|e| {
+                            Error::invalid_input(format!("route cannot be encoded: {e}"))
+                        })
+                    })
+                    .unwrap_or_else(|_| value.clone())
+            })
+            .collect();
+        let mut bytes = UTF8_BOM.to_vec();
+        serde_json::to_writer_pretty(&mut bytes, &routes)
+            .map_err(|e| Error::invalid_input(format!("routes file cannot be encoded: {e}")))?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    /// The liveness records alone, `{"Instances": {..}}`, for the file beside Surging's.
+    pub(crate) fn records_to_bytes(&self) -> Result<Vec<u8>> {
+        let records = Document {
+            routes: BTreeMap::new(),
+            instances: self.instances.clone(),
+        };
+        records.to_bytes()
+    }
+
+    /// Takes the liveness records kept beside Surging's file; unreadable ones are dropped with a
+    /// warning (their instances register again).
+    pub(crate) fn adopt_records(&mut self, bytes: &[u8]) {
+        match Document::parse(bytes) {
+            Ok(records) => self.instances = records.instances,
+            Err(err) => {
+                tracing::warn!(error = %err, "dropping unreadable liveness records");
+            }
+        }
     }
 
     fn record(&self, instance_id: &str) -> Option<InstanceRecord> {

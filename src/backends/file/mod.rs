@@ -28,7 +28,7 @@ use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
-use crate::route::{Address, ServiceRoute};
+use crate::route::{Address, LayoutStyle, ServiceRoute};
 use crate::telemetry::traced;
 use crate::watch::{note_write, RouteWatch, SharedFeed};
 
@@ -44,6 +44,11 @@ pub struct FileConfig {
     pub ttl: Duration,
     /// Polling fallback interval.
     pub poll_interval: Duration,
+    /// How the file is written: wayfinder's document (default), or Surging's own file (a BOM
+    /// and a JSON array of routes) with the instances' liveness records beside it in
+    /// `<file>.instances.json`. The `surging` layout assumes one writing process, as Surging's
+    /// file does: another process's liveness is only pruned when that writer writes.
+    pub layout: LayoutStyle,
 }
 
 impl FileConfig {
@@ -53,6 +58,7 @@ impl FileConfig {
             path: path.into(),
             ttl: DEFAULT_TTL,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            layout: LayoutStyle::Instances,
         }
     }
 }
@@ -83,7 +89,7 @@ impl std::fmt::Debug for FileStore {
 impl FileRouteManager {
     /// A manager for the file in `config`.
     pub fn new(config: FileConfig) -> Result<Self> {
-        let storage = FileStorage::new(config.path.clone())?;
+        let storage = FileStorage::new(config.path.clone(), config.layout)?;
         Ok(FileRouteManager {
             inner: Arc::new(FileStore {
                 config,

@@ -5,6 +5,10 @@
 //! fsync it, rename it over the file and fsync the directory. Readers never lock: they always see
 //! either the old or the new file, never a partial one, as long as every writer is this code.
 //!
+//! In the `surging` layout the file is Surging's own (a BOM and a JSON array of routes) and the
+//! instances' liveness records go to `<file>.instances.json` beside it, written under the same
+//! lock, so Surging reads the file as it writes it.
+//!
 //! Other writers (an editor, a deploy script) may not be as careful: a save that renames the file
 //! away before writing the new one leaves no file for a moment, and a write in place leaves an
 //! empty or half-written one. Readers cannot tell those apart from a real outage, so the watch
@@ -17,6 +21,7 @@ use std::path::{Path, PathBuf};
 use super::document::Document;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
+use crate::route::LayoutStyle;
 
 /// A cheap fingerprint of the file, to notice changes when polling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,11 +37,13 @@ pub(crate) struct FileStorage {
     path: PathBuf,
     lock_path: PathBuf,
     dir: PathBuf,
+    /// Where the liveness records go in the `surging` layout (`<file>.instances.json`).
+    records_path: Option<PathBuf>,
 }
 
 impl FileStorage {
-    /// The storage for `path`; its directory must exist (it is created if missing).
-    pub(crate) fn new(path: PathBuf) -> Result<Self> {
+    /// The storage for `path`, written in `style`; its directory is created if missing.
+    pub(crate) fn new(path: PathBuf, style: LayoutStyle) -> Result<Self> {
         let file_name = path
             .file_name()
             .ok_or_else(|| Error::invalid_input(format!("{} is not a file path", path.display())))?
@@ -45,10 +52,14 @@ impl FileStorage {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let mut lock_name = file_name;
-        lock_name.push(".lock");
+        let beside = |suffix: &str| {
+            let mut name = file_name.clone();
+            name.push(suffix);
+            dir.join(name)
+        };
         Ok(FileStorage {
-            lock_path: dir.join(lock_name),
+            lock_path: beside(".lock"),
+            records_path: (style == LayoutStyle::Surging).then(|| beside(".instances.json")),
             dir,
             path,
         })
@@ -139,16 +150,29 @@ impl FileStorage {
                 })?,
             _ => Document::default(),
         };
+        if let Some(records) = &self.records_path {
+            match fs::read(records) {
+                Ok(bytes) => doc.adopt_records(&bytes),
+                Err(e) if e.kind() == IoKind::NotFound => {}
+                Err(e) => return Err(io_error(records, "read", e)),
+            }
+        }
         doc.prune(now_ms());
         let result = edit(&mut doc, existed)?;
-        self.write_atomically(&doc.to_bytes()?)?;
+        match &self.records_path {
+            None => self.write_atomically(&self.path, &doc.to_bytes()?)?,
+            Some(records) => {
+                self.write_atomically(records, &doc.records_to_bytes()?)?;
+                self.write_atomically(&self.path, &doc.to_surging_bytes()?)?;
+            }
+        }
         drop(lock);
         Ok(result)
     }
 
-    fn write_atomically(&self, bytes: &[u8]) -> Result<()> {
+    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let mut prefix = std::ffi::OsString::from(".");
-        prefix.push(self.file_name());
+        prefix.push(path.file_name().unwrap_or_default());
         prefix.push(".");
         let mut temp = tempfile::Builder::new()
             .prefix(&prefix)
@@ -167,8 +191,8 @@ impl FileStorage {
         temp.as_file()
             .sync_all()
             .map_err(|e| io_error(temp.path(), "fsync", e))?;
-        temp.persist(&self.path)
-            .map_err(|e| io_error(&self.path, "rename temp file over", e.error))?;
+        temp.persist(path)
+            .map_err(|e| io_error(path, "rename temp file over", e.error))?;
         sync_dir(&self.dir)
     }
 }

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::config::BackendOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
@@ -30,6 +31,24 @@ pub struct MemoryConfig {
     pub layout: KeyLayout,
     /// Default registration TTL.
     pub ttl: Duration,
+}
+
+impl MemoryConfig {
+    /// The options `memory://?...` takes.
+    pub const OPTIONS: &'static [&'static str] = &["prefix", "ttl"];
+
+    /// The configuration the options name.
+    pub(crate) fn from_options(options: &BackendOptions) -> Result<Self> {
+        options.accept_only(Self::OPTIONS)?;
+        let mut config = MemoryConfig {
+            layout: options.layout()?,
+            ..MemoryConfig::default()
+        };
+        if let Some(ttl) = options.ttl()? {
+            config.ttl = ttl;
+        }
+        Ok(config)
+    }
 }
 
 impl Default for MemoryConfig {

@@ -14,6 +14,7 @@
 //! that is set wins over the same option in the URL.
 
 mod open;
+mod options;
 mod url;
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ const RESOLVER_SETTINGS: [&str; 7] = [
     "services",
 ];
 
+pub(crate) use self::options::BackendOptions;
 pub use self::url::{duration, parse_duration, redact_url, BackendUrl, REDACTED};
 
 /// The URL schemes [`connect`] knows.
@@ -66,9 +68,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn RouteManager>> {
 pub async fn connect_with(config: &Config) -> Result<Arc<dyn RouteManager>> {
     let url = BackendUrl::parse(&config.backend)?;
     open::check_scheme(&url)?;
-    let options = open::BackendOptions::from_query(&url)?.overlaid_with(config)?;
+    let options = BackendOptions::gather(&url, config)?;
     tracing::debug!(backend = %redact_url(&config.backend), "connecting");
-    open::open(&url, options).await
+    open::open(&url, &options).await
 }
 
 /// Where the routes live and how to resolve them, as one serde struct.
@@ -417,9 +419,12 @@ mod tests {
         let twice = connect("memory://?ttl=1&ttl=2").await.unwrap_err();
         assert!(twice.to_string().contains("twice"), "{twice}");
         let unknown_option = connect("memory://?color=red").await.unwrap_err();
-        assert!(unknown_option
-            .to_string()
-            .contains("known options: prefix, ttl"));
+        assert!(
+            unknown_option
+                .to_string()
+                .contains("for the memory backend; known options: prefix, ttl"),
+            "{unknown_option}"
+        );
         let short_ttl = connect("memory://?ttl=500ms").await.unwrap_err();
         assert!(short_ttl.to_string().contains("minimum"), "{short_ttl}");
         let memory = connect("memory://?prefix=apps/x&ttl=3s").await.unwrap();

@@ -8,6 +8,7 @@
 //! `X-Consul-Token` header and is redacted from Debug output.
 
 mod agents;
+mod config;
 mod feed;
 mod liveness;
 mod session;
@@ -19,11 +20,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use agents::{Agents, KvPair, TxnOp};
+pub use config::ConsulConfig;
 
 use crate::backends::shared::{clear_beside, remove_from_shared, SurgingLayout};
 use crate::decode::decode_in_halves;
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
+use crate::manager::{Instance, RouteManager, RouteSource};
 use crate::registration::Registration;
 use crate::route::{
     decode_entry, decode_listed, instance_id, Address, EntryKey, Group, KeyLayout, LayoutStyle,
@@ -38,60 +40,6 @@ pub const MAX_TXN_OPS: usize = 64;
 
 /// Consul's shortest session TTL.
 pub const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
-
-/// Options of the Consul backend (`consul://host:port[,host:port]?prefix=..&ttl=..&token=..`).
-#[derive(Clone)]
-pub struct ConsulConfig {
-    /// Agent addresses, `http://host:port`; the next one is tried when one fails.
-    pub agents: Vec<String>,
-    /// Key layout (prefix).
-    pub layout: KeyLayout,
-    /// Default registration TTL (Consul sessions need at least 10 s).
-    pub ttl: Duration,
-    /// ACL token, sent only in the `X-Consul-Token` header.
-    pub token: Option<String>,
-    /// Longest wait of one blocking query.
-    pub wait: Duration,
-    /// Time allowed for ordinary requests.
-    pub timeout: Duration,
-}
-
-impl std::fmt::Debug for ConsulConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsulConfig")
-            .field("agents", &self.agents)
-            .field("layout", &self.layout)
-            .field("ttl", &self.ttl)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("wait", &self.wait)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
-
-impl ConsulConfig {
-    /// Defaults for these agents (`host:port` or full URLs).
-    pub fn new(agents: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        ConsulConfig {
-            agents: agents
-                .into_iter()
-                .map(|a| {
-                    let a = a.into();
-                    if a.contains("://") {
-                        a
-                    } else {
-                        format!("http://{a}")
-                    }
-                })
-                .collect(),
-            layout: KeyLayout::default(),
-            ttl: DEFAULT_TTL,
-            token: None,
-            wait: Duration::from_secs(60),
-            timeout: Duration::from_secs(5),
-        }
-    }
-}
 
 /// A registry kept in Consul KV.
 #[derive(Debug, Clone)]

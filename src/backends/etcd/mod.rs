@@ -6,6 +6,7 @@
 //! revision and re-lists after a compaction, so deletions made meanwhile are not missed. Every
 //! request goes through `Members` (in `members`), which sends it to a member that answers.
 
+mod config;
 mod feed;
 mod lease;
 mod liveness;
@@ -16,17 +17,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{
-    Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, KeyValue, PutOptions,
-    TlsOptions, Txn, TxnOp,
-};
+use etcd_client::{Client, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp};
 
+pub use config::{EtcdConfig, EtcdTls};
 use members::Members;
 
 use crate::backends::shared::{clear_beside, remove_from_shared, SurgingLayout};
 use crate::decode::decode_in_halves;
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
+use crate::manager::{Instance, RouteManager, RouteSource};
 use crate::registration::Registration;
 use crate::route::{
     decode_listed, instance_id, Address, Group, KeyLayout, LayoutStyle, RouteEntries, RunDecoder,
@@ -45,120 +44,6 @@ pub const PAGE_SIZE: i64 = 2000;
 /// The largest response accepted from etcd: a page of the largest values (etcd-client's own
 /// limit, 4 MiB, is two thousand values of 2 KiB).
 pub(crate) const MAX_MESSAGE_BYTES: usize = PAGE_SIZE as usize * MAX_VALUE_BYTES + (1 << 20);
-
-/// Options of the etcd backend (`etcd://[user:password@]host:port[,host:port]?prefix=..&ttl=..`).
-#[derive(Clone)]
-pub struct EtcdConfig {
-    /// Client endpoints, `http://host:port` (or `https://` with TLS).
-    pub endpoints: Vec<String>,
-    /// Key layout (prefix).
-    pub layout: KeyLayout,
-    /// Default registration TTL (whole seconds; at least 2, etcd's floor for leases).
-    pub ttl: Duration,
-    /// User name and password, when etcd has authentication on.
-    pub credentials: Option<(String, String)>,
-    /// Time allowed for each request, including moving on to another member when one fails.
-    pub timeout: Duration,
-    /// TLS: PEM files of the CA to trust and, for client-certificate auth, the client's own.
-    pub tls: Option<EtcdTls>,
-}
-
-/// TLS files for the etcd connection (PEM).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdTls {
-    /// The CA certificate that signed the server's certificate.
-    pub ca: std::path::PathBuf,
-    /// The client certificate and its key, when etcd requires client certificates.
-    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
-
-impl std::fmt::Debug for EtcdConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdConfig")
-            .field("endpoints", &self.endpoints)
-            .field("layout", &self.layout)
-            .field("ttl", &self.ttl)
-            .field(
-                "credentials",
-                &self
-                    .credentials
-                    .as_ref()
-                    .map(|(user, _)| (user, "<redacted>")),
-            )
-            .field("timeout", &self.timeout)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
-impl EtcdConfig {
-    /// Defaults for these endpoints (`host:port` or full URLs).
-    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        EtcdConfig {
-            endpoints: endpoints
-                .into_iter()
-                .map(|e| {
-                    let e = e.into();
-                    if e.contains("://") {
-                        e
-                    } else {
-                        format!("http://{e}")
-                    }
-                })
-                .collect(),
-            layout: KeyLayout::default(),
-            ttl: DEFAULT_TTL,
-            credentials: None,
-            timeout: Duration::from_secs(5),
-            tls: None,
-        }
-    }
-
-    /// Turns TLS on: endpoints switch to `https://`.
-    pub fn with_tls(mut self, tls: EtcdTls) -> Self {
-        for endpoint in &mut self.endpoints {
-            if let Some(rest) = endpoint.strip_prefix("http://") {
-                *endpoint = format!("https://{rest}");
-            }
-        }
-        self.tls = Some(tls);
-        self
-    }
-
-    /// The cluster's members, with clients built from these options (`require_leader` for
-    /// watches, so a member cut off from the cluster does not keep a silent stream).
-    fn members(&self, require_leader: bool) -> Result<Members> {
-        let options = self.connect_options()?.with_require_leader(require_leader);
-        Ok(Members::new(self.endpoints.clone(), options, self.timeout))
-    }
-
-    fn connect_options(&self) -> Result<ConnectOptions> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(self.timeout)
-            .with_timeout(self.timeout)
-            .with_keep_alive(Duration::from_secs(10), self.timeout);
-        if let Some((user, password)) = &self.credentials {
-            // Tokens expire (etcd's --auth-token-ttl); the client authenticates again when told so.
-            options = options
-                .with_user(user.clone(), password.clone())
-                .with_auto_token_refresh(true);
-        }
-        if let Some(tls) = &self.tls {
-            let read = |path: &std::path::Path| {
-                std::fs::read(path).map_err(|e| {
-                    Error::invalid_input(format!("etcd TLS file {}: {e}", path.display()))
-                })
-            };
-            let mut config =
-                TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
-            if let Some((cert, key)) = &tls.identity {
-                config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
-            }
-            options = options.with_tls(config);
-        }
-        Ok(options)
-    }
-}
 
 /// A registry kept in etcd.
 #[derive(Debug, Clone)]

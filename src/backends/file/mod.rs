@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use self::document::{Document, InstanceRecord};
 use self::storage::FileStorage;
 use crate::clock::now_ms;
+use crate::config::BackendOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration};
@@ -52,6 +53,28 @@ pub struct FileConfig {
 }
 
 impl FileConfig {
+    /// The options `file://...?...` takes.
+    pub const OPTIONS: &'static [&'static str] = &["layout", "ttl", "poll"];
+
+    /// The configuration of the file at `location` that the options name.
+    pub(crate) fn from_options(location: &str, options: &BackendOptions) -> Result<Self> {
+        if location.is_empty() {
+            return Err(Error::invalid_input(
+                "file URL has no path (use file:///abs/path.json or file://./relative.json)",
+            ));
+        }
+        options.accept_only(Self::OPTIONS)?;
+        let mut config = FileConfig::new(location);
+        config.layout = options.style()?;
+        if let Some(ttl) = options.ttl()? {
+            config.ttl = ttl;
+        }
+        if let Some(poll) = options.duration("poll")? {
+            config.poll_interval = poll.max(Duration::from_millis(10));
+        }
+        Ok(config)
+    }
+
     /// Defaults for a file at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         FileConfig {

@@ -4,7 +4,8 @@
 //! * cold load of 10k routes: `list()` and a whole resolver start, vs one raw `?recurse` GET;
 //! * propagation put -> resolver table, p50 / p99, vs a raw blocking query on the same puts;
 //! * registration of 1,000 routes of one instance;
-//! * 50 instances registering at once (routes lost must be 0).
+//! * 50 instances registering the same 20 routes at once, in each layout (addresses lost must
+//!   be 0).
 //!
 //! Run with `cargo bench --bench consul` after `bash backends/install.sh`.
 
@@ -21,12 +22,12 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{descriptor, median, ms, no_health, percentile, ROUTES, RUNS};
+use common::{descriptor, herd, median, ms, no_health, percentile, print_herd, ROUTES, RUNS};
 
 use base64::Engine;
 use consul_server::ConsulAgent;
 use wayfinder::backends::consul::{ConsulConfig, ConsulRouteManager};
-use wayfinder::route::{encode_route, KeyLayout};
+use wayfinder::route::{encode_route, KeyLayout, LayoutStyle};
 use wayfinder::{
     Address, AddressResolver, Instance, RouteManager, RouteSource, ServiceDescriptor, ServiceRoute,
 };
@@ -186,40 +187,14 @@ async fn registration(agent: &ConsulAgent) {
         ms(median(samples))
     );
 
-    let manager = Arc::new(ConsulRouteManager::new(config(agent, "bench/herd/")).unwrap());
-    let shared: Vec<ServiceDescriptor> = (0..20).map(descriptor).collect();
-    let t = Instant::now();
-    let tasks: Vec<_> = (0..50u16)
-        .map(|i| {
-            let (manager, routes) = (manager.clone(), shared.clone());
-            tokio::spawn(async move {
-                manager
-                    .register(Instance::new(Address::new("10.3.0.1", 9000 + i), routes))
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut registrations = Vec::new();
-    for task in tasks {
-        registrations.push(task.await.unwrap());
-    }
-    let took = t.elapsed();
-    let present: usize = manager
-        .list()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.addresses.len())
-        .sum();
-    println!(
-        "50 instances x 20 shared routes registering at once: {}; entries present {present} of 1000, lost {}",
-        ms(took),
-        1000 - present
+    let instances = ConsulRouteManager::new(config(agent, "bench/herd/")).unwrap();
+    let mut surging = config(agent, "bench/herd-surging/");
+    surging.layout = surging.layout.with_style(LayoutStyle::Surging);
+    let surging = ConsulRouteManager::new(surging).unwrap();
+    print_herd(
+        herd(Arc::new(instances)).await,
+        herd(Arc::new(surging)).await,
     );
-    for registration in registrations {
-        registration.shutdown().await.unwrap();
-    }
 }
 
 fn main() {

@@ -5,7 +5,8 @@
 //!   read and `etcdctl get --prefix` of the same keys;
 //! * propagation put -> resolver table, p50 / p99, vs a raw etcd-client watch on the same puts;
 //! * registration of 1,000 routes of one instance;
-//! * 50 instances registering at once (routes lost must be 0).
+//! * 50 instances registering the same 20 routes at once, in each layout (addresses lost must
+//!   be 0).
 //!
 //! Run with `cargo bench --features etcd --bench etcd` after `bash backends/install.sh`.
 
@@ -18,12 +19,12 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{descriptor, median, ms, no_health, percentile, ROUTES, RUNS};
+use common::{descriptor, herd, median, ms, no_health, percentile, print_herd, ROUTES, RUNS};
 
 use etcd_client::{EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use etcd_server::EtcdServer;
 use wayfinder::backends::etcd::{EtcdConfig, EtcdRouteManager};
-use wayfinder::route::{encode_route, KeyLayout};
+use wayfinder::route::{encode_route, KeyLayout, LayoutStyle};
 use wayfinder::{
     Address, AddressResolver, Instance, RouteManager, RouteSource, ServiceDescriptor, ServiceRoute,
 };
@@ -211,40 +212,16 @@ async fn registration(server: &EtcdServer) {
         ms(median(samples))
     );
 
-    let manager = Arc::new(
-        EtcdRouteManager::connect(manager_config(server, "bench/herd/"))
-            .await
-            .unwrap(),
+    let instances = EtcdRouteManager::connect(manager_config(server, "bench/herd/"))
+        .await
+        .unwrap();
+    let mut surging = manager_config(server, "bench/herd-surging/");
+    surging.layout = surging.layout.with_style(LayoutStyle::Surging);
+    let surging = EtcdRouteManager::connect(surging).await.unwrap();
+    print_herd(
+        herd(Arc::new(instances)).await,
+        herd(Arc::new(surging)).await,
     );
-    let shared: Vec<ServiceDescriptor> = (0..20).map(descriptor).collect();
-    let t = Instant::now();
-    let tasks: Vec<_> = (0..50u16)
-        .map(|i| {
-            let manager = manager.clone();
-            let routes = shared.clone();
-            tokio::spawn(async move {
-                manager
-                    .register(Instance::new(Address::new("10.3.0.1", 9000 + i), routes))
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut registrations = Vec::new();
-    for task in tasks {
-        registrations.push(task.await.unwrap());
-    }
-    let took = t.elapsed();
-    let listed = manager.list().await.unwrap();
-    let present: usize = listed.iter().map(|r| r.addresses.len()).sum();
-    println!(
-        "50 instances x 20 shared routes registering at once: {}; entries present {present} of 1000, lost {}",
-        ms(took),
-        1000 - present
-    );
-    for registration in registrations {
-        registration.shutdown().await.unwrap();
-    }
 }
 
 fn main() {

@@ -187,6 +187,23 @@ async fn the_surging_layout_keeps_surgings_own_file() {
     let routes = h.client().await.list().await.unwrap();
     assert_eq!(routes.len(), 2);
 
+    // Surging's own writer overwrites the file with its routes alone: the registrations put
+    // theirs back.
+    let mut surging = b"\xEF\xBB\xBF".to_vec();
+    surging.extend_from_slice(br#"[{"AddressDescriptors":[{"Type":"Surging.Core.CPlatform.Address.IpAddressModel","Value":"{\"Ip\":\"127.0.0.1\",\"Port\":7399,\"WsPort\":0,\"MqttPort\":0}"}],"ServiceDescriptor":{"Id":"Test.IDemoService.A","RoutePath":"api/demo/a","Metadatas":{}}}]"#);
+    h.write_atomically(&surging);
+    eventually(
+        Duration::from_secs(3),
+        "the overwritten addresses back",
+        || async {
+            let view = surging_reads();
+            (view.get("Test.IDemoService.A") == Some(&vec![7311, 7312, 7399])
+                && view.get("Test.IDemoService.B") == Some(&vec![7311]))
+            .then_some(())
+        },
+    )
+    .await;
+
     // A crashed instance: the live one's next heartbeat prunes it.
     reg_a.abandon().await;
     eventually(
@@ -194,14 +211,18 @@ async fn the_surging_layout_keeps_surgings_own_file() {
         "the crashed instance pruned",
         || async {
             let view = surging_reads();
-            (view.get("Test.IDemoService.A") == Some(&vec![7312])
+            (view.get("Test.IDemoService.A") == Some(&vec![7312, 7399])
                 && !view.contains_key("Test.IDemoService.B"))
             .then_some(())
         },
     )
     .await;
     reg_b.shutdown().await.unwrap();
-    assert!(surging_reads().is_empty());
+    assert_eq!(
+        surging_reads()["Test.IDemoService.A"],
+        [7399],
+        "the address Surging wrote stays"
+    );
 }
 
 /// A file that does not parse is never overwritten by a writer: nothing in it is lost.

@@ -1,10 +1,11 @@
 //! Helpers shared by the backend benchmarks: statistics, formatting, the benchmark's routes.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wayfinder::resolve::HealthConfig;
-use wayfinder::{ResolverConfig, ServiceDescriptor};
+use wayfinder::{Address, Instance, ResolverConfig, RouteManager, ServiceDescriptor};
 
 /// Routes in the cold-load benchmarks.
 pub const ROUTES: usize = 10_000;
@@ -46,4 +47,54 @@ pub fn no_health() -> ResolverConfig {
         },
         ..ResolverConfig::default()
     }
+}
+
+/// 50 instances registering the same 20 routes at once through `manager`: how long it takes,
+/// and how many of the 1,000 addresses are there after (the rest were lost).
+pub async fn herd(manager: Arc<dyn RouteManager>) -> (Duration, usize) {
+    let shared: Vec<ServiceDescriptor> = (0..20).map(descriptor).collect();
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..50u16)
+        .map(|i| {
+            let (manager, routes) = (manager.clone(), shared.clone());
+            tokio::spawn(async move {
+                manager
+                    .register(Instance::new(Address::new("10.3.0.1", 9000 + i), routes))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut registrations = Vec::new();
+    for task in tasks {
+        registrations.push(task.await.unwrap());
+    }
+    let took = t.elapsed();
+    let present: usize = manager
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.addresses.len())
+        .sum();
+    for registration in registrations {
+        registration.shutdown().await.unwrap();
+    }
+    (took, present)
+}
+
+/// Prints the herd figures of both layouts, the `surging` one beside the `instances` one.
+pub fn print_herd(instances: (Duration, usize), surging: (Duration, usize)) {
+    println!("50 instances x 20 shared routes registering at once:");
+    for (layout, (took, present)) in [("instances", instances), ("surging", surging)] {
+        println!(
+            "  layout={layout:<9}  {}; addresses present {present} of 1000, lost {}",
+            ms(took),
+            1000 - present
+        );
+    }
+    println!(
+        "  surging / instances = {:.1}x",
+        surging.0.as_secs_f64() / instances.0.as_secs_f64()
+    );
 }

@@ -245,7 +245,17 @@ impl Agents {
                         .collect(),
                 ))
             }
-            StatusCode::CONFLICT => Ok(None),
+            StatusCode::CONFLICT => {
+                // A rolled-back transaction lists why; an ACL denial is not a conflict.
+                let body = response.text().await.unwrap_or_default();
+                if body.to_ascii_lowercase().contains("permission denied") {
+                    return Err(Error::new(
+                        ErrorKind::PermissionDenied,
+                        format!("consul {action}: {}", body.trim()),
+                    ));
+                }
+                Ok(None)
+            }
             s => Err(error_from(
                 action,
                 s,

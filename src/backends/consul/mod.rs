@@ -199,7 +199,7 @@ impl RouteManager for ConsulRouteManager {
         match self.inner.config().layout.style() {
             LayoutStyle::Instances => Registration::start(self.inner.clone(), instance, ttl).await,
             LayoutStyle::Surging => {
-                let layout = Arc::new(SurgingLayout(self.inner.clone()));
+                let layout = Arc::new(SurgingLayout::new(self.inner.clone(), ttl));
                 Registration::start(layout, instance, ttl).await
             }
         }

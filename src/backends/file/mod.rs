@@ -221,13 +221,9 @@ impl LivenessStore for FileStore {
         // Read without the lock first: the file is rewritten only when something is missing.
         let storage = self.storage.clone();
         let (check, lease_) = (instance.clone(), lease.clone());
-        let missing = blocking(move || match storage.read()? {
-            Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
-                Ok(!Document::parse(&bytes)?
-                    .missing_routes(&check, &lease_)?
-                    .is_empty())
-            }
-            _ => Ok(false),
+        let missing = blocking(move || match storage.load_for_writer()? {
+            Some(doc) => Ok(!doc.missing_routes(&check, &lease_)?.is_empty()),
+            None => Ok(false),
         })
         .await?;
         if !missing {

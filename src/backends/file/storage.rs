@@ -114,6 +114,29 @@ impl FileStorage {
             .transpose()
     }
 
+    /// Reads the document as a writer sees it (in the `surging` layout, with the liveness
+    /// records kept beside the file), without the lock; `None` when the file does not exist or
+    /// is blank.
+    pub(crate) fn load_for_writer(&self) -> Result<Option<Document>> {
+        let mut doc = match self.read()? {
+            Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => Document::parse(&bytes)?,
+            _ => return Ok(None),
+        };
+        self.adopt_records(&mut doc)?;
+        Ok(Some(doc))
+    }
+
+    fn adopt_records(&self, doc: &mut Document) -> Result<()> {
+        if let Some(records) = &self.records_path {
+            match fs::read(records) {
+                Ok(bytes) => doc.adopt_records(&bytes),
+                Err(e) if e.kind() == IoKind::NotFound => {}
+                Err(e) => return Err(io_error(records, "read", e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `edit` on the current document under the writers' lock and writes the result.
     ///
     /// Expired instances are pruned first. A file that does not parse is left alone (an error is
@@ -150,13 +173,7 @@ impl FileStorage {
                 })?,
             _ => Document::default(),
         };
-        if let Some(records) = &self.records_path {
-            match fs::read(records) {
-                Ok(bytes) => doc.adopt_records(&bytes),
-                Err(e) if e.kind() == IoKind::NotFound => {}
-                Err(e) => return Err(io_error(records, "read", e)),
-            }
-        }
+        self.adopt_records(&mut doc)?;
         doc.prune(now_ms());
         let result = edit(&mut doc, existed)?;
         match &self.records_path {

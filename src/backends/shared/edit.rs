@@ -91,7 +91,7 @@ async fn edit_round<S: SharedStore>(
     // Later rounds write each key alone, a few at once, so one busy key does not hold back
     // the others.
     let per_request = if first { S::MAX_WRITES } else { 1 };
-    let batches: Vec<&[(usize, Write, usize)]> = writes.chunks(per_request).collect();
+    let batches = batched(&writes, per_request);
     let mut requests: Vec<BoxFuture<'_, Result<bool>>> = Vec::with_capacity(batches.len());
     for batch in &batches {
         let ops: Vec<Write> = batch.iter().map(|(_, w, _)| w.clone()).collect();
@@ -110,6 +110,32 @@ async fn edit_round<S: SharedStore>(
         }
     }
     Ok((moved, conflicted))
+}
+
+/// Bytes of values in one conditional request: well under etcd's default request limit
+/// (1.5 MiB) and Consul's default `txn_max_req_len` (512 KiB, with values base64-encoded).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// The writes in order, cut into requests of at most `count` writes and, past the first write
+/// of each, [`MAX_BATCH_BYTES`] of values.
+fn batched(writes: &[(usize, Write, usize)], count: usize) -> Vec<&[(usize, Write, usize)]> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, write, _)) in writes.iter().enumerate() {
+        let size = match write {
+            Write::Put { key, value, .. } => key.len() + value.len(),
+            Write::Delete { key, .. } => key.len(),
+        };
+        if i > start && (i - start == count || bytes + size > MAX_BATCH_BYTES) {
+            batches.push(&writes[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < writes.len() {
+        batches.push(&writes[start..]);
+    }
+    batches
 }
 
 /// A pause after a round of conflicts: anywhere up to a cap that doubles from 2 ms to 64 ms
@@ -137,10 +163,12 @@ fn write_for(key: &str, current: Option<&Versioned>, edit: Edit) -> Option<Write
 }
 
 /// Takes the addresses `doomed` picks out of every shared value under the prefix (a value whose
-/// last address goes is deleted); returns how many it took out.
+/// last address goes is deleted), each write only while `guard` does not exist; returns how many
+/// it took out.
 pub(crate) async fn take_out_everywhere<S: SharedStore>(
     store: &S,
     doomed: impl Fn(&Address) -> bool,
+    guard: Option<&str>,
 ) -> Result<usize> {
     let layout = store.layout();
     let listing = store.read_prefix(layout.prefix()).await?;
@@ -155,9 +183,37 @@ pub(crate) async fn take_out_everywhere<S: SharedStore>(
     if keys.is_empty() {
         return Ok(0);
     }
-    edit_values(store, &keys, None, |_, current| match current {
+    edit_values(store, &keys, guard, |_, current| match current {
         Some(bytes) => without(bytes, &doomed),
         None => Ok((Edit::Unchanged, 0)),
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(size: usize) -> (usize, Write, usize) {
+        let write = Write::Put {
+            key: String::new(),
+            value: vec![0; size],
+            version: None,
+        };
+        (0, write, 1)
+    }
+
+    #[test]
+    fn requests_are_cut_by_count_and_by_bytes() {
+        let small: Vec<_> = (0..5).map(|_| put(10)).collect();
+        let sizes: Vec<usize> = batched(&small, 2).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        let big: Vec<_> = (0..5).map(|_| put(MAX_BATCH_BYTES / 2)).collect();
+        let sizes: Vec<usize> = batched(&big, 100).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        let huge = vec![put(MAX_BATCH_BYTES * 2), put(1)];
+        let sizes: Vec<usize> = batched(&huge, 100).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [1, 1]);
+        assert!(batched(&[], 3).is_empty());
+    }
 }

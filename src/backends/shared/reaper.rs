@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use super::edit::take_out_everywhere;
 use super::{SharedStore, Write};
 use crate::error::Result;
-use crate::route::{instance_id, parse_instance_id};
+use crate::route::parse_instance_id;
 
 /// Reaps every dead owned instance; returns how many addresses it took out.
 pub(crate) async fn reap<S: SharedStore>(store: &S) -> Result<usize> {
@@ -35,22 +35,20 @@ pub(crate) async fn reap<S: SharedStore>(store: &S) -> Result<usize> {
     if dead.is_empty() {
         return Ok(0);
     }
-    let ids: HashSet<&str> = dead
-        .iter()
-        .filter(|(_, id, _)| parse_instance_id(id).is_ok())
-        .map(|(_, id, _)| id.as_str())
-        .collect();
-    let removed = take_out_everywhere(store, |address| {
-        instance_id(address).is_ok_and(|id| ids.contains(id.as_str()))
-    })
-    .await?;
+    let mut removed = 0;
     for (key, id, version) in &dead {
-        // Only while the instance is still gone: one that came back keeps its record.
+        let live = layout.live_key(id)?;
+        // Each write only while the instance is still gone: one that comes back meanwhile
+        // keeps its address and its record.
+        if let Ok(address) = parse_instance_id(id) {
+            removed +=
+                take_out_everywhere(store, |a| a.same_endpoint(&address), Some(&live)).await?;
+        }
         let delete = [Write::Delete {
             key: key.clone(),
             version: Some(*version),
         }];
-        store.write_if(&delete, Some(&layout.live_key(id)?)).await?;
+        store.write_if(&delete, Some(&live)).await?;
     }
     if removed > 0 {
         tracing::info!(

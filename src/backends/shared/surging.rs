@@ -2,6 +2,7 @@
 //! merged into one shared value per service id by compare-and-swap, and its liveness is a key
 //! beside the prefix.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,18 +11,27 @@ use async_trait::async_trait;
 use super::edit::{edit_values, take_out_everywhere};
 use super::reaper::reap;
 use super::{SharedStore, Write};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::manager::Instance;
 use crate::registration::{Liveness, LivenessStore};
 use crate::route::{holds, instance_id, with_address, without, Address, Edit};
 
 /// A [`SharedStore`] registering instances in the `surging` layout.
-pub(crate) struct SurgingLayout<S>(pub(crate) Arc<S>);
+pub(crate) struct SurgingLayout<S> {
+    store: Arc<S>,
+    /// The TTL of registrations that name none.
+    default_ttl: Duration,
+}
 
 impl<S: SharedStore> SurgingLayout<S> {
+    /// Registrations on `store`, with `default_ttl` for instances that name no TTL.
+    pub(crate) fn new(store: Arc<S>, default_ttl: Duration) -> Self {
+        SurgingLayout { store, default_ttl }
+    }
+
     /// The shared value keys of the instance's routes, in order.
     fn route_keys(&self, instance: &Instance) -> Result<Vec<String>> {
-        let layout = self.0.layout();
+        let layout = self.store.layout();
         instance
             .routes
             .iter()
@@ -32,8 +42,8 @@ impl<S: SharedStore> SurgingLayout<S> {
     /// Writes the live and owned keys: the live one first, so that a reaper never sees the
     /// instance owned and not live while it starts.
     async fn mark(&self, id: &str, lease: &S::Lease) -> Result<()> {
-        let layout = self.0.layout();
-        self.0
+        let layout = self.store.layout();
+        self.store
             .put_bound(&layout.live_key(id)?, &S::holder(lease))
             .await?;
         let owned = Write::Put {
@@ -41,7 +51,12 @@ impl<S: SharedStore> SurgingLayout<S> {
             value: Vec::new(),
             version: None,
         };
-        self.0.write_if(&[owned], None).await?;
+        if !self.store.write_if(&[owned], None).await? {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("{}: the owned key of {id} was not written", S::BACKEND),
+            ));
+        }
         Ok(())
     }
 
@@ -55,13 +70,36 @@ impl<S: SharedStore> SurgingLayout<S> {
     ) -> Result<usize> {
         let keys = self.route_keys(instance)?;
         let keys: Vec<String> = which.iter().map(|&i| keys[i].clone()).collect();
-        edit_values(self.0.as_ref(), &keys, guard, |n, current| {
+        edit_values(self.store.as_ref(), &keys, guard, |n, current| {
             let descriptor = &instance.routes[which[n]];
             let edit = with_address(current, descriptor, &instance.address)?;
             let moved = usize::from(edit != Edit::Unchanged);
             Ok((edit, moved))
         })
         .await
+    }
+
+    /// Runs `work` while renewing `lease` every third of the instance's TTL: merging under
+    /// contention, or reaping, can outlast the TTL, and the keep-alive waits for them.
+    async fn renewing<T>(
+        &self,
+        instance: &Instance,
+        lease: &S::Lease,
+        work: impl Future<Output = T>,
+    ) -> T {
+        let every = instance.ttl.unwrap_or(self.default_ttl) / 3;
+        let renewals = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(err) = self.store.renew(lease).await {
+                    tracing::debug!(error = %err, "renewal during a shared-value edit failed");
+                }
+            }
+        };
+        tokio::select! {
+            done = work => done,
+            never = renewals => never,
+        }
     }
 }
 
@@ -72,92 +110,98 @@ impl<S: SharedStore> LivenessStore for SurgingLayout<S> {
 
     async fn put_instance(&self, instance: &Instance, ttl: Duration) -> Result<S::Lease> {
         let id = instance.id()?;
-        let lease = self.0.grant(instance, ttl).await?;
+        let lease = self.store.grant(instance, ttl).await?;
         let all: Vec<usize> = (0..instance.routes.len()).collect();
         let written = async {
             self.mark(&id, &lease).await?;
             self.merge(instance, &all, None).await
         };
-        // Merging under contention can outlast the TTL: renew while it runs.
-        let renewing = async {
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                if let Err(err) = self.0.renew(&lease).await {
-                    tracing::debug!(error = %err, "renewal while registering failed");
-                }
-            }
-        };
-        let written = tokio::select! {
-            written = written => written,
-            never = renewing => never,
-        };
-        if let Err(err) = written {
+        if let Err(err) = self.renewing(instance, &lease, written).await {
             // Its owned key stays: with the live key gone, a reaper takes out what was merged.
-            let _ = self.0.revoke(lease).await;
+            let _ = self.store.revoke(lease).await;
             return Err(err);
         }
         Ok(lease)
     }
 
     async fn keep_alive(&self, _instance: &Instance, lease: &S::Lease) -> Result<Liveness> {
-        self.0.renew(lease).await
+        self.store.renew(lease).await
     }
 
-    /// Puts the instance's address back into every shared value that lost it (a Surging writer's
-    /// blind put, a value deleted by hand), restores its live and owned keys, then reaps.
+    /// Reaps dead instances, then puts the instance's address back into every shared value
+    /// that lost it (a Surging writer's blind put, a value deleted by hand) and restores its
+    /// live and owned keys, unless a deregistration took it out.
     async fn heal(&self, instance: &Instance, lease: &S::Lease) -> Result<usize> {
-        let layout = self.0.layout();
-        let id = instance.id()?;
-        let tombstone = layout.tombstone_key(&id)?;
-        let (live, owned) = (layout.live_key(&id)?, layout.owned_key(&id)?);
-        let marks = self.0.read(&[tombstone.clone(), live, owned]).await?;
-        if marks[0].is_some() {
-            // Deregistered while alive: nothing goes back.
-            return Ok(0);
-        }
-        if marks[1].is_none() || marks[2].is_none() {
-            self.mark(&id, lease).await?;
-        }
-        let values = self.0.read(&self.route_keys(instance)?).await?;
-        let missing: Vec<usize> = values
-            .iter()
-            .enumerate()
-            .filter(|(_, value)| {
-                !value
-                    .as_ref()
-                    .is_some_and(|v| holds(&v.value, &instance.address))
-            })
-            .map(|(i, _)| i)
-            .collect();
-        let healed = if missing.is_empty() {
-            0
-        } else {
-            self.merge(instance, &missing, Some(&tombstone)).await?
+        let work = async {
+            if let Err(err) = reap(self.store.as_ref()).await {
+                tracing::warn!(error = %err, "could not reap the addresses of dead instances");
+            }
+            let layout = self.store.layout();
+            let id = instance.id()?;
+            let tombstone = layout.tombstone_key(&id)?;
+            let (live, owned) = (layout.live_key(&id)?, layout.owned_key(&id)?);
+            let marks = self.store.read(&[tombstone.clone(), live, owned]).await?;
+            if marks[0].is_some() {
+                // Deregistered while alive: nothing goes back.
+                return Ok(0);
+            }
+            if marks[1].is_none() || marks[2].is_none() {
+                self.mark(&id, lease).await?;
+            }
+            let values = self.store.read(&self.route_keys(instance)?).await?;
+            let missing: Vec<usize> = values
+                .iter()
+                .enumerate()
+                .filter(|(_, value)| {
+                    !value
+                        .as_ref()
+                        .is_some_and(|v| holds(&v.value, &instance.address))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if missing.is_empty() {
+                return Ok(0);
+            }
+            self.merge(instance, &missing, Some(&tombstone)).await
         };
-        if let Err(err) = reap(self.0.as_ref()).await {
-            tracing::warn!(error = %err, "could not reap the addresses of dead instances");
-        }
-        Ok(healed)
+        self.renewing(instance, lease, work).await
     }
 
+    /// Takes the instance's address out of its routes' values and deletes its owned key, unless
+    /// a successor at the same address holds the live key by now; the lease is revoked in any
+    /// case (and if the edit failed, the reaper finishes it).
     async fn remove_instance(&self, instance: &Instance, lease: S::Lease) -> Result<()> {
-        let keys = self.route_keys(instance)?;
-        let address = &instance.address;
-        let taken = edit_values(self.0.as_ref(), &keys, None, |_, current| match current {
-            Some(bytes) => without(bytes, |a| a.same_endpoint(address)),
-            None => Ok((Edit::Unchanged, 0)),
-        })
-        .await;
-        if taken.is_ok() {
+        let layout = self.store.layout();
+        let ours = S::holder(&lease);
+        let removal = async {
+            let id = instance.id()?;
+            let live = self.store.read(&[layout.live_key(&id)?]).await?;
+            if live[0].as_ref().and_then(|v| v.holder.as_deref()) != Some(ours.as_str()) {
+                tracing::info!(instance = %id, "a newer registration holds the address; leaving it in");
+                return Ok(());
+            }
+            let keys = self.route_keys(instance)?;
+            let address = &instance.address;
+            edit_values(
+                self.store.as_ref(),
+                &keys,
+                None,
+                |_, current| match current {
+                    Some(bytes) => without(bytes, |a| a.same_endpoint(address)),
+                    None => Ok((Edit::Unchanged, 0)),
+                },
+            )
+            .await?;
             let owned = Write::Delete {
-                key: self.0.layout().owned_key(&instance.id()?)?,
+                key: layout.owned_key(&id)?,
                 version: None,
             };
-            self.0.write_if(&[owned], None).await?;
-        }
-        // Revoked even when the edit failed: the reaper then takes the address out.
-        let revoked = self.0.revoke(lease).await;
-        taken.and(revoked)
+            self.store.write_if(&[owned], None).await?;
+            Ok(())
+        };
+        let removed = removal.await;
+        let revoked = self.store.revoke(lease).await;
+        removed.and(revoked)
     }
 }
 
@@ -168,6 +212,25 @@ pub(crate) async fn remove_from_shared<S: SharedStore>(
     store: &S,
     addresses: &[Address],
 ) -> Result<usize> {
+    if let Err(err) = mark_removed(store, addresses).await {
+        match err.kind() {
+            ErrorKind::PermissionDenied | ErrorKind::NotFound => {
+                tracing::warn!(error = %err, "cannot mark deregistered instances beside the prefix (grant that prefix too); a running instance may put its address back");
+            }
+            _ => return Err(err),
+        }
+    }
+    take_out_everywhere(
+        store,
+        |a| addresses.iter().any(|d| d.same_endpoint(a)),
+        None,
+    )
+    .await
+}
+
+/// Writes a deregistration marker, bound to its liveness, for each running instance of the
+/// `surging` layout among `addresses`.
+async fn mark_removed<S: SharedStore>(store: &S, addresses: &[Address]) -> Result<()> {
     let layout = store.layout();
     let ids = addresses
         .iter()
@@ -182,7 +245,7 @@ pub(crate) async fn remove_from_shared<S: SharedStore>(
             store.put_bound(&layout.tombstone_key(id)?, &holder).await?;
         }
     }
-    take_out_everywhere(store, |a| addresses.iter().any(|d| d.same_endpoint(a))).await
+    Ok(())
 }
 
 /// Deletes the records beside the prefix (live, owned and deregistration keys), as clearing the

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::backends::http_url;
 use crate::config::{BackendOptions, BackendUrl};
 use crate::error::{Error, Result};
 use crate::manager::DEFAULT_TTL;
@@ -79,17 +80,7 @@ impl ConsulConfig {
     /// Defaults for these agents (`host:port` or full URLs).
     pub fn new(agents: impl IntoIterator<Item = impl Into<String>>) -> Self {
         ConsulConfig {
-            agents: agents
-                .into_iter()
-                .map(|a| {
-                    let a = a.into();
-                    if a.contains("://") {
-                        a
-                    } else {
-                        format!("http://{a}")
-                    }
-                })
-                .collect(),
+            agents: agents.into_iter().map(|a| http_url(a.into())).collect(),
             layout: KeyLayout::default(),
             ttl: DEFAULT_TTL,
             token: None,

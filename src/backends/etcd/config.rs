@@ -6,6 +6,7 @@ use std::time::Duration;
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 
 use super::members::Members;
+use crate::backends::http_url;
 use crate::config::{BackendOptions, BackendUrl};
 use crate::error::{Error, Result};
 use crate::manager::DEFAULT_TTL;
@@ -107,17 +108,7 @@ impl EtcdConfig {
     /// Defaults for these endpoints (`host:port` or full URLs).
     pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
         EtcdConfig {
-            endpoints: endpoints
-                .into_iter()
-                .map(|e| {
-                    let e = e.into();
-                    if e.contains("://") {
-                        e
-                    } else {
-                        format!("http://{e}")
-                    }
-                })
-                .collect(),
+            endpoints: endpoints.into_iter().map(|e| http_url(e.into())).collect(),
             layout: KeyLayout::default(),
             ttl: DEFAULT_TTL,
             credentials: None,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp};
 
 use super::lease::EtcdLease;
-use super::{run_batched, EtcdStore, MAX_TXN_OPS};
+use super::{run_batched, run_txn, EtcdStore, MAX_TXN_OPS};
 use crate::error::Result;
 use crate::manager::Instance;
 use crate::registration::{Liveness, LivenessStore};
@@ -94,13 +94,7 @@ impl LivenessStore for EtcdStore {
             let txn = Txn::new()
                 .when([Compare::version(tombstone.as_str(), CompareOp::Equal, 0)])
                 .and_then(batch.to_vec());
-            let answer = self
-                .members
-                .call("heal", |mut client| {
-                    let txn = txn.clone();
-                    async move { client.txn(txn).await }
-                })
-                .await?;
+            let answer = run_txn(&self.members, "heal", txn).await?;
             if !answer.succeeded() {
                 break;
             }

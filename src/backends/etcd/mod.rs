@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnResponse,
+};
 
 pub use config::{EtcdConfig, EtcdTls};
 use members::Members;
@@ -256,17 +258,22 @@ impl EtcdRouteManager {
     }
 }
 
+/// Runs one transaction on a member that answers.
+async fn run_txn(members: &Members, action: &str, txn: Txn) -> Result<TxnResponse> {
+    members
+        .call(action, |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
+}
+
 /// Runs operations in transactions of at most [`MAX_TXN_OPS`].
 async fn run_batched(members: &Members, ops: Vec<TxnOp>, action: &str) -> Result<()> {
     let mut ops = ops.into_iter().peekable();
     while ops.peek().is_some() {
         let txn = Txn::new().and_then(ops.by_ref().take(MAX_TXN_OPS).collect::<Vec<_>>());
-        members
-            .call(action, |mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await?;
+        run_txn(members, action, txn).await?;
     }
     Ok(())
 }

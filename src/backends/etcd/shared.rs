@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 
 use super::lease::EtcdLease;
-use super::{read_prefix, EtcdStore, MAX_TXN_OPS};
+use super::{read_prefix, run_txn, EtcdStore, MAX_TXN_OPS};
 use crate::backends::shared::{SharedStore, Versioned, Write};
 use crate::error::{Error, Result};
 use crate::manager::Instance;
@@ -69,13 +69,7 @@ impl SharedStore for EtcdStore {
         for batch in keys.chunks(MAX_TXN_OPS) {
             let gets: Vec<TxnOp> = batch.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
             let txn = Txn::new().and_then(gets);
-            let answer = self
-                .members
-                .call("read", |mut client| {
-                    let txn = txn.clone();
-                    async move { client.txn(txn).await }
-                })
-                .await?;
+            let answer = run_txn(&self.members, "read", txn).await?;
             for response in answer.op_responses() {
                 values.push(match response {
                     TxnOpResponse::Get(got) => got.kvs().first().map(versioned),
@@ -128,13 +122,7 @@ impl SharedStore for EtcdStore {
             compares.push(Compare::version(absent, CompareOp::Equal, 0));
         }
         let txn = Txn::new().when(compares).and_then(ops);
-        let answer = self
-            .members
-            .call("write", |mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await?;
+        let answer = run_txn(&self.members, "write", txn).await?;
         Ok(answer.succeeded())
     }
 }

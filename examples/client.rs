@@ -32,23 +32,27 @@ async fn main() -> Result<(), BoxError> {
     let client = hello::http_client();
 
     for _ in 0..calls {
-        let mut attempt = 1;
-        loop {
-            let resolved = resolver.resolve_path(&path, None).await?;
-            let address = resolved.address().clone();
-            match hello::call(&client, &address, &path).await {
+        let resolved = resolver.resolve_path(&path, None).await?;
+        // The chosen address first, then its alternates (no second lookup), up to ATTEMPTS.
+        let tries = std::iter::once(resolved.address()).chain(resolved.alternates(None));
+        let mut last_error = None;
+        for address in tries.take(ATTEMPTS) {
+            match hello::call(&client, address, &path).await {
                 Ok(answer) => {
-                    resolver.report_success(&address);
+                    resolver.report_success(address);
                     println!("{address} {answer}");
+                    last_error = None;
                     break;
                 }
-                Err(error) if attempt < ATTEMPTS => {
+                Err(error) => {
                     eprintln!("call to {address} failed ({error}); trying another instance");
-                    resolver.report_failure(&address);
-                    attempt += 1;
+                    resolver.report_failure(address);
+                    last_error = Some(error);
                 }
-                Err(error) => return Err(format!("{path}: {error}").into()),
             }
+        }
+        if let Some(error) = last_error {
+            return Err(format!("{path}: {error}").into());
         }
     }
     Ok(())

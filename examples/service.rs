@@ -12,11 +12,13 @@
 //! `WAYFINDER_PREFIX`, `WAYFINDER_TOKEN`, ...); `WAYFINDER_CONFIG` names a TOML or JSON file read
 //! first. `SERVICE_ADDRESS` sets where it listens (default `127.0.0.1:0`, any free port) and
 //! `SERVICE_NAME` what it answers with. It prints `registered <address>` once its routes are in
-//! the registry and `deregistered <address>` when they are gone.
+//! the registry and `deregistered <address>` when they are gone. On SIGTERM it drains: it
+//! deregisters and keeps serving until watchers have the change (at most 2 s), then stops.
 
 mod hello;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tower::BoxError;
@@ -53,7 +55,8 @@ async fn main() -> Result<(), BoxError> {
     );
 
     stop_signal().await?;
-    registration.shutdown().await?;
+    // Keep serving until watchers have seen the deregistration, then stop accepting.
+    registration.drain(Duration::from_secs(2)).await?;
     server.abort();
     println!("deregistered {address}");
     Ok(())

@@ -52,7 +52,7 @@ pub use config::{connect, connect_with, Config};
 pub use discover::RouteDiscover;
 pub use error::{Error, ErrorKind, Result};
 pub use manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL, MIN_TTL};
-pub use registration::Registration;
+pub use registration::{Registration, DRAIN_SETTLE};
 pub use resolve::{AddressResolver, ResolverConfig};
 pub use route::{Address, Metadata, ServiceDescriptor, ServiceRoute};
 pub use watch::{RouteEvent, RouteWatch, SyncStatus};

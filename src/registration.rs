@@ -13,9 +13,10 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::{jittered, Backoff};
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::Instance;
+use crate::manager::{Instance, RouteSource};
+use crate::route::Address;
 use crate::telemetry::traced;
-use crate::watch::note_write;
+use crate::watch::{note_write, RouteEvent};
 
 /// Whether an instance's liveness record is still held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,14 +64,18 @@ enum Stop {
 #[derive(Debug)]
 pub struct Registration {
     instance_id: String,
+    address: Address,
     ttl: Duration,
     stop: Option<oneshot::Sender<Stop>>,
     task: Option<JoinHandle<Result<()>>>,
+    /// The registry, read back by [`Registration::drain`].
+    source: Arc<dyn RouteSource>,
 }
 
 impl Registration {
     /// Writes the instance's entries, then starts the task that keeps them alive.
     pub(crate) async fn start<S: LivenessStore>(
+        source: Arc<dyn RouteSource>,
         store: Arc<S>,
         instance: Instance,
         default_ttl: Duration,
@@ -89,12 +94,15 @@ impl Registration {
         note_write();
         tracing::info!(instance = %instance_id, routes = instance.routes.len(), ?ttl, "registered");
         let (stop_tx, stop_rx) = oneshot::channel();
+        let address = instance.address.clone();
         let task = tokio::spawn(keep_registered(store, instance, ttl, lease, stop_rx));
         Ok(Registration {
             instance_id,
+            address,
             ttl,
             stop: Some(stop_tx),
             task: Some(task),
+            source,
         })
     }
 
@@ -116,6 +124,33 @@ impl Registration {
         self.join().await
     }
 
+    /// Graceful drain, for a rolling deploy: deregisters, then waits until the change has
+    /// reached watchers (a fresh watch of the registry no longer lists the address, and a
+    /// moment more, [`DRAIN_SETTLE`], for watchers elsewhere to apply it) or `grace` passes,
+    /// and only then returns, so the application stops accepting calls afterwards. Callers that
+    /// resolved the address just before may still call it meanwhile; keep serving until this
+    /// returns.
+    pub async fn drain(self, grace: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + grace;
+        let (source, address) = (self.source.clone(), self.address.clone());
+        self.shutdown().await?;
+        let confirmed = tokio::time::timeout_at(deadline, gone(source.as_ref(), &address)).await;
+        match confirmed {
+            Ok(Ok(())) => {
+                let settle = tokio::time::Instant::now() + DRAIN_SETTLE;
+                tokio::time::sleep_until(settle.min(deadline)).await;
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(%address, error = %err, "could not confirm the deregistration; waiting out the grace");
+                tokio::time::sleep_until(deadline).await;
+            }
+            Err(_) => {
+                tracing::warn!(%address, ?grace, "the registry still lists the address after the grace");
+            }
+        }
+        Ok(())
+    }
+
     /// Stops renewing without deregistering: the entries expire after the TTL, as if the process
     /// had crashed. For hand-over to another process, and for testing expiry.
     pub async fn abandon(mut self) {
@@ -131,6 +166,39 @@ impl Registration {
                 Error::new(ErrorKind::Closed, "registration task ended abnormally").with_source(e)
             })?,
             None => Ok(()),
+        }
+    }
+}
+
+/// How long a drain keeps serving after its own watch saw the deregistration: watchers
+/// elsewhere get a change within milliseconds on etcd and Consul, and on file-system events
+/// for a shared file.
+pub const DRAIN_SETTLE: Duration = Duration::from_millis(250);
+
+/// Waits until a fresh watch of `source` lists no route with `address`.
+async fn gone(source: &dyn RouteSource, address: &Address) -> Result<()> {
+    let mut watch = source.watch().await?;
+    let mut holding: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut synced = false;
+    loop {
+        if synced && holding.is_empty() {
+            return Ok(());
+        }
+        let Some(event) = watch.next().await else {
+            return Err(Error::new(ErrorKind::Closed, "the watch ended"));
+        };
+        match event {
+            RouteEvent::Synced => synced = true,
+            RouteEvent::Created(route) | RouteEvent::Changed(route) => {
+                if route.addresses.iter().any(|a| a.same_endpoint(address)) {
+                    holding.insert(route.id().to_owned());
+                } else {
+                    holding.remove(route.id());
+                }
+            }
+            RouteEvent::Removed(route) => {
+                holding.remove(route.id());
+            }
         }
     }
 }

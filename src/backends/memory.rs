@@ -386,7 +386,7 @@ impl RouteManager for MemoryRouteManager {
         self.inner.start_reaper();
         let ttl = self.inner.config.ttl;
         // The instance's own TTL is used for renewals too.
-        Registration::start(self.inner.clone(), instance, ttl).await
+        Registration::start(Arc::new(self.clone()), self.inner.clone(), instance, ttl).await
     }
 
     async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {

@@ -28,10 +28,13 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::manager::RouteManager;
 use crate::resolve::select::selector_by_name;
-use crate::resolve::{HealthConfig, ResolverConfig, DEFAULT_NEGATIVE_TTL, DEFAULT_START_TIMEOUT};
+use crate::resolve::{
+    HealthConfig, OutlierConfig, ResolverConfig, DEFAULT_NEGATIVE_TTL, DEFAULT_PANIC_THRESHOLD,
+    DEFAULT_START_TIMEOUT,
+};
 
 /// Settings of `Config` that are not backend options.
-const RESOLVER_SETTINGS: [&str; 7] = [
+const RESOLVER_SETTINGS: [&str; 8] = [
     "backend",
     "selector",
     "negative_ttl",
@@ -39,6 +42,7 @@ const RESOLVER_SETTINGS: [&str; 7] = [
     "snapshot",
     "start_timeout",
     "services",
+    "panic_threshold",
 ];
 
 pub(crate) use self::options::BackendOptions;
@@ -139,6 +143,11 @@ pub struct Config {
     /// comma-separated string; default every service.
     #[serde(deserialize_with = "deserialize_services")]
     pub services: Vec<String>,
+    /// The share of a route's addresses (0 to 1) below which selection uses all of them;
+    /// default 0.5.
+    pub panic_threshold: f64,
+    /// The resolver's outlier ejection from reported call outcomes.
+    pub outlier: OutlierConfig,
 }
 
 /// A list of strings, or one string of comma-separated items (as an environment variable
@@ -186,6 +195,8 @@ impl Default for Config {
             snapshot: None,
             start_timeout: DEFAULT_START_TIMEOUT,
             services: Vec::new(),
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+            outlier: OutlierConfig::default(),
         }
     }
 }
@@ -214,6 +225,8 @@ impl std::fmt::Debug for Config {
             .field("snapshot", &self.snapshot)
             .field("start_timeout", &self.start_timeout)
             .field("services", &self.services)
+            .field("panic_threshold", &self.panic_threshold)
+            .field("outlier", &self.outlier)
             .finish()
     }
 }
@@ -305,6 +318,12 @@ impl Config {
     /// The resolver settings: selector, health checks, negative-cache TTL, empty protection,
     /// snapshot and subscription.
     pub fn resolver_config(&self) -> Result<ResolverConfig> {
+        if !(0.0..=1.0).contains(&self.panic_threshold) {
+            return Err(Error::invalid_input(format!(
+                "panic_threshold {} is not a share between 0 and 1",
+                self.panic_threshold
+            )));
+        }
         Ok(ResolverConfig {
             selector: selector_by_name(&self.selector)?,
             health: self.health.clone(),
@@ -313,6 +332,8 @@ impl Config {
             snapshot: self.snapshot.clone(),
             start_timeout: self.start_timeout,
             services: self.services.clone(),
+            panic_threshold: self.panic_threshold,
+            outlier: self.outlier.clone(),
             ..ResolverConfig::default()
         })
     }
@@ -376,8 +397,8 @@ fn env_source(vars: impl Iterator<Item = (String, String)>) -> ::config::Environ
             continue;
         }
         let is_known = match setting.split_once("__") {
-            // `HealthConfig` refuses a field it does not have, with its name.
-            Some(("health", _)) => true,
+            // `HealthConfig` and `OutlierConfig` refuse a field they do not have, by name.
+            Some(("health" | "outlier", _)) => true,
             Some(_) => false,
             None => {
                 OPTION_NAMES.contains(&setting.as_str())

@@ -7,6 +7,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::outlier::Outlier;
 use crate::route::Address;
 
 /// Identity of an endpoint: its host (ignoring ASCII case and IPv6 brackets) and port. Cheap to
@@ -121,6 +122,7 @@ pub struct Endpoint {
     healthy: AtomicBool,
     in_flight: AtomicUsize,
     pub(crate) streak: Mutex<Streak>,
+    pub(crate) outlier: Outlier,
 }
 
 impl Endpoint {
@@ -136,6 +138,7 @@ impl Endpoint {
             healthy: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             streak: Mutex::new(Streak::default()),
+            outlier: Outlier::default(),
         }
     }
 
@@ -153,6 +156,11 @@ impl Endpoint {
     /// Whether local checks consider it healthy.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether outlier ejection has it out of selection now.
+    pub fn is_ejected(&self) -> bool {
+        self.outlier.is_ejected()
     }
 
     /// Sets health; returns whether it changed.

@@ -6,6 +6,8 @@
 
 mod endpoint;
 mod health;
+mod outlier;
+mod reports;
 mod resolver;
 pub mod select;
 mod sharded;
@@ -19,8 +21,9 @@ pub(crate) use table::trim_path;
 
 pub use endpoint::{Endpoint, EndpointKey};
 pub use health::{probe, HealthConfig, HealthMonitor};
+pub use outlier::OutlierConfig;
 pub use resolver::{
     AddressResolver, ResolveFuture, Resolved, ResolverConfig, ResolverStats, DEFAULT_NEGATIVE_TTL,
-    DEFAULT_START_TIMEOUT,
+    DEFAULT_PANIC_THRESHOLD, DEFAULT_START_TIMEOUT, MAX_ALTERNATES,
 };
 pub use table::{RouteEntry, RouteTable};

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use std::cell::RefCell;
@@ -19,9 +19,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::health::{HealthConfig, HealthMonitor};
+use super::outlier::OutlierConfig;
+use super::reports::Reports;
 use super::select::{RoundRobin, Selector};
 use super::snapshot;
-use super::table::{Choice, RouteEntry, RouteTable};
+use super::table::{Choice, Guards, RouteEntry, RouteTable};
 use super::view::View;
 use crate::backoff::Backoff;
 use crate::error::{Error, ErrorKind, Result};
@@ -32,6 +34,12 @@ use crate::watch::{RouteEvent, RouteWatch, SyncStatus};
 
 /// Default time an unknown path or id is remembered as unknown.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(2);
+
+/// Default panic threshold: below half of a route's addresses usable, all of them are used.
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 0.5;
+
+/// Most alternates [`Resolved::alternates`] gives.
+pub const MAX_ALTERNATES: usize = 4;
 
 /// Default time a resolver waits for the registry at start before it serves its snapshot.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,6 +71,12 @@ pub struct ResolverConfig {
     /// their routes (see [`RouteSource::watch_services`]); a path outside them is `NotFound`.
     /// Empty (the default): every service.
     pub services: Vec<String>,
+    /// Panic threshold (Envoy's, default 0.5): when fewer than this share of a route's addresses
+    /// are usable (healthy and not ejected), selection uses all of them. 0 fails open only when
+    /// none is usable.
+    pub panic_threshold: f64,
+    /// Outlier ejection from reported call outcomes.
+    pub outlier: OutlierConfig,
 }
 
 impl Default for ResolverConfig {
@@ -76,6 +90,8 @@ impl Default for ResolverConfig {
             snapshot: None,
             start_timeout: DEFAULT_START_TIMEOUT,
             services: Vec::new(),
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+            outlier: OutlierConfig::default(),
         }
     }
 }
@@ -96,6 +112,17 @@ impl ResolverConfig {
         }
     }
 
+    /// The panic threshold and ejection budget every route entry applies.
+    pub(crate) fn guards(&self) -> Guards {
+        Guards {
+            panic_threshold: self.panic_threshold,
+            ejection_percent: self
+                .outlier
+                .enabled
+                .then_some(self.outlier.max_ejection_percent),
+        }
+    }
+
     pub(crate) fn selector_for(&self, service_id: &str) -> &dyn Selector {
         self.route_selectors
             .get(service_id)
@@ -112,10 +139,12 @@ pub struct Resolved {
     entry: Arc<RouteEntry>,
     index: usize,
     fail_open: bool,
+    /// Where reported outcomes go (the resolver's health and outlier records).
+    reports: Weak<Reports>,
 }
 
 impl Resolved {
-    fn new(entry: Arc<RouteEntry>, choice: Choice) -> Self {
+    fn new(entry: Arc<RouteEntry>, choice: Choice, reports: Weak<Reports>) -> Self {
         if entry.counts_calls() {
             entry.endpoints()[choice.index].begin_call();
         }
@@ -123,6 +152,7 @@ impl Resolved {
             entry,
             index: choice.index,
             fail_open: choice.fail_open,
+            reports,
         }
     }
 
@@ -136,9 +166,41 @@ impl Resolved {
         self.entry.route()
     }
 
-    /// Whether every address of the route was unhealthy and this one was chosen anyway.
+    /// Whether too few addresses of the route were usable (the panic threshold) and this one
+    /// was chosen among all of them.
     pub fn is_fail_open(&self) -> bool {
         self.fail_open
+    }
+
+    /// Other addresses of the route to retry a failed call on, without a second lookup: up to
+    /// [`MAX_ALTERNATES`], distinct and usable, in the order the selector falls back to them
+    /// (the next ring nodes for consistent hashing, the next turns otherwise). `key` is the
+    /// affinity key the resolution used.
+    pub fn alternates(&self, key: Option<&[u8]>) -> impl Iterator<Item = &Address> + '_ {
+        let mut found = [0; MAX_ALTERNATES];
+        let count = self
+            .entry
+            .alternates(self.index, key, self.fail_open, &mut found);
+        let addresses = &self.entry.route().addresses;
+        (0..count).map(move |i| &*addresses[found[i]])
+    }
+
+    /// The call to the chosen address succeeded: counts toward its health and its outlier
+    /// record (see [`AddressResolver::report_success`]).
+    pub fn succeeded(&self) {
+        self.shared_report(true);
+    }
+
+    /// The call to the chosen address failed: counts against its health and its outlier
+    /// record (see [`AddressResolver::report_failure`]).
+    pub fn failed(&self) {
+        self.shared_report(false);
+    }
+
+    fn shared_report(&self, ok: bool) {
+        if let Some(reports) = self.reports.upgrade() {
+            reports.record(&self.entry.endpoints()[self.index], ok);
+        }
     }
 }
 
@@ -162,8 +224,11 @@ pub struct ResolverStats {
     pub endpoints: usize,
     /// Lookups answered `NotFound`.
     pub not_found: u64,
-    /// Selections that failed open (every address unhealthy).
+    /// Selections made in panic mode: fewer of the route's addresses were usable than the panic
+    /// threshold asks (every one unhealthy or ejected included), so all of them were used.
     pub fail_open: u64,
+    /// Outlier ejections since start.
+    pub ejections: u64,
     /// Health flips seen by the monitor or reported by callers.
     pub health_flips: u64,
     /// Health probes sent.
@@ -265,7 +330,7 @@ struct Shared {
     table: TableSlot,
     not_found: moka::sync::Cache<String, ()>,
     last_listing: tokio::sync::Mutex<Option<(std::time::Instant, Arc<RouteTable>)>>,
-    health: HealthMonitor,
+    reports: Arc<Reports>,
     /// The watch's status; replaced when a start from the snapshot reaches the registry.
     status: Mutex<watch::Receiver<SyncStatus>>,
     counters: Counters,
@@ -279,8 +344,9 @@ impl Shared {
     fn publish(&self, view: &mut View) {
         let table = Arc::new(view.table());
         // Without active checks the monitor has no use for the targets.
-        if view.take_endpoints_changed() && self.health.config().enabled {
-            self.health
+        if view.take_endpoints_changed() && self.reports.health.config().enabled {
+            self.reports
+                .health
                 .set_targets(table.endpoints().cloned().collect());
         }
         self.counters
@@ -311,6 +377,8 @@ pub struct AddressResolver {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
     snapshot_writer: Option<JoinHandle<()>>,
+    /// The outlier sweep, when ejection is on.
+    sweeper: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for AddressResolver {
@@ -325,8 +393,8 @@ impl std::fmt::Debug for AddressResolver {
 impl Drop for AddressResolver {
     fn drop(&mut self) {
         self.task.abort();
-        if let Some(writer) = &self.snapshot_writer {
-            writer.abort();
+        for task in [&self.snapshot_writer, &self.sweeper].into_iter().flatten() {
+            task.abort();
         }
     }
 }
@@ -410,7 +478,10 @@ impl AddressResolver {
                 .time_to_live(config.negative_ttl.max(Duration::from_millis(1)))
                 .build(),
             last_listing: tokio::sync::Mutex::new(None),
-            health: HealthMonitor::start(config.health.clone()),
+            reports: Arc::new(Reports::new(
+                HealthMonitor::start(config.health.clone()),
+                config.outlier.clone(),
+            )),
             status: Mutex::new(status),
             counters: Counters::default(),
             snapshot_tables,
@@ -423,10 +494,16 @@ impl AddressResolver {
             .store(snapshot_written.is_some(), Ordering::Relaxed);
         shared.publish(&mut view);
         let task = tokio::spawn(follow(watch, view, Arc::downgrade(&shared)));
+        let sweeper = shared
+            .config
+            .outlier
+            .enabled
+            .then(|| tokio::spawn(sweep_outliers(Arc::downgrade(&shared))));
         Ok(AddressResolver {
             shared,
             task,
             snapshot_writer,
+            sweeper,
         })
     }
 
@@ -513,7 +590,11 @@ impl AddressResolver {
                         .fail_open
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Resolved::new(entry.clone(), choice))
+                Ok(Resolved::new(
+                    entry.clone(),
+                    choice,
+                    Arc::downgrade(&self.shared.reports),
+                ))
             }
             None => {
                 self.shared
@@ -585,21 +666,33 @@ impl AddressResolver {
 
     /// The health monitor, for passive signals.
     pub fn health(&self) -> &HealthMonitor {
-        &self.shared.health
+        &self.shared.reports.health
     }
 
-    /// A caller's call to `address` failed; counts against its health.
+    /// A caller's call to `address` failed: counts against its health and toward its
+    /// ejection as an outlier.
     pub fn report_failure(&self, address: &Address) {
         if let Some(endpoint) = self.shared.table.load_full().endpoint_of(address) {
-            self.shared.health.report_failure(endpoint);
+            self.shared.reports.record(endpoint, false);
         }
     }
 
-    /// A caller's call to `address` succeeded; counts toward its health.
+    /// A caller's call to `address` succeeded: counts toward its health, and ends its trial
+    /// after an ejection.
     pub fn report_success(&self, address: &Address) {
         if let Some(endpoint) = self.shared.table.load_full().endpoint_of(address) {
-            self.shared.health.report_success(endpoint);
+            self.shared.reports.record(endpoint, true);
         }
+    }
+
+    /// Whether outlier ejection has `address` out of selection now (`None` if no route has
+    /// it).
+    pub fn is_ejected(&self, address: &Address) -> Option<bool> {
+        self.shared
+            .table
+            .load_full()
+            .endpoint_of(address)
+            .map(|e| e.is_ejected())
     }
 
     /// Whether local checks consider `address` healthy (`None` if no route has it).
@@ -621,8 +714,9 @@ impl AddressResolver {
             endpoints: table.endpoint_count(),
             not_found: self.shared.counters.not_found.load(Ordering::Relaxed),
             fail_open: self.shared.counters.fail_open.load(Ordering::Relaxed),
-            health_flips: self.shared.health.health_flips(),
-            probes: self.shared.health.probes_sent(),
+            ejections: self.shared.reports.ejections(),
+            health_flips: self.shared.reports.health.health_flips(),
+            probes: self.shared.reports.health.probes_sent(),
             stale: status.is_stale(),
             age: status.age(),
             watch_reconnects: status.reconnects,
@@ -806,6 +900,25 @@ async fn follow(watch: Option<RouteWatch>, mut view: View, shared: std::sync::We
         if changed {
             shared.publish(&mut view);
         }
+    }
+}
+
+/// Every outlier interval: ends due ejections and evaluates failure percentages over the table's
+/// endpoints.
+async fn sweep_outliers(shared: Weak<Shared>) {
+    let Some(interval) = shared
+        .upgrade()
+        .map(|s| s.config.outlier.interval.max(Duration::from_millis(10)))
+    else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let table = shared.table.load_full();
+        shared.reports.sweep(table.endpoints().map(|e| e.as_ref()));
     }
 }
 

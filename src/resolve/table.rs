@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::endpoint::{Endpoint, EndpointKey};
+use super::outlier::ejection_budget;
 use super::select::{Candidates, Pick, Selector};
 use super::sharded::ShardedMap;
 use crate::route::{parameter_name, Address, ServiceRoute};
@@ -26,7 +27,21 @@ pub struct RouteEntry {
     endpoints: Box<[Arc<Endpoint>]>,
     pick: Box<dyn Pick>,
     counts_calls: bool,
+    /// Fewer usable addresses than this and selection panics: it picks among all of them.
+    min_usable: usize,
+    /// How many of its addresses may be out as outliers at once.
+    ejection_budget: usize,
     last_fail_open_log_ms: AtomicU64,
+}
+
+/// How a route picks among its addresses besides its selector: the panic threshold and the
+/// outlier ejection budget.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Guards {
+    /// Panic threshold: the usable share (0..=1) below which every address is used.
+    pub panic_threshold: f64,
+    /// Largest share of a route's addresses ejected at once, in percent (at least one).
+    pub ejection_percent: Option<u32>,
 }
 
 /// What [`RouteEntry::select`] chose.
@@ -41,16 +56,22 @@ impl RouteEntry {
     pub(crate) fn new(
         route: Arc<ServiceRoute>,
         selector: &dyn Selector,
+        guards: Guards,
         mut endpoint_of: impl FnMut(&Arc<crate::route::Address>) -> Arc<Endpoint>,
     ) -> Self {
-        let endpoints = route.addresses.iter().map(&mut endpoint_of).collect();
+        let endpoints: Box<[Arc<Endpoint>]> =
+            route.addresses.iter().map(&mut endpoint_of).collect();
         let pick = selector.build(&route.addresses);
+        let n = endpoints.len();
+        let threshold = guards.panic_threshold.clamp(0.0, 1.0);
         RouteEntry {
             route,
-            endpoints,
             pick,
             counts_calls: selector.uses_load(),
+            min_usable: ((threshold * n as f64).ceil() as usize).max(1),
+            ejection_budget: ejection_budget(guards.ejection_percent, n),
             last_fail_open_log_ms: AtomicU64::new(0),
+            endpoints,
         }
     }
 
@@ -69,15 +90,21 @@ impl RouteEntry {
         self.counts_calls
     }
 
-    /// Picks among healthy endpoints, or among all of them when none is healthy (fail-open).
-    /// The selector is asked once, so its own state (a round-robin position) advances once.
+    /// Picks among the usable endpoints (healthy, and not ejected as outliers within the route's
+    /// ejection budget), or among all of them when fewer are usable than the panic threshold
+    /// asks (fail-open). The selector is asked once, so its own state (a round-robin position)
+    /// advances once.
     pub(crate) fn select(&self, key: Option<&[u8]>) -> Option<Choice> {
-        let mut fail_open = !self.endpoints.iter().any(|e| e.is_healthy());
-        let mut index = self
-            .pick
-            .pick(&Candidates::new(&self.endpoints, fail_open), key);
+        let (ejected, usable) = self.usable();
+        let mut fail_open = usable < self.min_usable;
+        let candidates = if fail_open {
+            Candidates::new(&self.endpoints, true)
+        } else {
+            Candidates::with_ejected(&self.endpoints, ejected)
+        };
+        let mut index = self.pick.pick(&candidates, key);
         if index.is_none() && !fail_open {
-            // The last healthy address flipped between the check and the pick.
+            // The last usable address flipped between the count and the pick.
             fail_open = true;
             index = self.pick.pick(&Candidates::new(&self.endpoints, true), key);
         }
@@ -85,6 +112,41 @@ impl RouteEntry {
             self.log_fail_open();
         }
         index.map(|index| Choice { index, fail_open })
+    }
+
+    /// The ejected mask (of the first 64 endpoints, at most the ejection budget of them, first
+    /// come first) and how many endpoints are usable.
+    fn usable(&self) -> (u64, usize) {
+        let (mut ejected, mut out, mut usable) = (0u64, 0, 0);
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            if !endpoint.is_healthy() {
+                continue;
+            }
+            if i < 64 && out < self.ejection_budget && endpoint.is_ejected() {
+                ejected |= 1 << i;
+                out += 1;
+                continue;
+            }
+            usable += 1;
+        }
+        (ejected, usable)
+    }
+
+    /// The candidates a retry of a call to `chosen` may go to, in the order the selector falls
+    /// back to them; `fail_open` when the choice was made over every address.
+    pub(crate) fn alternates(
+        &self,
+        chosen: usize,
+        key: Option<&[u8]>,
+        fail_open: bool,
+        out: &mut [usize],
+    ) -> usize {
+        let candidates = if fail_open {
+            Candidates::new(&self.endpoints, true)
+        } else {
+            Candidates::with_ejected(&self.endpoints, self.usable().0)
+        };
+        self.pick.alternates(&candidates, key, chosen, out)
     }
 
     /// Logs a fail-open selection, at most once a second per route.
@@ -100,7 +162,7 @@ impl RouteEntry {
             tracing::warn!(
                 service_id = %self.route.id(),
                 addresses = self.endpoints.len(),
-                "every address of the route is unhealthy; failing open over all of them"
+                "too few addresses of the route are usable (panic threshold); picking among all of them"
             );
         }
     }

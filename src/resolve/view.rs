@@ -293,7 +293,7 @@ impl View {
             &mut self.endpoints_changed,
         );
         let selector = config.selector_for(route.id());
-        let entry = RouteEntry::new(route, selector, |address| {
+        let entry = RouteEntry::new(route, selector, config.guards(), |address| {
             let key = EndpointKey::shared(address);
             let (endpoint, first) =
                 endpoints.take(&key, || Arc::new(Endpoint::with_key(key.clone())));

@@ -336,10 +336,12 @@ impl RouteManager for EtcdRouteManager {
     async fn register(&self, instance: Instance) -> Result<Registration> {
         let ttl = self.inner.config.ttl;
         match self.inner.config.layout.style() {
-            LayoutStyle::Instances => Registration::start(self.inner.clone(), instance, ttl).await,
+            LayoutStyle::Instances => {
+                Registration::start(Arc::new(self.clone()), self.inner.clone(), instance, ttl).await
+            }
             LayoutStyle::Surging => {
                 let layout = Arc::new(SurgingLayout::new(self.inner.clone(), ttl));
-                Registration::start(layout, instance, ttl).await
+                Registration::start(Arc::new(self.clone()), layout, instance, ttl).await
             }
         }
     }

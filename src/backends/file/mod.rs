@@ -292,7 +292,13 @@ impl RouteSource for FileRouteManager {
 #[async_trait]
 impl RouteManager for FileRouteManager {
     async fn register(&self, instance: Instance) -> Result<Registration> {
-        Registration::start(self.inner.clone(), instance, self.inner.config.ttl).await
+        Registration::start(
+            Arc::new(self.clone()),
+            self.inner.clone(),
+            instance,
+            self.inner.config.ttl,
+        )
+        .await
     }
 
     async fn remove_addresses(&self, addresses: &[Address]) -> Result<usize> {

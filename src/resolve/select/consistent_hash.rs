@@ -60,21 +60,51 @@ struct RingPick {
     ring: Vec<(u64, u32)>,
 }
 
-impl Pick for RingPick {
-    fn pick(&self, candidates: &Candidates<'_>, key: Option<&[u8]>) -> Option<usize> {
-        if self.ring.is_empty() || candidates.is_empty() {
-            return None;
-        }
+impl RingPick {
+    /// The ring's candidates clockwise from where `key` lands (anywhere without a key).
+    fn clockwise(&self, key: Option<&[u8]>) -> impl Iterator<Item = usize> + '_ {
         let hash = match key {
             Some(key) => xxh3_64(key),
             None => fastrand::u64(..),
         };
         let start = self.ring.partition_point(|(point, _)| *point < hash);
-        let (after, before) = self.ring.split_at(start);
-        before
-            .iter()
-            .chain(after)
-            .map(|&(_, index)| index as usize)
+        let (before, from) = self.ring.split_at(start);
+        from.iter().chain(before).map(|&(_, index)| index as usize)
+    }
+}
+
+impl Pick for RingPick {
+    fn pick(&self, candidates: &Candidates<'_>, key: Option<&[u8]>) -> Option<usize> {
+        if self.ring.is_empty() || candidates.is_empty() {
+            return None;
+        }
+        self.clockwise(key)
             .find(|&index| index < candidates.len() && candidates.is_usable(index))
+    }
+
+    /// The next distinct usable addresses clockwise from the key: where its calls go when
+    /// the chosen one leaves.
+    fn alternates(
+        &self,
+        candidates: &Candidates<'_>,
+        key: Option<&[u8]>,
+        chosen: usize,
+        out: &mut [usize],
+    ) -> usize {
+        let mut written = 0;
+        for index in self.clockwise(key) {
+            if written == out.len() {
+                break;
+            }
+            if index != chosen
+                && index < candidates.len()
+                && candidates.is_usable(index)
+                && !out[..written].contains(&index)
+            {
+                out[written] = index;
+                written += 1;
+            }
+        }
+        written
     }
 }

@@ -45,6 +45,31 @@ pub trait Pick: Send + Sync + fmt::Debug {
     /// The index of the chosen candidate, or `None` if no candidate is usable.
     /// `key` is the caller's affinity key (used by consistent hashing).
     fn pick(&self, candidates: &Candidates<'_>, key: Option<&[u8]>) -> Option<usize>;
+
+    /// Fills `out` with distinct usable candidates other than `chosen`, in the order a retry
+    /// should try them; returns how many it wrote. By default: the usable candidates after
+    /// `chosen` in turn (round robin's next turns).
+    fn alternates(
+        &self,
+        candidates: &Candidates<'_>,
+        _key: Option<&[u8]>,
+        chosen: usize,
+        out: &mut [usize],
+    ) -> usize {
+        let n = candidates.len();
+        let mut written = 0;
+        for step in 1..n {
+            if written == out.len() {
+                break;
+            }
+            let i = (chosen + step) % n;
+            if candidates.is_usable(i) {
+                out[written] = i;
+                written += 1;
+            }
+        }
+        written
+    }
 }
 
 /// The addresses of one route as a selector sees them: usable or not, and their load.
@@ -52,6 +77,8 @@ pub trait Pick: Send + Sync + fmt::Debug {
 pub struct Candidates<'a> {
     endpoints: &'a [Arc<Endpoint>],
     ignore_health: bool,
+    /// Of the first 64 candidates, those ejected as outliers (bit `i` for candidate `i`).
+    ejected: u64,
 }
 
 impl<'a> Candidates<'a> {
@@ -60,6 +87,16 @@ impl<'a> Candidates<'a> {
         Candidates {
             endpoints,
             ignore_health,
+            ejected: 0,
+        }
+    }
+
+    /// Candidates of which those in the `ejected` mask are out as outliers too.
+    pub(crate) fn with_ejected(endpoints: &'a [Arc<Endpoint>], ejected: u64) -> Self {
+        Candidates {
+            endpoints,
+            ignore_health: false,
+            ejected,
         }
     }
 
@@ -73,9 +110,11 @@ impl<'a> Candidates<'a> {
         self.endpoints.is_empty()
     }
 
-    /// Whether candidate `i` may be chosen (healthy, or every candidate when failing open).
+    /// Whether candidate `i` may be chosen: healthy and not ejected, or any candidate when
+    /// failing open (panic mode).
     pub fn is_usable(&self, i: usize) -> bool {
-        self.ignore_health || self.endpoints[i].is_healthy()
+        self.ignore_health
+            || (self.endpoints[i].is_healthy() && (i >= 64 || self.ejected & (1 << i) == 0))
     }
 
     /// Calls in flight to candidate `i`.

@@ -11,7 +11,8 @@
 //! Every `WAYFINDER_*` variable of [`wayfinder::Config`] applies (`WAYFINDER_TTL`,
 //! `WAYFINDER_PREFIX`, `WAYFINDER_TOKEN`, ...); `WAYFINDER_CONFIG` names a TOML or JSON file read
 //! first. `SERVICE_ADDRESS` sets where it listens (default `127.0.0.1:0`, any free port) and
-//! `SERVICE_NAME` what it answers with. It prints `registered <address>` once its routes are in
+//! `SERVICE_NAME` what it answers with; `SERVICE_FAIL_RATE` and `SERVICE_FAIL_FOR` make it answer
+//! errors to a share of requests for a while. It prints `registered <address>` once its routes are in
 //! the registry and `deregistered <address>` when they are gone. On SIGTERM it drains: it
 //! deregisters and keeps serving until watchers have the change (at most 2 s), then stops.
 
@@ -43,7 +44,7 @@ async fn main() -> Result<(), BoxError> {
     let local = listener.local_addr()?;
     let address = Address::new(local.ip().to_string(), local.port());
     let name = std::env::var("SERVICE_NAME").unwrap_or_else(|_| address.to_string());
-    let server = tokio::spawn(hello::serve_hello(listener, name));
+    let server = tokio::spawn(hello::serve_hello_failing(listener, name, failing()?));
 
     let registration = registry
         .register(Instance::new(address.clone(), hello::greeter_routes()))
@@ -60,6 +61,22 @@ async fn main() -> Result<(), BoxError> {
     server.abort();
     println!("deregistered {address}");
     Ok(())
+}
+
+/// `SERVICE_FAIL_RATE` (a share, 0 to 1) of requests answered `500` for `SERVICE_FAIL_FOR`
+/// seconds after start (default: for as long as it runs), to show outlier ejection.
+fn failing() -> Result<hello::Failing, BoxError> {
+    let Ok(rate) = std::env::var("SERVICE_FAIL_RATE") else {
+        return Ok(hello::Failing::never());
+    };
+    let seconds: f64 = match std::env::var("SERVICE_FAIL_FOR") {
+        Ok(seconds) => seconds.parse()?,
+        Err(_) => 1e9,
+    };
+    Ok(hello::Failing {
+        rate: rate.parse()?,
+        until: std::time::Instant::now() + Duration::from_secs_f64(seconds),
+    })
 }
 
 /// Waits for SIGTERM or Ctrl-C.

@@ -64,13 +64,47 @@ pub async fn call(client: &HttpClient, address: &Address, path: &str) -> Result<
 ///
 /// Each connection runs on its own task; run this one on a task too and abort it to stop.
 pub async fn serve_hello(listener: TcpListener, name: String) {
+    serve_hello_failing(listener, name, Failing::never()).await
+}
+
+/// Answers `500` to a share of requests for a while (to show outlier ejection).
+#[derive(Debug, Clone, Copy)]
+pub struct Failing {
+    /// The share of requests answered with an error, 0 to 1.
+    pub rate: f64,
+    /// Until when (then every request succeeds).
+    pub until: std::time::Instant,
+}
+
+impl Failing {
+    /// Never fails.
+    pub fn never() -> Self {
+        Failing {
+            rate: 0.0,
+            until: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> bool {
+        self.rate > 0.0 && std::time::Instant::now() < self.until && fastrand::f64() < self.rate
+    }
+}
+
+/// Like [`serve_hello`], answering `500 Internal Server Error` as `failing` says.
+pub async fn serve_hello_failing(listener: TcpListener, name: String, failing: Failing) {
     while let Ok((stream, _)) = listener.accept().await {
         let name = name.clone();
         let body = Bytes::from(format!("hello from {name}"));
         tokio::spawn(async move {
             let answer = service_fn(move |_request: Request<Incoming>| {
                 let body = body.clone();
-                async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                async move {
+                    let mut response = Response::new(Full::new(body));
+                    if failing.now() {
+                        *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), answer)

@@ -108,6 +108,35 @@ impl Hash for EndpointKey {
     }
 }
 
+/// Endpoints in this process that are unhealthy or ejected (counted once for each). While there
+/// are none, selection need not look at any route's endpoints.
+static DISRUPTED: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether any endpoint in this process is unhealthy or ejected now.
+pub(crate) fn any_disrupted() -> bool {
+    DISRUPTED.load(Ordering::Relaxed) != 0
+}
+
+/// One endpoint became unhealthy or ejected (`true`), or stopped being so.
+pub(crate) fn note_disrupted(disrupted: bool) {
+    if disrupted {
+        DISRUPTED.fetch_add(1, Ordering::Relaxed);
+    } else {
+        DISRUPTED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if !self.is_healthy() {
+            note_disrupted(false);
+        }
+        if self.is_ejected() {
+            note_disrupted(false);
+        }
+    }
+}
+
 /// Consecutive check outcomes, used against the thresholds.
 #[derive(Debug, Default)]
 pub(crate) struct Streak {
@@ -165,7 +194,11 @@ impl Endpoint {
 
     /// Sets health; returns whether it changed.
     pub(crate) fn set_healthy(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+        let changed = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+        if changed {
+            note_disrupted(!healthy);
+        }
+        changed
     }
 
     /// Calls in flight: live resolutions through routes whose selector balances by load.

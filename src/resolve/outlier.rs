@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::endpoint::Endpoint;
+use super::endpoint::{note_disrupted, Endpoint};
 use crate::config::duration;
 
 /// Outlier ejection settings; the defaults are gRPC A50's.
@@ -135,7 +135,9 @@ pub(crate) fn sweep<'a>(
         let state = &endpoint.outlier;
         let until = state.ejected_until_ms.load(Ordering::Relaxed);
         if until != 0 && now_ms >= until {
-            state.ejected_until_ms.store(0, Ordering::Relaxed);
+            if state.ejected_until_ms.swap(0, Ordering::Relaxed) != 0 {
+                note_disrupted(false);
+            }
             state.consecutive_failures.store(0, Ordering::Relaxed);
             state.on_trial.store(true, Ordering::Relaxed);
             tracing::info!(address = %endpoint.address(), "ejection over; the address is on trial");
@@ -165,7 +167,9 @@ fn eject(config: &OutlierConfig, endpoint: &Endpoint, now_ms: u64, why: &str) ->
         .saturating_mul(count)
         .min(config.max_ejection.max(config.base_ejection));
     let until = now_ms.saturating_add(length.as_millis() as u64).max(1);
-    state.ejected_until_ms.store(until, Ordering::Relaxed);
+    if state.ejected_until_ms.swap(until, Ordering::Relaxed) == 0 {
+        note_disrupted(true);
+    }
     state.consecutive_failures.store(0, Ordering::Relaxed);
     tracing::warn!(address = %endpoint.address(), reason = why, ejection = count, ?length, "address ejected");
     true

@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::endpoint::{Endpoint, EndpointKey};
+use super::endpoint::{any_disrupted, Endpoint, EndpointKey};
 use super::outlier::ejection_budget;
 use super::select::{Candidates, Pick, Selector};
 use super::sharded::ShardedMap;
@@ -95,6 +95,16 @@ impl RouteEntry {
     /// asks (fail-open). The selector is asked once, so its own state (a round-robin position)
     /// advances once.
     pub(crate) fn select(&self, key: Option<&[u8]>) -> Option<Choice> {
+        if !any_disrupted() {
+            // Every endpoint in the process is healthy and none is ejected.
+            let index = self
+                .pick
+                .pick(&Candidates::new(&self.endpoints, true), key)?;
+            return Some(Choice {
+                index,
+                fail_open: false,
+            });
+        }
         let (ejected, usable) = self.usable();
         let mut fail_open = usable < self.min_usable;
         let candidates = if fail_open {

@@ -133,7 +133,19 @@ impl Registration {
     pub async fn drain(self, grace: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + grace;
         let (source, address) = (self.source.clone(), self.address.clone());
-        self.shutdown().await?;
+        match tokio::time::timeout_at(deadline, self.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                // Still listed until its liveness lapses: keep serving for the grace.
+                tracing::warn!(%address, error = %err, "deregistration failed; serving out the grace");
+                tokio::time::sleep_until(deadline).await;
+                return Err(err);
+            }
+            Err(_) => {
+                tracing::warn!(%address, ?grace, "deregistration did not finish within the grace");
+                return Ok(());
+            }
+        }
         let confirmed = tokio::time::timeout_at(deadline, gone(source.as_ref(), &address)).await;
         match confirmed {
             Ok(Ok(())) => {

@@ -29,6 +29,9 @@ use wayfinder::{Address, AddressResolver};
 const WORKERS: usize = 6;
 const PACE: Duration = Duration::from_millis(12);
 
+/// How long the failing instance answers errors to half of its requests.
+const FAILING_FOR: Duration = Duration::from_secs(6);
+
 /// Starts the service example on `port`, registered in the file; returns once it says so.
 async fn start(file: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     let mut command = Command::new(example_binary("service"));
@@ -225,11 +228,16 @@ async fn an_instance_failing_half_its_requests_is_ejected_and_comes_back() {
     let file = dir.path().join("routes.json");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let failing = ports[0];
+    // It answers errors to half of its requests for this long after it starts.
+    let fails_until = Instant::now() + FAILING_FOR;
     let mut instances = vec![Some(
         start(
             &file,
             failing,
-            &[("SERVICE_FAIL_RATE", "0.5"), ("SERVICE_FAIL_FOR", "4")],
+            &[
+                ("SERVICE_FAIL_RATE", "0.5"),
+                ("SERVICE_FAIL_FOR", &FAILING_FOR.as_secs().to_string()),
+            ],
         )
         .await,
     )];
@@ -272,14 +280,21 @@ async fn an_instance_failing_half_its_requests_is_ejected_and_comes_back() {
     )
     .await;
     let ejected_at = began.elapsed();
-    // While it fails (4 s from its start), ejections and failed trials keep it out.
-    tokio::time::sleep(Duration::from_secs(4).saturating_sub(ejected_at)).await;
-    let while_failing = share(ejected_at, Duration::from_secs(4));
+    // While it fails, ejections and failed trials keep it out (the window ends a little before
+    // it recovers, whenever it started).
+    let window_end = (fails_until - Duration::from_millis(500)).saturating_duration_since(began);
+    assert!(
+        window_end > ejected_at + Duration::from_secs(2),
+        "too slow a start"
+    );
+    tokio::time::sleep(window_end.saturating_sub(ejected_at)).await;
+    let while_failing = share(ejected_at, window_end);
     // Recovered: its next trial passes and it takes its third again.
-    let recovered = common::eventually(Duration::from_secs(12), "the instance back", || async {
+    let recovered = common::eventually(Duration::from_secs(14), "the instance back", || async {
         let now = began.elapsed();
         let recent = share(now.saturating_sub(Duration::from_secs(1)), now);
-        (now > Duration::from_secs(5) && recent > 0.2).then_some(recent)
+        let recovered = began + now > fails_until + Duration::from_secs(1);
+        (recovered && recent > 0.2).then_some(recent)
     })
     .await;
     stop.store(true, Ordering::Relaxed);

@@ -324,6 +324,7 @@ impl Config {
                 self.panic_threshold
             )));
         }
+        self.outlier.validate()?;
         Ok(ResolverConfig {
             selector: selector_by_name(&self.selector)?,
             health: self.health.clone(),

@@ -5,9 +5,10 @@
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::outlier::Outlier;
+use super::reports::Reports;
 use crate::route::Address;
 
 /// Identity of an endpoint: its host (ignoring ASCII case and IPv6 brackets) and port. Cheap to
@@ -152,6 +153,9 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     pub(crate) streak: Mutex<Streak>,
     pub(crate) outlier: Outlier,
+    /// Where outcomes reported on a resolution of this endpoint go (its resolver's records),
+    /// set at its first resolution.
+    pub(crate) reports: OnceLock<Weak<Reports>>,
 }
 
 impl Endpoint {
@@ -168,6 +172,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             streak: Mutex::new(Streak::default()),
             outlier: Outlier::default(),
+            reports: OnceLock::new(),
         }
     }
 

@@ -38,8 +38,26 @@ pub struct OutlierConfig {
     /// The longest an ejection lasts.
     #[serde(deserialize_with = "duration::deserialize")]
     pub max_ejection: Duration,
-    /// The largest share of a route's addresses out at once, in percent (at least one address).
+    /// The largest share of a route's addresses out at once, in percent (at least one address,
+    /// unless 0). Applied to a route's first 64 addresses, lowest index first.
     pub max_ejection_percent: u32,
+}
+
+impl OutlierConfig {
+    /// Refuses percentages over 100.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        for (name, value) in [
+            ("failure_percentage", self.failure_percentage),
+            ("max_ejection_percent", self.max_ejection_percent),
+        ] {
+            if value > 100 {
+                return Err(crate::error::Error::invalid_input(format!(
+                    "outlier.{name} {value} is over 100"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for OutlierConfig {
@@ -60,9 +78,10 @@ impl Default for OutlierConfig {
 /// How many of a route's `addresses` may be ejected at once with at most `percent` of them
 /// out (at least one); none when ejection is off (`None`).
 pub(crate) fn ejection_budget(percent: Option<u32>, addresses: usize) -> usize {
-    percent.map_or(0, |percent| {
-        (addresses * percent.min(100) as usize / 100).max(1)
-    })
+    match percent {
+        None | Some(0) => 0,
+        Some(percent) => (addresses * percent.min(100) as usize / 100).max(1),
+    }
 }
 
 /// One endpoint's outlier state. Selection reads one flag; everything else changes only when
@@ -134,6 +153,8 @@ pub(crate) fn sweep<'a>(
     for endpoint in endpoints {
         let state = &endpoint.outlier;
         let until = state.ejected_until_ms.load(Ordering::Relaxed);
+        let ok = state.window_ok.swap(0, Ordering::Relaxed);
+        let failed = state.window_failed.swap(0, Ordering::Relaxed);
         if until != 0 && now_ms >= until {
             if state.ejected_until_ms.swap(0, Ordering::Relaxed) != 0 {
                 note_disrupted(false);
@@ -141,9 +162,15 @@ pub(crate) fn sweep<'a>(
             state.consecutive_failures.store(0, Ordering::Relaxed);
             state.on_trial.store(true, Ordering::Relaxed);
             tracing::info!(address = %endpoint.address(), "ejection over; the address is on trial");
+            // The interval just ended ran mostly while it was out: its trial decides, not that.
+            continue;
         }
-        let ok = state.window_ok.swap(0, Ordering::Relaxed);
-        let failed = state.window_failed.swap(0, Ordering::Relaxed);
+        if until == 0 && !state.on_trial.load(Ordering::Relaxed) {
+            // A50: an interval without ejection lowers the next ejection's multiplier.
+            let _ = state
+                .ejections
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
         let total = u64::from(ok) + u64::from(failed);
         if config.enabled
             && config.failure_percentage > 0
@@ -159,17 +186,24 @@ pub(crate) fn sweep<'a>(
     ejected
 }
 
+/// Ejects `endpoint` unless it is out already (of two reports racing, one ejects).
 fn eject(config: &OutlierConfig, endpoint: &Endpoint, now_ms: u64, why: &str) -> bool {
     let state = &endpoint.outlier;
-    let count = state.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+    let count = state.ejections.load(Ordering::Relaxed) + 1;
     let length = config
         .base_ejection
         .saturating_mul(count)
         .min(config.max_ejection.max(config.base_ejection));
     let until = now_ms.saturating_add(length.as_millis() as u64).max(1);
-    if state.ejected_until_ms.swap(until, Ordering::Relaxed) == 0 {
-        note_disrupted(true);
+    if state
+        .ejected_until_ms
+        .compare_exchange(0, until, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        return false;
     }
+    state.ejections.fetch_add(1, Ordering::Relaxed);
+    note_disrupted(true);
     state.consecutive_failures.store(0, Ordering::Relaxed);
     tracing::warn!(address = %endpoint.address(), reason = why, ejection = count, ?length, "address ejected");
     true
@@ -239,5 +273,6 @@ mod tests {
         assert_eq!(ejection_budget(Some(10), 3), 1);
         assert_eq!(ejection_budget(Some(10), 40), 4);
         assert_eq!(ejection_budget(None, 40), 0);
+        assert_eq!(ejection_budget(Some(0), 40), 0);
     }
 }

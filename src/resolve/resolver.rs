@@ -139,20 +139,20 @@ pub struct Resolved {
     entry: Arc<RouteEntry>,
     index: usize,
     fail_open: bool,
-    /// Where reported outcomes go (the resolver's health and outlier records).
-    reports: Weak<Reports>,
 }
 
 impl Resolved {
-    fn new(entry: Arc<RouteEntry>, choice: Choice, reports: Weak<Reports>) -> Self {
+    fn new(entry: Arc<RouteEntry>, choice: Choice, reports: &Arc<Reports>) -> Self {
+        let endpoint = &entry.endpoints()[choice.index];
+        // Once per endpoint: later resolutions find it set (one load, no shared write).
+        endpoint.reports.get_or_init(|| Arc::downgrade(reports));
         if entry.counts_calls() {
-            entry.endpoints()[choice.index].begin_call();
+            endpoint.begin_call();
         }
         Resolved {
             entry,
             index: choice.index,
             fail_open: choice.fail_open,
-            reports,
         }
     }
 
@@ -198,8 +198,9 @@ impl Resolved {
     }
 
     fn shared_report(&self, ok: bool) {
-        if let Some(reports) = self.reports.upgrade() {
-            reports.record(&self.entry.endpoints()[self.index], ok);
+        let endpoint = &self.entry.endpoints()[self.index];
+        if let Some(reports) = endpoint.reports.get().and_then(Weak::upgrade) {
+            reports.record(endpoint, ok);
         }
     }
 }
@@ -590,11 +591,7 @@ impl AddressResolver {
                         .fail_open
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Resolved::new(
-                    entry.clone(),
-                    choice,
-                    Arc::downgrade(&self.shared.reports),
-                ))
+                Ok(Resolved::new(entry.clone(), choice, &self.shared.reports))
             }
             None => {
                 self.shared

@@ -68,7 +68,8 @@ impl RouteEntry {
             route,
             pick,
             counts_calls: selector.uses_load(),
-            min_usable: ((threshold * n as f64).ceil() as usize).max(1),
+            // Less a hair, so that 0.55 x 100 (55.000000000000007 in floating point) needs 55.
+            min_usable: ((threshold * n as f64 - 1e-9).ceil() as usize).max(1),
             ejection_budget: ejection_budget(guards.ejection_percent, n),
             last_fail_open_log_ms: AtomicU64::new(0),
             endpoints,

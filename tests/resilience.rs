@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{descriptor, eventually, init_logging};
 use wayfinder::backends::memory::MemoryRouteManager;
 use wayfinder::resolve::select::ConsistentHash;
-use wayfinder::resolve::{HealthConfig, OutlierConfig, ResolverConfig};
+use wayfinder::resolve::{HealthConfig, OutlierConfig, ResolverConfig, SlowStartConfig};
 use wayfinder::{Address, AddressResolver, Instance, Registration, RouteManager};
 
 const PATH: &str = "api/demo/a";
@@ -281,4 +281,55 @@ async fn a_drain_returns_once_watchers_have_the_deregistration() {
         took >= wayfinder::DRAIN_SETTLE && took < Duration::from_secs(5),
         "{took:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_new_to_the_client_ramps_up_over_the_slow_start_window() {
+    init_logging();
+    let registry = Arc::new(MemoryRouteManager::default());
+    let _old = registry
+        .register(Instance::new(port(1), vec![descriptor("A")]))
+        .await
+        .unwrap();
+    let window = Duration::from_secs(2);
+    let config = ResolverConfig {
+        slow_start: SlowStartConfig {
+            window,
+            min_weight_percent: 10,
+        },
+        health: HealthConfig {
+            enabled: false,
+            ..HealthConfig::default()
+        },
+        ..ResolverConfig::default()
+    };
+    let resolver = AddressResolver::with_config(registry.clone(), config)
+        .await
+        .unwrap();
+    // Port 1 was there when the client started: it takes its full share. Port 2 joins now.
+    let _new = registry
+        .register(Instance::new(port(2), vec![descriptor("A")]))
+        .await
+        .unwrap();
+    let joined = std::time::Instant::now();
+    eventually(Duration::from_secs(2), "the new address seen", || async {
+        (resolver.resolve_all(PATH).await.ok()?.len() == 2).then_some(())
+    })
+    .await;
+    let share = |seen: BTreeMap<u16, usize>| {
+        seen.get(&2).copied().unwrap_or(0) as f64 / seen.values().sum::<usize>() as f64
+    };
+    let early = share(picks(&resolver, 1000).await);
+    assert!(early < 0.25, "a cold address took {early:.2} of the picks");
+    let late = eventually(window * 2, "the full share", || async {
+        let late = share(picks(&resolver, 1000).await);
+        (late > 0.4).then_some(late)
+    })
+    .await;
+    assert!(
+        joined.elapsed() >= window / 2,
+        "full share after {:?}",
+        joined.elapsed()
+    );
+    println!("slow start: share {early:.2} at first, {late:.2} after the window");
 }

@@ -29,8 +29,8 @@ use crate::error::{Error, Result};
 use crate::manager::RouteManager;
 use crate::resolve::select::selector_by_name;
 use crate::resolve::{
-    HealthConfig, OutlierConfig, ResolverConfig, DEFAULT_NEGATIVE_TTL, DEFAULT_PANIC_THRESHOLD,
-    DEFAULT_START_TIMEOUT,
+    HealthConfig, OutlierConfig, ResolverConfig, SlowStartConfig, DEFAULT_NEGATIVE_TTL,
+    DEFAULT_PANIC_THRESHOLD, DEFAULT_START_TIMEOUT,
 };
 
 /// Settings of `Config` that are not backend options.
@@ -148,6 +148,8 @@ pub struct Config {
     pub panic_threshold: f64,
     /// The resolver's outlier ejection from reported call outcomes.
     pub outlier: OutlierConfig,
+    /// The resolver's slow start of new addresses (off unless `window` is set).
+    pub slow_start: SlowStartConfig,
 }
 
 /// A list of strings, or one string of comma-separated items (as an environment variable
@@ -197,6 +199,7 @@ impl Default for Config {
             services: Vec::new(),
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             outlier: OutlierConfig::default(),
+            slow_start: SlowStartConfig::default(),
         }
     }
 }
@@ -227,6 +230,7 @@ impl std::fmt::Debug for Config {
             .field("services", &self.services)
             .field("panic_threshold", &self.panic_threshold)
             .field("outlier", &self.outlier)
+            .field("slow_start", &self.slow_start)
             .finish()
     }
 }
@@ -335,6 +339,7 @@ impl Config {
             services: self.services.clone(),
             panic_threshold: self.panic_threshold,
             outlier: self.outlier.clone(),
+            slow_start: self.slow_start.clone(),
             ..ResolverConfig::default()
         })
     }
@@ -399,7 +404,7 @@ fn env_source(vars: impl Iterator<Item = (String, String)>) -> ::config::Environ
         }
         let is_known = match setting.split_once("__") {
             // `HealthConfig` and `OutlierConfig` refuse a field they do not have, by name.
-            Some(("health" | "outlier", _)) => true,
+            Some(("health" | "outlier" | "slow_start", _)) => true,
             Some(_) => false,
             None => {
                 OPTION_NAMES.contains(&setting.as_str())

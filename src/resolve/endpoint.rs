@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::outlier::Outlier;
 use super::reports::Reports;
+use super::slow_start::Warmth;
 use crate::route::Address;
 
 /// Identity of an endpoint: its host (ignoring ASCII case and IPv6 brackets) and port. Cheap to
@@ -153,6 +154,7 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     pub(crate) streak: Mutex<Streak>,
     pub(crate) outlier: Outlier,
+    pub(crate) warmth: Warmth,
     /// Where outcomes reported on a resolution of this endpoint go (its resolver's records),
     /// set at its first resolution.
     pub(crate) reports: OnceLock<Weak<Reports>>,
@@ -172,6 +174,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             streak: Mutex::new(Streak::default()),
             outlier: Outlier::default(),
+            warmth: Warmth::default(),
             reports: OnceLock::new(),
         }
     }

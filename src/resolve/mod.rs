@@ -11,6 +11,7 @@ mod reports;
 mod resolver;
 pub mod select;
 mod sharded;
+mod slow_start;
 mod snapshot;
 mod table;
 mod users;
@@ -26,4 +27,5 @@ pub use resolver::{
     AddressResolver, ResolveFuture, Resolved, ResolverConfig, ResolverStats, DEFAULT_NEGATIVE_TTL,
     DEFAULT_PANIC_THRESHOLD, DEFAULT_START_TIMEOUT, MAX_ALTERNATES,
 };
+pub use slow_start::SlowStartConfig;
 pub use table::{RouteEntry, RouteTable};

@@ -22,6 +22,7 @@ use super::health::{HealthConfig, HealthMonitor};
 use super::outlier::OutlierConfig;
 use super::reports::Reports;
 use super::select::{RoundRobin, Selector};
+use super::slow_start::SlowStartConfig;
 use super::snapshot;
 use super::table::{Choice, Guards, RouteEntry, RouteTable};
 use super::view::View;
@@ -77,6 +78,8 @@ pub struct ResolverConfig {
     pub panic_threshold: f64,
     /// Outlier ejection from reported call outcomes.
     pub outlier: OutlierConfig,
+    /// Slow start of addresses new to this client (off by default).
+    pub slow_start: SlowStartConfig,
 }
 
 impl Default for ResolverConfig {
@@ -92,6 +95,7 @@ impl Default for ResolverConfig {
             services: Vec::new(),
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             outlier: OutlierConfig::default(),
+            slow_start: SlowStartConfig::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ use super::endpoint::{any_disrupted, Endpoint, EndpointKey};
 use super::outlier::ejection_budget;
 use super::select::{Candidates, Pick, Selector};
 use super::sharded::ShardedMap;
+use super::slow_start::{self, SlowStartConfig};
 use crate::route::{parameter_name, Address, ServiceRoute};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -31,6 +32,8 @@ pub struct RouteEntry {
     min_usable: usize,
     /// How many of its addresses may be out as outliers at once.
     ejection_budget: usize,
+    /// Slow start, when on.
+    slow_start: Option<SlowStartConfig>,
     last_fail_open_log_ms: AtomicU64,
 }
 
@@ -57,6 +60,7 @@ impl RouteEntry {
         route: Arc<ServiceRoute>,
         selector: &dyn Selector,
         guards: Guards,
+        slow_start: &SlowStartConfig,
         mut endpoint_of: impl FnMut(&Arc<crate::route::Address>) -> Arc<Endpoint>,
     ) -> Self {
         let endpoints: Box<[Arc<Endpoint>]> =
@@ -71,6 +75,7 @@ impl RouteEntry {
             // Less a hair, so that 0.55 x 100 (55.000000000000007 in floating point) needs 55.
             min_usable: ((threshold * n as f64 - 1e-9).ceil() as usize).max(1),
             ejection_budget: ejection_budget(guards.ejection_percent, n),
+            slow_start: slow_start.is_on().then(|| slow_start.clone()),
             last_fail_open_log_ms: AtomicU64::new(0),
             endpoints,
         }
@@ -96,6 +101,33 @@ impl RouteEntry {
     /// asks (fail-open). The selector is asked once, so its own state (a round-robin position)
     /// advances once.
     pub(crate) fn select(&self, key: Option<&[u8]>) -> Option<Choice> {
+        let choice = self.select_usable(key)?;
+        Some(self.warm(choice, key))
+    }
+
+    /// A choice whose endpoint is still ramping up is kept with the probability of its share;
+    /// otherwise the selector picks once more without it.
+    fn warm(&self, choice: Choice, key: Option<&[u8]>) -> Choice {
+        let Some(slow_start) = &self.slow_start else {
+            return choice;
+        };
+        let weight = slow_start::weight(slow_start, &self.endpoints[choice.index]);
+        if weight >= 1.0 || fastrand::f64() < weight || choice.fail_open || choice.index >= 64 {
+            return choice;
+        }
+        let (ejected, _) = self.usable();
+        let without = Candidates::with_ejected(&self.endpoints, ejected | 1 << choice.index);
+        match self.pick.pick(&without, key) {
+            Some(index) => Choice {
+                index,
+                fail_open: false,
+            },
+            None => choice,
+        }
+    }
+
+    /// Picks among the usable endpoints (see [`RouteEntry::select`]).
+    fn select_usable(&self, key: Option<&[u8]>) -> Option<Choice> {
         if !any_disrupted() {
             // Every endpoint in the process is healthy and none is ejected.
             let index = self

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::endpoint::{Endpoint, EndpointKey};
 use super::resolver::ResolverConfig;
+use super::slow_start;
 use super::table::{is_template, path_key, RouteEntry, RouteTable, Templates};
 use super::users::Users;
 use crate::route::{Address, RouteSet, ServiceRoute};
@@ -65,6 +66,8 @@ pub(crate) struct View {
     reset_until: Option<Instant>,
     /// The watch's reset count already accounted for.
     resets_seen: u64,
+    /// Whether the first whole view was loaded (addresses seen after it are new to the client).
+    loaded: bool,
 }
 
 impl View {
@@ -82,6 +85,7 @@ impl View {
             grace,
             reset_until: None,
             resets_seen: 0,
+            loaded: false,
         }
     }
 
@@ -194,6 +198,7 @@ impl View {
                 self.rebuild(route.id(), config);
             }
         }
+        self.loaded = true;
     }
 
     fn hold(&mut self, route: &Arc<ServiceRoute>, addresses: Vec<Arc<Address>>, now: Instant) {
@@ -293,11 +298,14 @@ impl View {
             &mut self.endpoints_changed,
         );
         let selector = config.selector_for(route.id());
-        let entry = RouteEntry::new(route, selector, config.guards(), |address| {
+        let initial = !self.loaded;
+        let slow_start = &config.slow_start;
+        let entry = RouteEntry::new(route, selector, config.guards(), slow_start, |address| {
             let key = EndpointKey::shared(address);
             let (endpoint, first) =
                 endpoints.take(&key, || Arc::new(Endpoint::with_key(key.clone())));
             if first {
+                slow_start::begin(slow_start, &endpoint, address, initial);
                 table.set_endpoint(&key, Some(endpoint.clone()));
                 *changed = true;
             }

@@ -30,6 +30,6 @@ pub use metadata::Metadata;
 pub use model::{Address, ServiceDescriptor, ServiceRoute};
 pub(crate) use set::RouteSet;
 #[cfg(any(feature = "etcd", feature = "consul"))]
-pub(crate) use shared::{holds, with_address};
+pub(crate) use shared::{holds, holds_any, with_address};
 pub(crate) use shared::{without, Edit};
 pub use template::{parameter_name, service_id, service_short_name, RouteTemplate};

@@ -22,8 +22,14 @@ pub(crate) enum Edit {
 /// Whether the value holds an entry for `address`'s host and port.
 #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 pub(crate) fn holds(current: &[u8], address: &Address) -> bool {
+    holds_any(current, |a| a.same_endpoint(address))
+}
+
+/// Whether the value holds an address `wanted` picks (decoding it only, writing nothing).
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+pub(crate) fn holds_any(current: &[u8], wanted: impl Fn(&Address) -> bool) -> bool {
     decode_route(current)
-        .map(|route| route.addresses.iter().any(|a| a.same_endpoint(address)))
+        .map(|route| route.addresses.iter().any(|a| wanted(a)))
         .unwrap_or(false)
 }
 

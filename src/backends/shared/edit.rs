@@ -8,7 +8,7 @@ use futures_util::{stream, StreamExt};
 
 use super::{SharedStore, Versioned, Write};
 use crate::error::{Error, ErrorKind, Result};
-use crate::route::{without, Address, Edit};
+use crate::route::{holds_any, without, Address, Edit};
 
 /// Conditional writes one edit has in flight at once (Consul takes 200 connections per client
 /// address by default, and many registrations may edit at once).
@@ -176,7 +176,7 @@ pub(crate) async fn take_out_everywhere<S: SharedStore>(
         .into_iter()
         .filter(|(key, value)| {
             layout.parse(key).is_some_and(|k| k.instance_id.is_none())
-                && !matches!(without(&value.value, &doomed), Ok((Edit::Unchanged, _)))
+                && holds_any(&value.value, &doomed)
         })
         .map(|(key, _)| key)
         .collect();

@@ -14,7 +14,8 @@
 //! `SERVICE_NAME` what it answers with; `SERVICE_FAIL_RATE` and `SERVICE_FAIL_FOR` make it answer
 //! errors to a share of requests for a while. It prints `registered <address>` once its routes are in
 //! the registry and `deregistered <address>` when they are gone. On SIGTERM it drains: it
-//! deregisters and keeps serving until watchers have the change (at most 2 s), then stops.
+//! deregisters and keeps serving until watchers have the change (at most 2 s), then stops. It
+//! publishes its open connections as its load, for the `least_resource` selector.
 
 mod hello;
 
@@ -47,7 +48,11 @@ async fn main() -> Result<(), BoxError> {
     let server = tokio::spawn(hello::serve_hello_failing(listener, name, failing()?));
 
     let registration = registry
-        .register(Instance::new(address.clone(), hello::greeter_routes()))
+        .register(
+            // The load the least_resource selector reads: connections open now.
+            Instance::new(address.clone(), hello::greeter_routes())
+                .with_load(|| hello::open_connections() as f64),
+        )
         .await?;
     println!(
         "registered {address} in {} ({})",

@@ -39,6 +39,7 @@ mod decode;
 #[cfg(feature = "tower")]
 pub mod discover;
 mod error;
+mod load;
 mod manager;
 mod registration;
 pub mod resolve;
@@ -51,6 +52,7 @@ pub use config::{connect, connect_with, Config};
 #[cfg(feature = "tower")]
 pub use discover::RouteDiscover;
 pub use error::{Error, ErrorKind, Result};
+pub use load::{LoadReport, LOAD_DEADBAND};
 pub use manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL, MIN_TTL};
 pub use registration::{Registration, DRAIN_SETTLE};
 pub use resolve::{AddressResolver, ResolverConfig};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
+use crate::load::LoadReport;
 use crate::registration::Registration;
 use crate::route::{
     encode_route, instance_id, validate_service_id, Address, ServiceDescriptor, ServiceRoute,
@@ -30,6 +31,9 @@ pub struct Instance {
     pub routes: Vec<ServiceDescriptor>,
     /// Liveness TTL; `None` takes the backend's (see [`DEFAULT_TTL`]).
     pub ttl: Option<Duration>,
+    /// The load it publishes on its heartbeat as its address's `ProcessorTime`; `None`
+    /// publishes none.
+    pub load: Option<LoadReport>,
 }
 
 impl Instance {
@@ -39,12 +43,20 @@ impl Instance {
             address,
             routes,
             ttl: None,
+            load: None,
         }
     }
 
     /// Sets the liveness TTL (builder style).
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// Publishes the load `read` gives on each heartbeat, for the `least_resource` selector
+    /// (builder style; see [`LoadReport`]).
+    pub fn with_load(mut self, read: impl Fn() -> f64 + Send + Sync + 'static) -> Self {
+        self.load = Some(LoadReport::new(read));
         self
     }
 

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::{jittered, Backoff};
 use crate::error::{Error, ErrorKind, Result};
+use crate::load::{worth_publishing, LoadReport};
 use crate::manager::{Instance, RouteSource};
 use crate::route::Address;
 use crate::telemetry::traced;
@@ -42,13 +43,24 @@ pub(crate) trait LivenessStore: Send + Sync + 'static {
     /// Renews the liveness record; never writes route entries.
     async fn keep_alive(&self, instance: &Instance, lease: &Self::Lease) -> Result<Liveness>;
 
-    /// Writes back, bound to `lease`, every entry of the instance that is missing although the
-    /// liveness record lives (deleted by hand, say); returns how many it wrote. Entries that a
+    /// Writes back, bound to `lease`, the entries of the instance that `which` names while the
+    /// liveness record lives: those missing (deleted by hand, say), or all of them as the
+    /// instance is now (its address details changed); returns how many it wrote. Entries that a
     /// deregistration removed (see [`crate::RouteManager::remove_addresses`]) stay removed.
-    async fn heal(&self, instance: &Instance, lease: &Self::Lease) -> Result<usize>;
+    async fn heal(&self, instance: &Instance, lease: &Self::Lease, which: Rewrite)
+        -> Result<usize>;
 
     /// Removes the instance's entries and its liveness record.
     async fn remove_instance(&self, instance: &Instance, lease: Self::Lease) -> Result<()>;
+}
+
+/// Which of an instance's entries [`LivenessStore::heal`] writes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rewrite {
+    /// Those missing.
+    Missing,
+    /// Every one, as the instance is now (a new load to publish).
+    All,
 }
 
 #[derive(Debug)]
@@ -81,6 +93,10 @@ impl Registration {
         default_ttl: Duration,
     ) -> Result<Self> {
         instance.validate()?;
+        let mut instance = instance;
+        if let Some(load) = instance.load.as_ref().and_then(LoadReport::read) {
+            instance.address.processor_time = Some(load);
+        }
         let ttl = instance.ttl.unwrap_or(default_ttl);
         let instance_id = instance.id()?;
         let routes = instance.routes.len();
@@ -227,7 +243,7 @@ const HEAL_EVERY: u32 = 2;
 
 async fn keep_registered<S: LivenessStore>(
     store: Arc<S>,
-    instance: Instance,
+    mut instance: Instance,
     ttl: Duration,
     mut lease: S::Lease,
     mut stop: oneshot::Receiver<Stop>,
@@ -236,6 +252,8 @@ async fn keep_registered<S: LivenessStore>(
     let mut retry = Backoff::new(FIRST_RETRY, interval);
     let mut delay = jittered(interval, RENEWAL_JITTER);
     let mut renewals: u32 = 0;
+    // The load the registry holds for the instance, as far as this task knows.
+    let mut published = instance.address.processor_time;
     loop {
         tokio::select! {
             biased;
@@ -263,11 +281,20 @@ async fn keep_registered<S: LivenessStore>(
         let outcome = match traced(S::BACKEND, "keep_alive", renewal, |_| 0).await {
             Ok(Liveness::Alive) => {
                 renewals = renewals.wrapping_add(1);
-                if renewals.is_multiple_of(HEAL_EVERY) {
-                    heal(store.as_ref(), &instance, &lease).await
-                } else {
-                    Ok(())
+                let load = instance.load.as_ref().and_then(LoadReport::read);
+                match load.filter(|&now| worth_publishing(published, now)) {
+                    Some(now) => {
+                        instance.address.processor_time = Some(now);
+                        if publish_load(store.as_ref(), &instance, &lease).await {
+                            published = Some(now);
+                        }
+                    }
+                    None if renewals.is_multiple_of(HEAL_EVERY) => {
+                        heal(store.as_ref(), &instance, &lease).await;
+                    }
+                    None => {}
                 }
+                Ok(())
             }
             Ok(Liveness::Lost) => {
                 tracing::warn!(address = %instance.address, "liveness lost; registering again");
@@ -278,6 +305,7 @@ async fn keep_registered<S: LivenessStore>(
                     .map(|new_lease| {
                         note_write();
                         lease = new_lease;
+                        published = instance.address.processor_time;
                         tracing::info!(address = %instance.address, "registered again");
                     })
             }
@@ -296,10 +324,30 @@ async fn keep_registered<S: LivenessStore>(
     }
 }
 
+/// Rewrites every entry of the instance with its new load; returns whether that worked. A
+/// failure is logged and the load is offered again at the next renewal.
+async fn publish_load<S: LivenessStore>(store: &S, instance: &Instance, lease: &S::Lease) -> bool {
+    let rewrite = store.heal(instance, lease, Rewrite::All);
+    match traced(S::BACKEND, "publish_load", rewrite, |n| *n).await {
+        Ok(written) => {
+            if written > 0 {
+                note_write();
+            }
+            tracing::debug!(address = %instance.address, load = ?instance.address.processor_time, entries = written, "published the load");
+            true
+        }
+        Err(err) => {
+            tracing::warn!(address = %instance.address, error = %err, "could not publish the load");
+            false
+        }
+    }
+}
+
 /// Writes back entries that vanished under a live liveness record. A failed check is logged and
 /// tried again at a later renewal; it never counts as a failed renewal.
-async fn heal<S: LivenessStore>(store: &S, instance: &Instance, lease: &S::Lease) -> Result<()> {
-    match traced(S::BACKEND, "heal", store.heal(instance, lease), |n| *n).await {
+async fn heal<S: LivenessStore>(store: &S, instance: &Instance, lease: &S::Lease) {
+    let rewrite = store.heal(instance, lease, Rewrite::Missing);
+    match traced(S::BACKEND, "heal", rewrite, |n| *n).await {
         Ok(0) => {}
         Ok(healed) => {
             note_write();
@@ -309,5 +357,4 @@ async fn heal<S: LivenessStore>(store: &S, instance: &Instance, lease: &S::Lease
             tracing::warn!(address = %instance.address, error = %err, "could not check that the registry entries are all there")
         }
     }
-    Ok(())
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use common::descriptor;
 use wayfinder::backends::memory::MemoryRouteManager;
 use wayfinder::resolve::select::{
-    Candidates, ConsistentHash, LeastConnections, Pick, PowerOfTwoChoices, Random, RoundRobin,
-    Selector, Weighted,
+    Candidates, ConsistentHash, LeastConnections, LeastResource, PeakEwma, Pick, PowerOfTwoChoices,
+    Random, RoundRobin, Selector, Weighted,
 };
 use wayfinder::resolve::{Endpoint, HealthConfig, HealthMonitor, ResolverConfig};
 use wayfinder::{Address, AddressResolver, Instance, RouteManager};
@@ -243,6 +243,139 @@ async fn power_of_two_choices_keeps_the_load_even() {
         let first = held.iter().filter(|r| r.address().port == 9001).count();
         assert!(first.abs_diff(held.len() - first) <= 1);
     }
+}
+
+/// A TCP server on loopback that answers each byte it reads with one byte, `delay` later.
+async fn answering_server(delay: std::time::Duration) -> Address {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut byte = [0u8; 1];
+                while stream.read_exact(&mut byte).await.is_ok() {
+                    tokio::time::sleep(delay).await;
+                    if stream.write_all(&byte).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Address::new("127.0.0.1", port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_sends_calls_to_the_address_that_answers_faster() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fast = answering_server(std::time::Duration::ZERO).await;
+    let slow = answering_server(std::time::Duration::from_millis(20)).await;
+    let registry = MemoryRouteManager::default();
+    let mut registrations = Vec::new();
+    for address in [&fast, &slow] {
+        let instance = Instance::new(address.clone(), vec![descriptor("Work")]);
+        registrations.push(registry.register(instance).await.unwrap());
+    }
+    let config = ResolverConfig {
+        selector: Arc::new(PeakEwma::default()),
+        ..ResolverConfig::default()
+    };
+    let resolver = Arc::new(
+        AddressResolver::with_config(Arc::new(registry.clone()), config)
+            .await
+            .unwrap(),
+    );
+    // Four callers, each with a connection per address, 100 calls each: the time from the
+    // resolution to `succeeded` is what the selector learns.
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let resolver = resolver.clone();
+        let (fast, slow) = (fast.clone(), slow.clone());
+        callers.push(tokio::spawn(async move {
+            let connect = |a: &Address| tokio::net::TcpStream::connect((a.ip.clone(), a.port));
+            let mut to_fast = connect(&fast).await.unwrap();
+            let mut to_slow = connect(&slow).await.unwrap();
+            let mut fast_calls = 0;
+            for _ in 0..100 {
+                let resolved = resolver.resolve_path("api/demo/work", None).await.unwrap();
+                let stream = if resolved.address().port == fast.port {
+                    fast_calls += 1;
+                    &mut to_fast
+                } else {
+                    &mut to_slow
+                };
+                stream.write_all(b"?").await.unwrap();
+                stream.read_exact(&mut [0u8; 1]).await.unwrap();
+                resolved.succeeded();
+            }
+            fast_calls
+        }));
+    }
+    let mut fast_calls = 0;
+    for caller in callers {
+        fast_calls += caller.await.unwrap();
+    }
+    // Before its first answer each address counts 30 ms; once both have answered, the slow
+    // one's estimate (about 20 ms) loses every comparison for many seconds.
+    assert!(
+        fast_calls >= 360,
+        "{fast_calls} of 400 calls went to the fast address"
+    );
+    drop(registrations);
+}
+
+#[tokio::test]
+async fn least_resource_follows_the_loads_instances_publish() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let registry = MemoryRouteManager::default();
+    let loads = [Arc::new(AtomicU64::new(10)), Arc::new(AtomicU64::new(80))];
+    let mut registrations = Vec::new();
+    for (address, load) in addresses(2).iter().zip(&loads) {
+        let load = load.clone();
+        let instance = Instance::new((**address).clone(), vec![descriptor("Work")])
+            .with_ttl(std::time::Duration::from_secs(1))
+            .with_load(move || load.load(Ordering::Relaxed) as f64);
+        registrations.push(registry.register(instance).await.unwrap());
+    }
+    let config = ResolverConfig {
+        selector: Arc::new(LeastResource),
+        health: HealthConfig {
+            enabled: false,
+            ..HealthConfig::default()
+        },
+        ..ResolverConfig::default()
+    };
+    let resolver = AddressResolver::with_config(Arc::new(registry.clone()), config)
+        .await
+        .unwrap();
+    let ports = |n: usize| {
+        let resolver = &resolver;
+        async move {
+            let mut ports = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                let resolved = resolver.resolve_path("api/demo/work", None).await.unwrap();
+                ports.insert(resolved.address().port);
+            }
+            ports
+        }
+    };
+    // Two addresses: both are compared on every pick, and the less loaded wins each time.
+    assert_eq!(ports(200).await, [9001].into());
+    loads[0].store(90, Ordering::Relaxed);
+    loads[1].store(5, Ordering::Relaxed);
+    // The next heartbeats (a third of the TTL) publish the loads; the resolver follows.
+    common::eventually(
+        std::time::Duration::from_secs(3),
+        "picks to follow the new loads",
+        || async { (ports(50).await == [9002].into()).then_some(()) },
+    )
+    .await;
+    assert_eq!(ports(200).await, [9002].into());
+    drop(registrations);
 }
 
 #[test]

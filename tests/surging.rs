@@ -265,6 +265,11 @@ macro_rules! surging_suite {
             async fn a_deregistered_address_stays_out() {
                 a_deregistered_address_stays_out_on::<$raw>().await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_published_load_reaches_surging_readers_in_place() {
+                a_published_load_reaches_surging_readers_in_place_on::<$raw>().await;
+            }
         }
     };
 }
@@ -476,4 +481,57 @@ async fn a_deregistered_address_stays_out_on<R: Raw>() {
     let view = surging_view(&raw).await;
     assert_eq!(ports(&view["Test.IDemoService.A"]), [7502]);
     assert!(!view.contains_key("Test.IDemoService.B"));
+}
+
+/// Each address's `ProcessorTime` in the raw value at `key`, in the value's order.
+async fn processor_times<R: Raw>(raw: &R, key: &str) -> Vec<(u16, Option<f64>)> {
+    let values = raw.read(key).await;
+    let (_, bytes) = values.iter().find(|(k, _)| k == key).expect("the value");
+    let route: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    route["AddressDescriptors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let address: serde_json::Value =
+                serde_json::from_str(entry["Value"].as_str().unwrap()).unwrap();
+            let port = address["Port"].as_u64().unwrap() as u16;
+            (port, address["ProcessorTime"].as_f64())
+        })
+        .collect()
+}
+
+async fn a_published_load_reaches_surging_readers_in_place_on<R: Raw>() {
+    init_logging();
+    let raw = R::new().await;
+    let load = Arc::new(std::sync::atomic::AtomicU64::new(12f64.to_bits()));
+    let reported = load.clone();
+    let busy =
+        client(&raw)
+            .await
+            .register(tokened(7121, &["GetUser"]).with_load(move || {
+                f64::from_bits(reported.load(std::sync::atomic::Ordering::Relaxed))
+            }))
+            .await
+            .unwrap();
+    let quiet = client(&raw)
+        .await
+        .register(tokened(7122, &["GetUser"]))
+        .await
+        .unwrap();
+    let key = format!("{ROUTES}Test.IDemoService.GetUser");
+    assert_eq!(
+        processor_times(&raw, &key).await,
+        [(7121, Some(12.0)), (7122, None)]
+    );
+    load.store(64f64.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    // Within a heartbeat (a third of the TTL) and the merge, in its place, the other kept.
+    let times = eventually(R::ttl(), "the new load in the shared value", || async {
+        let times = processor_times(&raw, &key).await;
+        (times[0] == (7121, Some(64.0))).then_some(times)
+    })
+    .await;
+    assert_eq!(times, [(7121, Some(64.0)), (7122, None)]);
+    busy.shutdown().await.unwrap();
+    quiet.shutdown().await.unwrap();
 }

@@ -90,12 +90,38 @@ impl Failing {
     }
 }
 
+/// Connections the hello servers of this process hold open now.
+static OPEN_CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Connections the hello servers of this process hold open now (a load to report).
+pub fn open_connections() -> usize {
+    OPEN_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts a connection open for as long as it lives.
+struct Open;
+
+impl Open {
+    fn new() -> Self {
+        OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Like [`serve_hello`], answering `500 Internal Server Error` as `failing` says.
 pub async fn serve_hello_failing(listener: TcpListener, name: String, failing: Failing) {
     while let Ok((stream, _)) = listener.accept().await {
         let name = name.clone();
         let body = Bytes::from(format!("hello from {name}"));
+        let open = Open::new();
         tokio::spawn(async move {
+            let _open = open;
             let answer = service_fn(move |_request: Request<Incoming>| {
                 let body = body.clone();
                 async move {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::config::BackendOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
-use crate::registration::{Liveness, LivenessStore, Registration};
+use crate::registration::{Liveness, LivenessStore, Registration, Rewrite};
 use crate::route::{
     decode_entry, encode_route, instance_id, without, Address, Edit, KeyLayout, RouteEntries,
     ServiceRoute,
@@ -298,7 +298,7 @@ impl LivenessStore for MemoryStore {
         })
     }
 
-    async fn heal(&self, instance: &Instance, lease: &u64) -> Result<usize> {
+    async fn heal(&self, instance: &Instance, lease: &u64, which: Rewrite) -> Result<usize> {
         self.check_available()?;
         let id = instance.id()?;
         let mut state = self.lock();
@@ -308,10 +308,11 @@ impl LivenessStore for MemoryStore {
         let mut healed = 0;
         for descriptor in &instance.routes {
             let key = self.config.layout.instance_key(&descriptor.id, &id)?;
-            if state
-                .kv
-                .get(&key)
-                .is_none_or(|stored| stored.lease != Some(*lease))
+            if which == Rewrite::All
+                || state
+                    .kv
+                    .get(&key)
+                    .is_none_or(|stored| stored.lease != Some(*lease))
             {
                 let value = encode_route(&instance.route(descriptor))?;
                 state.put(self, key, value, Some(*lease));

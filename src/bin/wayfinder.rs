@@ -70,7 +70,8 @@ enum Command {
         /// How many successive picks to print.
         #[arg(long, default_value_t = 1)]
         count: usize,
-        /// Selector: round_robin, random, consistent_hash, least_connections, p2c, weighted
+        /// Selector: round_robin, random, consistent_hash, least_connections, p2c, weighted,
+        /// peak_ewma, least_resource
         /// [default: the configuration's, else round_robin].
         #[arg(long)]
         selector: Option<String>,

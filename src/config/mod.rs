@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::manager::RouteManager;
-use crate::resolve::select::selector_by_name;
+use crate::resolve::select::{selector_by_name, PeakEwma, PeakEwmaConfig, Selector};
 use crate::resolve::{
     HealthConfig, OutlierConfig, ResolverConfig, SlowStartConfig, DEFAULT_NEGATIVE_TTL,
     DEFAULT_PANIC_THRESHOLD, DEFAULT_START_TIMEOUT,
@@ -150,6 +150,8 @@ pub struct Config {
     pub outlier: OutlierConfig,
     /// The resolver's slow start of new addresses (off unless `window` is set).
     pub slow_start: SlowStartConfig,
+    /// The `peak_ewma` selector's settings.
+    pub peak_ewma: PeakEwmaConfig,
 }
 
 /// A list of strings, or one string of comma-separated items (as an environment variable
@@ -200,6 +202,7 @@ impl Default for Config {
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             outlier: OutlierConfig::default(),
             slow_start: SlowStartConfig::default(),
+            peak_ewma: PeakEwmaConfig::default(),
         }
     }
 }
@@ -231,6 +234,7 @@ impl std::fmt::Debug for Config {
             .field("panic_threshold", &self.panic_threshold)
             .field("outlier", &self.outlier)
             .field("slow_start", &self.slow_start)
+            .field("peak_ewma", &self.peak_ewma)
             .finish()
     }
 }
@@ -329,8 +333,12 @@ impl Config {
             )));
         }
         self.outlier.validate()?;
+        let selector: Arc<dyn Selector> = match self.selector.as_str() {
+            "peak_ewma" => Arc::new(PeakEwma::new(self.peak_ewma.clone())),
+            name => selector_by_name(name)?,
+        };
         Ok(ResolverConfig {
-            selector: selector_by_name(&self.selector)?,
+            selector,
             health: self.health.clone(),
             negative_ttl: self.negative_ttl,
             empty_grace: self.empty_grace,
@@ -403,8 +411,8 @@ fn env_source(vars: impl Iterator<Item = (String, String)>) -> ::config::Environ
             continue;
         }
         let is_known = match setting.split_once("__") {
-            // `HealthConfig` and `OutlierConfig` refuse a field they do not have, by name.
-            Some(("health" | "outlier" | "slow_start", _)) => true,
+            // The tables (`HealthConfig`, `OutlierConfig`, ...) refuse a field they do not have.
+            Some(("health" | "outlier" | "slow_start" | "peak_ewma", _)) => true,
             Some(_) => false,
             None => {
                 OPTION_NAMES.contains(&setting.as_str())
@@ -625,6 +633,54 @@ mod tests {
         assert!(bad.to_string().contains("failure_threshold"), "{bad}");
         let typo = from_vars(&[("WAYFINDER_HEALTH__INTERVALL", "1")]).unwrap_err();
         assert!(typo.to_string().contains("intervall"), "{typo}");
+    }
+
+    #[test]
+    fn resilience_settings_come_from_toml_and_the_environment() {
+        let toml = Config::from_toml(
+            r#"
+            selector = "peak_ewma"
+            panic_threshold = 0.3
+            [outlier]
+            consecutive_failures = 3
+            base_ejection = "5s"
+            [slow_start]
+            window = "20s"
+            [peak_ewma]
+            default_rtt = "5ms"
+            decay = "2s"
+            "#,
+        )
+        .unwrap();
+        let resolver = toml.resolver_config().unwrap();
+        assert_eq!(resolver.panic_threshold, 0.3);
+        assert_eq!(resolver.outlier.consecutive_failures, 3);
+        assert_eq!(resolver.outlier.base_ejection, Duration::from_secs(5));
+        assert_eq!(resolver.slow_start.window, Duration::from_secs(20));
+        assert_eq!(resolver.selector.name(), "peak_ewma");
+        let expected = PeakEwma::new(PeakEwmaConfig {
+            default_rtt: Duration::from_millis(5),
+            decay: Duration::from_secs(2),
+        });
+        assert_eq!(format!("{:?}", resolver.selector), format!("{expected:?}"));
+        let env = from_vars(&[
+            ("WAYFINDER_SELECTOR", "least_resource"),
+            ("WAYFINDER_PANIC_THRESHOLD", "0.25"),
+            ("WAYFINDER_OUTLIER__MAX_EJECTION_PERCENT", "20"),
+            ("WAYFINDER_SLOW_START__MIN_WEIGHT_PERCENT", "30"),
+            ("WAYFINDER_PEAK_EWMA__DECAY", "3s"),
+        ])
+        .unwrap();
+        assert_eq!(
+            env.resolver_config().unwrap().selector.name(),
+            "least_resource"
+        );
+        assert_eq!(env.panic_threshold, 0.25);
+        assert_eq!(env.outlier.max_ejection_percent, 20);
+        assert_eq!(env.slow_start.min_weight_percent, 30);
+        assert_eq!(env.peak_ewma.decay, Duration::from_secs(3));
+        let typo = from_vars(&[("WAYFINDER_PEAK_EWMA__DECAYS", "1s")]).unwrap_err();
+        assert!(typo.to_string().contains("decays"), "{typo}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use super::latency::RttEstimate;
 use super::outlier::Outlier;
 use super::reports::Reports;
 use super::slow_start::Warmth;
@@ -155,6 +156,8 @@ pub struct Endpoint {
     pub(crate) streak: Mutex<Streak>,
     pub(crate) outlier: Outlier,
     pub(crate) warmth: Warmth,
+    /// Its round-trip time estimate (kept by the peak-EWMA selector).
+    pub(crate) rtt: RttEstimate,
     /// Where outcomes reported on a resolution of this endpoint go (its resolver's records),
     /// set at its first resolution.
     pub(crate) reports: OnceLock<Weak<Reports>>,
@@ -175,6 +178,7 @@ impl Endpoint {
             streak: Mutex::new(Streak::default()),
             outlier: Outlier::default(),
             warmth: Warmth::default(),
+            rtt: RttEstimate::default(),
             reports: OnceLock::new(),
         }
     }

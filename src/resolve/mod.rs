@@ -6,6 +6,7 @@
 
 mod endpoint;
 mod health;
+mod latency;
 mod outlier;
 mod reports;
 mod resolver;

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::health::{HealthConfig, HealthMonitor};
 use super::outlier::OutlierConfig;
 use super::reports::Reports;
-use super::select::{RoundRobin, Selector};
+use super::select::{Completion, Outcome, RoundRobin, Selector};
 use super::slow_start::SlowStartConfig;
 use super::snapshot;
 use super::table::{Choice, Guards, RouteEntry, RouteTable};
@@ -136,13 +136,19 @@ impl ResolverConfig {
 }
 
 /// One chosen address. On routes whose selector balances by load (least connections, power of
-/// two choices), holding it counts as a call in flight to that address; drop it when the call
-/// ends.
+/// two choices, peak EWMA, least resource), holding it counts as a call in flight to that
+/// address; drop it when the call ends. On routes whose selector learns from calls (peak EWMA),
+/// the time from the resolution to [`Resolved::succeeded`] or [`Resolved::failed`] (or to the
+/// drop, if neither was called) is the call's latency.
 #[derive(Debug)]
 pub struct Resolved {
     entry: Arc<RouteEntry>,
     index: usize,
     fail_open: bool,
+    /// When the call started, on routes that time their calls.
+    started: Option<std::time::Instant>,
+    /// Whether the call's end has been told to the selector.
+    settled: AtomicBool,
 }
 
 impl Resolved {
@@ -153,10 +159,13 @@ impl Resolved {
         if entry.counts_calls() {
             endpoint.begin_call();
         }
+        let started = entry.times_calls().then(std::time::Instant::now);
         Resolved {
             entry,
             index: choice.index,
             fail_open: choice.fail_open,
+            started,
+            settled: AtomicBool::new(false),
         }
     }
 
@@ -193,12 +202,25 @@ impl Resolved {
     /// record (see [`AddressResolver::report_success`]).
     pub fn succeeded(&self) {
         self.shared_report(true);
+        self.settle(Outcome::Succeeded);
     }
 
     /// The call to the chosen address failed: counts against its health and its outlier
     /// record (see [`AddressResolver::report_failure`]).
     pub fn failed(&self) {
         self.shared_report(false);
+        self.settle(Outcome::Failed);
+    }
+
+    /// Tells a selector that learns from calls how this one ended, the first time only.
+    fn settle(&self, outcome: Outcome) {
+        if let Some(started) = self.started {
+            if !self.settled.swap(true, Ordering::Relaxed) {
+                let latency = started.elapsed();
+                self.entry
+                    .completed(self.index, Completion { latency, outcome });
+            }
+        }
     }
 
     fn shared_report(&self, ok: bool) {
@@ -211,6 +233,7 @@ impl Resolved {
 
 impl Drop for Resolved {
     fn drop(&mut self) {
+        self.settle(Outcome::Unknown);
         if self.entry.counts_calls() {
             self.entry.endpoints()[self.index].end_call();
         }

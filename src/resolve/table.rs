@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::endpoint::{any_disrupted, Endpoint, EndpointKey};
 use super::outlier::ejection_budget;
-use super::select::{Candidates, Pick, Selector};
+use super::select::{Candidates, Completion, Pick, Selector};
 use super::sharded::ShardedMap;
 use super::slow_start::{self, SlowStartConfig};
 use crate::route::{parameter_name, Address, ServiceRoute};
@@ -28,6 +28,8 @@ pub struct RouteEntry {
     endpoints: Box<[Arc<Endpoint>]>,
     pick: Box<dyn Pick>,
     counts_calls: bool,
+    /// Whether its selector learns from finished calls (they are timed).
+    times_calls: bool,
     /// Fewer usable addresses than this and selection panics: it picks among all of them.
     min_usable: usize,
     /// How many of its addresses may be out as outliers at once.
@@ -72,6 +74,7 @@ impl RouteEntry {
             route,
             pick,
             counts_calls: selector.uses_load(),
+            times_calls: selector.times_calls(),
             // Less a hair, so that 0.55 x 100 (55.000000000000007 in floating point) needs 55.
             min_usable: ((threshold * n as f64 - 1e-9).ceil() as usize).max(1),
             ejection_budget: ejection_budget(guards.ejection_percent, n),
@@ -94,6 +97,17 @@ impl RouteEntry {
     /// Whether resolutions of this route count as calls in flight (its selector reads them).
     pub fn counts_calls(&self) -> bool {
         self.counts_calls
+    }
+
+    /// Whether resolutions of this route time their calls (its selector learns from them).
+    pub(crate) fn times_calls(&self) -> bool {
+        self.times_calls
+    }
+
+    /// Tells the selector that a call to endpoint `index` finished.
+    pub(crate) fn completed(&self, index: usize, call: Completion) {
+        self.pick
+            .completed(&Candidates::new(&self.endpoints, true), index, call);
     }
 
     /// Picks among the usable endpoints (healthy, and not ejected as outliers within the route's

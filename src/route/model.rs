@@ -24,7 +24,8 @@ pub struct Address {
     pub mqtt_port: Option<u16>,
     /// HTTP port, when served.
     pub http_port: Option<u16>,
-    /// Processor time reported by the instance (informational).
+    /// Load reported by the instance (`ProcessorTime`; see [`crate::Instance::with_load`]): read by
+    /// the `least_resource` selector, lower is less busy.
     pub processor_time: Option<f64>,
     /// Weight for weighted selection (`Wt`); absent means 1.
     pub weight: Option<u32>,

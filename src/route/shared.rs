@@ -34,7 +34,7 @@ pub(crate) fn holds_any(current: &[u8], wanted: impl Fn(&Address) -> bool) -> bo
 }
 
 /// The value with `address` in it under `descriptor`: an entry with the same host and port is
-/// replaced (as Surging does), the others are kept. `Unchanged` when it is there already, as
+/// replaced in its place (as Surging does), the others are kept. `Unchanged` when it is there already, as
 /// written, under the same descriptor. A value that does not parse is replaced, with a warning.
 #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 pub(crate) fn with_address(
@@ -63,13 +63,20 @@ pub(crate) fn with_address(
         {
             return Ok(Edit::Unchanged);
         }
-        addresses.extend(
-            route
-                .addresses
-                .iter()
-                .filter(|a| !a.same_endpoint(address))
-                .cloned(),
-        );
+        // In the place of the first entry for it (a new load keeps the order), others kept.
+        let mut placed = false;
+        for a in &route.addresses {
+            if !a.same_endpoint(address) {
+                addresses.push(a.clone());
+            } else if !placed {
+                addresses.push(Arc::new(address.clone()));
+                placed = true;
+            }
+        }
+        if placed {
+            let route = ServiceRoute::shared(descriptor.clone(), addresses);
+            return Ok(Edit::Put(encode_route_for_surging(&route)?));
+        }
     }
     addresses.push(Arc::new(address.clone()));
     let route = ServiceRoute::shared(descriptor.clone(), addresses);
@@ -142,8 +149,8 @@ mod tests {
         weighted.weight = Some(5);
         let replaced = put(with_address(Some(&second), &descriptor(), &weighted).unwrap());
         let route = decode_route(&replaced).unwrap();
-        assert_eq!(ports(&replaced), [2, 1]);
-        assert_eq!(route.addresses[1].weight, Some(5));
+        assert_eq!(ports(&replaced), [1, 2], "replaced in its place");
+        assert_eq!(route.addresses[0].weight, Some(5));
         assert_eq!(
             with_address(Some(&replaced), &descriptor(), &weighted).unwrap(),
             Edit::Unchanged

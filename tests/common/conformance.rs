@@ -29,7 +29,8 @@ macro_rules! conformance_suite {
             outage_keeps_last_good_routes, invalid_registrations_are_refused,
             watch_cycles_leak_no_tasks, a_new_watch_or_resolver_sees_every_completed_write,
             a_subscription_reads_and_follows_only_its_services,
-            deregistering_edits_surging_values_in_place);
+            deregistering_edits_surging_values_in_place,
+            a_published_load_reaches_readers_on_the_heartbeat);
     };
     (@tests $h:ty; $($name:ident),*) => {
         $(
@@ -576,4 +577,80 @@ pub async fn deregistering_edits_surging_values_in_place<H: Harness>() {
         ["127.0.0.1:7091"]
     );
     reg.shutdown().await.unwrap();
+}
+
+/// The load of each listed address of `id`, by port.
+fn loads_of(routes: &[wayfinder::ServiceRoute], id: &str) -> Vec<(u16, Option<f64>)> {
+    let route = routes.iter().find(|r| r.id() == id);
+    route
+        .map(|r| {
+            r.addresses
+                .iter()
+                .map(|a| (a.port, a.processor_time))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn a_published_load_reaches_readers_on_the_heartbeat<H: Harness>() {
+    init_logging();
+    let h = H::new().await;
+    let client = h.client().await;
+    let load = Arc::new(std::sync::atomic::AtomicU64::new(20f64.to_bits()));
+    let reported = load.clone();
+    let busy = client
+        .register(
+            instance(7091, &["A", "B"])
+                .with_ttl(SHORT_TTL)
+                .with_load(move || {
+                    f64::from_bits(reported.load(std::sync::atomic::Ordering::Relaxed))
+                }),
+        )
+        .await
+        .unwrap();
+    let quiet = client
+        .register(instance(7092, &["A"]).with_ttl(SHORT_TTL))
+        .await
+        .unwrap();
+    let routes = client.list().await.unwrap();
+    assert_eq!(
+        loads_of(&routes, "Test.IDemoService.A"),
+        [(7091, Some(20.0)), (7092, None)],
+        "registering publishes the load as it is then"
+    );
+    let mut watch = h.client().await.watch().await.unwrap();
+    initial_routes(&mut watch).await;
+    load.store(75f64.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    let changed = Instant::now();
+    // A watcher hears of it: one change per route entry of the instance, within a heartbeat
+    // (a third of the TTL) and the time the write takes.
+    let mut seen = BTreeSet::new();
+    while seen.len() < 2 {
+        match next_event(&mut watch, EVENT_WAIT).await {
+            RouteEvent::Changed(route) | RouteEvent::Created(route) => {
+                let ours = route.addresses.iter().find(|a| a.port == 7091);
+                if ours.and_then(|a| a.processor_time) == Some(75.0) {
+                    seen.insert(route.id().to_owned());
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        changed.elapsed() < SHORT_TTL * 2,
+        "took {:?}",
+        changed.elapsed()
+    );
+    let routes = client.list().await.unwrap();
+    assert_eq!(
+        loads_of(&routes, "Test.IDemoService.A"),
+        [(7091, Some(75.0)), (7092, None)],
+        "the other instance's entry is untouched"
+    );
+    assert_eq!(
+        loads_of(&routes, "Test.IDemoService.B"),
+        [(7091, Some(75.0))]
+    );
+    busy.shutdown().await.unwrap();
+    quiet.shutdown().await.unwrap();
 }

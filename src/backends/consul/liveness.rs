@@ -10,7 +10,7 @@ use super::agents::TxnOp;
 use super::{ConsulStore, MAX_TXN_OPS};
 use crate::error::Result;
 use crate::manager::Instance;
-use crate::registration::{Liveness, LivenessStore};
+use crate::registration::{Liveness, LivenessStore, Rewrite};
 use crate::route::encode_route;
 
 impl ConsulStore {
@@ -51,7 +51,7 @@ impl LivenessStore for ConsulStore {
         self.renew_session(session).await
     }
 
-    async fn heal(&self, instance: &Instance, session: &String) -> Result<usize> {
+    async fn heal(&self, instance: &Instance, session: &String, which: Rewrite) -> Result<usize> {
         let id = instance.id()?;
         let layout = &self.config().layout;
         let keys = instance
@@ -63,10 +63,10 @@ impl LivenessStore for ConsulStore {
             .iter()
             .map(|key| TxnOp::kv("check-session", key.clone(), None, Some(session.clone())))
             .collect();
-        if self.agents.txn_holds("heal check", checks).await? {
+        if which == Rewrite::Missing && self.agents.txn_holds("heal check", checks).await? {
             return Ok(0);
         }
-        // Something is missing: unless a deregistration removed the instance, write it all back
+        // Something is missing, or everything is to be rewritten: unless a deregistration removed the instance, write it all back
         // (taking a lock the session already holds changes nothing). Each batch writes only
         // while no deregistration marker exists, so a deregistration, earlier or concurrent, wins.
         let tombstone = layout.tombstone_key(&id)?;

@@ -10,7 +10,7 @@ use super::lease::EtcdLease;
 use super::{run_batched, run_txn, EtcdStore, MAX_TXN_OPS};
 use crate::error::Result;
 use crate::manager::Instance;
-use crate::registration::{Liveness, LivenessStore};
+use crate::registration::{Liveness, LivenessStore, Rewrite};
 use crate::route::encode_route;
 
 impl EtcdStore {
@@ -53,7 +53,7 @@ impl LivenessStore for EtcdStore {
         self.renew(lease).await
     }
 
-    async fn heal(&self, instance: &Instance, lease: &EtcdLease) -> Result<usize> {
+    async fn heal(&self, instance: &Instance, lease: &EtcdLease, which: Rewrite) -> Result<usize> {
         let keys = self.instance_keys(instance)?;
         let id = lease.id;
         let attached = self
@@ -72,7 +72,7 @@ impl LivenessStore for EtcdStore {
         let missing: Vec<(String, &crate::route::ServiceDescriptor)> = keys
             .into_iter()
             .zip(&instance.routes)
-            .filter(|(key, _)| !held.contains(key.as_bytes()))
+            .filter(|(key, _)| which == Rewrite::All || !held.contains(key.as_bytes()))
             .collect();
         if missing.is_empty() {
             return Ok(0);

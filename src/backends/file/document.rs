@@ -10,12 +10,14 @@
 //! converted on the first write.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::manager::Instance;
+use crate::registration::Rewrite;
 use crate::route::{
     decode_route_value, encode_route_for_surging, encode_route_value, instance_id, Address,
     ServiceRoute,
@@ -276,12 +278,14 @@ impl Document {
         Ok(self.remove_instance_addresses(&ids, |_| true))
     }
 
-    /// The instance's routes that lack its address although `lease` holds its live record and
-    /// no deregistration removed it (edited out by hand, say).
-    pub(crate) fn missing_routes<'a>(
+    /// The instance's routes to write back while `lease` holds its live record and no
+    /// deregistration removed it: those that lack its address (edited out by hand, say), or
+    /// with [`Rewrite::All`] those that lack it exactly as it is now.
+    pub(crate) fn stale_routes<'a>(
         &self,
         instance: &'a Instance,
         lease: &str,
+        which: Rewrite,
     ) -> Result<Vec<&'a crate::route::ServiceDescriptor>> {
         let id = instance.id()?;
         match self.record(&id) {
@@ -297,19 +301,25 @@ impl Document {
                     .get(&descriptor.id)
                     .and_then(|value| self.decode(&descriptor.id, value));
                 !route.is_some_and(|r| {
-                    r.addresses
-                        .iter()
-                        .any(|a| a.same_endpoint(&instance.address))
+                    r.addresses.iter().any(|a| match which {
+                        Rewrite::Missing => a.same_endpoint(&instance.address),
+                        Rewrite::All => **a == instance.address,
+                    })
                 })
             })
             .collect())
     }
 
     /// Writes the instance's address back into the routes that lack it (see
-    /// [`Document::missing_routes`]); returns how many it wrote.
-    pub(crate) fn heal(&mut self, instance: &Instance, lease: &str) -> Result<usize> {
+    /// [`Document::stale_routes`]); returns how many it wrote.
+    pub(crate) fn heal(
+        &mut self,
+        instance: &Instance,
+        lease: &str,
+        which: Rewrite,
+    ) -> Result<usize> {
         let missing: Vec<crate::route::ServiceDescriptor> = self
-            .missing_routes(instance, lease)?
+            .stale_routes(instance, lease, which)?
             .into_iter()
             .cloned()
             .collect();
@@ -319,7 +329,16 @@ impl Document {
                 .get(&descriptor.id)
                 .and_then(|value| self.decode(&descriptor.id, value))
                 .unwrap_or_else(|| ServiceRoute::new(descriptor.clone(), Vec::new()));
-            route.addresses.push(instance.address.clone().into());
+            // In its place if it is there (a new load), so the order of addresses holds.
+            let address: Arc<Address> = instance.address.clone().into();
+            match route
+                .addresses
+                .iter_mut()
+                .find(|a| a.same_endpoint(&instance.address))
+            {
+                Some(slot) => *slot = address,
+                None => route.addresses.push(address),
+            }
             self.routes
                 .insert(descriptor.id.clone(), encode_route_value(&route)?);
         }

@@ -28,7 +28,7 @@ use crate::clock::now_ms;
 use crate::config::BackendOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
-use crate::registration::{Liveness, LivenessStore, Registration};
+use crate::registration::{Liveness, LivenessStore, Registration, Rewrite};
 use crate::route::{Address, LayoutStyle, ServiceRoute};
 use crate::telemetry::traced;
 use crate::watch::{note_write, RouteWatch, SharedFeed};
@@ -217,12 +217,12 @@ impl LivenessStore for FileStore {
         })
     }
 
-    async fn heal(&self, instance: &Instance, lease: &String) -> Result<usize> {
+    async fn heal(&self, instance: &Instance, lease: &String, which: Rewrite) -> Result<usize> {
         // Read without the lock first: the file is rewritten only when something is missing.
         let storage = self.storage.clone();
         let (check, lease_) = (instance.clone(), lease.clone());
         let missing = blocking(move || match storage.load_for_writer()? {
-            Some(doc) => Ok(!doc.missing_routes(&check, &lease_)?.is_empty()),
+            Some(doc) => Ok(!doc.stale_routes(&check, &lease_, which)?.is_empty()),
             None => Ok(false),
         })
         .await?;
@@ -230,7 +230,8 @@ impl LivenessStore for FileStore {
             return Ok(0);
         }
         let (instance, lease) = (instance.clone(), lease.clone());
-        self.update(move |doc| doc.heal(&instance, &lease)).await
+        self.update(move |doc| doc.heal(&instance, &lease, which))
+            .await
     }
 
     async fn remove_instance(&self, instance: &Instance, lease: String) -> Result<()> {

@@ -13,7 +13,7 @@ use super::reaper::reap;
 use super::{SharedStore, Write};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::Instance;
-use crate::registration::{Liveness, LivenessStore};
+use crate::registration::{Liveness, LivenessStore, Rewrite};
 use crate::route::{holds, instance_id, with_address, without, Address, Edit};
 
 /// A [`SharedStore`] registering instances in the `surging` layout.
@@ -128,13 +128,16 @@ impl<S: SharedStore> LivenessStore for SurgingLayout<S> {
         self.store.renew(lease).await
     }
 
-    /// Reaps dead instances, then puts the instance's address back into every shared value
-    /// that lost it (a Surging writer's blind put, a value deleted by hand) and restores its
+    /// Reaps dead instances (when healing what is missing), then puts the instance's address back into every shared value
+    /// that lost it (a Surging writer's blind put, a value deleted by hand), or with
+    /// [`Rewrite::All`] into every value that does not hold it as it is now, and restores its
     /// live and owned keys, unless a deregistration took it out.
-    async fn heal(&self, instance: &Instance, lease: &S::Lease) -> Result<usize> {
+    async fn heal(&self, instance: &Instance, lease: &S::Lease, which: Rewrite) -> Result<usize> {
         let work = async {
-            if let Err(err) = reap(self.store.as_ref()).await {
-                tracing::warn!(error = %err, "could not reap the addresses of dead instances");
+            if which == Rewrite::Missing {
+                if let Err(err) = reap(self.store.as_ref()).await {
+                    tracing::warn!(error = %err, "could not reap the addresses of dead instances");
+                }
             }
             let layout = self.store.layout();
             let id = instance.id()?;
@@ -153,9 +156,10 @@ impl<S: SharedStore> LivenessStore for SurgingLayout<S> {
                 .iter()
                 .enumerate()
                 .filter(|(_, value)| {
-                    !value
-                        .as_ref()
-                        .is_some_and(|v| holds(&v.value, &instance.address))
+                    which == Rewrite::All
+                        || !value
+                            .as_ref()
+                            .is_some_and(|v| holds(&v.value, &instance.address))
                 })
                 .map(|(i, _)| i)
                 .collect();

@@ -6,6 +6,8 @@
 
 mod consistent_hash;
 mod least_connections;
+mod least_resource;
+mod peak_ewma;
 mod power_of_two;
 mod random;
 mod round_robin;
@@ -13,9 +15,12 @@ mod weighted;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use consistent_hash::ConsistentHash;
 pub use least_connections::LeastConnections;
+pub use least_resource::LeastResource;
+pub use peak_ewma::{PeakEwma, PeakEwmaConfig};
 pub use power_of_two::PowerOfTwoChoices;
 pub use random::Random;
 pub use round_robin::RoundRobin;
@@ -38,6 +43,32 @@ pub trait Selector: Send + Sync + fmt::Debug {
     fn uses_load(&self) -> bool {
         false
     }
+
+    /// Whether picks learn from finished calls ([`Pick::completed`]). Only then does a
+    /// resolution read the clock, to time its call.
+    fn times_calls(&self) -> bool {
+        false
+    }
+}
+
+/// How a call to a resolved address ended, as the caller told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// [`Resolved::succeeded`](crate::Resolved::succeeded).
+    Succeeded,
+    /// [`Resolved::failed`](crate::Resolved::failed).
+    Failed,
+    /// Dropped without a verdict: the call's time is known, its result is not.
+    Unknown,
+}
+
+/// A finished call to a resolved address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// From the resolution to the verdict (or the drop).
+    pub latency: Duration,
+    /// How it ended.
+    pub outcome: Outcome,
 }
 
 /// Per-route picking state, built by a [`Selector`].
@@ -70,6 +101,10 @@ pub trait Pick: Send + Sync + fmt::Debug {
         }
         written
     }
+
+    /// A call to candidate `index` finished (only for selectors that
+    /// [time calls](Selector::times_calls)). By default nothing is learnt.
+    fn completed(&self, _candidates: &Candidates<'_>, _index: usize, _call: Completion) {}
 }
 
 /// The addresses of one route as a selector sees them: usable or not, and their load.
@@ -122,6 +157,11 @@ impl<'a> Candidates<'a> {
         self.endpoints[i].in_flight()
     }
 
+    /// Candidate `i`'s endpoint (the state selectors in this crate keep per address).
+    pub(crate) fn endpoint(&self, i: usize) -> &Endpoint {
+        &self.endpoints[i]
+    }
+
     /// The address of candidate `i`.
     pub fn address(&self, i: usize) -> &Address {
         self.endpoints[i].address()
@@ -143,6 +183,8 @@ pub const SELECTOR_NAMES: &[&str] = &[
     "least_connections",
     "p2c",
     "weighted",
+    "peak_ewma",
+    "least_resource",
 ];
 
 /// A built-in selector by its configuration name (see [`SELECTOR_NAMES`]).
@@ -154,6 +196,8 @@ pub fn selector_by_name(name: &str) -> Result<Arc<dyn Selector>> {
         "least_connections" => Arc::new(LeastConnections),
         "p2c" => Arc::new(PowerOfTwoChoices),
         "weighted" => Arc::new(Weighted),
+        "peak_ewma" => Arc::new(PeakEwma::default()),
+        "least_resource" => Arc::new(LeastResource),
         other => {
             return Err(Error::invalid_input(format!(
                 "unknown selector {other:?}; known: {}",

@@ -36,17 +36,28 @@ async fn main() -> Result<(), BoxError> {
         // The chosen address first, then its alternates (no second lookup), up to ATTEMPTS.
         let tries = std::iter::once(resolved.address()).chain(resolved.alternates(None));
         let mut last_error = None;
-        for address in tries.take(ATTEMPTS) {
+        for (attempt, address) in tries.take(ATTEMPTS).enumerate() {
+            // The chosen address's outcome goes through the resolution (it also feeds the
+            // peak_ewma selector the call's time); an alternate's by its address.
+            let chosen = attempt == 0;
             match hello::call(&client, address, &path).await {
                 Ok(answer) => {
-                    resolver.report_success(address);
+                    if chosen {
+                        resolved.succeeded();
+                    } else {
+                        resolver.report_success(address);
+                    }
                     println!("{address} {answer}");
                     last_error = None;
                     break;
                 }
                 Err(error) => {
                     eprintln!("call to {address} failed ({error}); trying another instance");
-                    resolver.report_failure(address);
+                    if chosen {
+                        resolved.failed();
+                    } else {
+                        resolver.report_failure(address);
+                    }
                     last_error = Some(error);
                 }
             }

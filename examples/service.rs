@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::BoxError;
 use wayfinder::config::redact_url;
-use wayfinder::{connect_with, Address, Config, Instance};
+use wayfinder::{connect_with, Address, Config, Instance, LoadReport};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -49,9 +49,11 @@ async fn main() -> Result<(), BoxError> {
 
     let registration = registry
         .register(
-            // The load the least_resource selector reads: connections open now.
-            Instance::new(address.clone(), hello::greeter_routes())
-                .with_load(|| hello::open_connections() as f64),
+            // The load the least_resource selector reads: connections open now, published when
+            // it moved by two or more (and by 5%).
+            Instance::new(address.clone(), hello::greeter_routes()).with_load_report(
+                LoadReport::new(|| hello::open_connections() as f64).with_min_change(2.0),
+            ),
         )
         .await?;
     println!(

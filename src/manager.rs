@@ -23,6 +23,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 
 /// One running process at one address, and the routes of all the methods it serves.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
     /// Where the instance listens.
@@ -55,8 +56,13 @@ impl Instance {
 
     /// Publishes the load `read` gives on each heartbeat, for the `least_resource` selector
     /// (builder style; see [`LoadReport`]).
-    pub fn with_load(mut self, read: impl Fn() -> f64 + Send + Sync + 'static) -> Self {
-        self.load = Some(LoadReport::new(read));
+    pub fn with_load(self, read: impl Fn() -> f64 + Send + Sync + 'static) -> Self {
+        self.with_load_report(LoadReport::new(read))
+    }
+
+    /// Publishes the load `report` reads on each heartbeat (builder style).
+    pub fn with_load_report(mut self, report: LoadReport) -> Self {
+        self.load = Some(report);
         self
     }
 

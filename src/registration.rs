@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::{jittered, Backoff};
 use crate::error::{Error, ErrorKind, Result};
-use crate::load::{worth_publishing, LoadReport};
+use crate::load::LoadReport;
 use crate::manager::{Instance, RouteSource};
 use crate::route::Address;
 use crate::telemetry::traced;
@@ -281,18 +281,20 @@ async fn keep_registered<S: LivenessStore>(
         let outcome = match traced(S::BACKEND, "keep_alive", renewal, |_| 0).await {
             Ok(Liveness::Alive) => {
                 renewals = renewals.wrapping_add(1);
-                let load = instance.load.as_ref().and_then(LoadReport::read);
-                match load.filter(|&now| worth_publishing(published, now)) {
-                    Some(now) => {
-                        instance.address.processor_time = Some(now);
-                        if publish_load(store.as_ref(), &instance, &lease).await {
-                            published = Some(now);
-                        }
+                let load = instance.load.as_ref().and_then(|report| {
+                    let now = report.read()?;
+                    report.worth_publishing(published, now).then_some(now)
+                });
+                if let Some(now) = load {
+                    instance.address.processor_time = Some(now);
+                    if publish_load(store.as_ref(), &instance, &lease).await {
+                        published = Some(now);
                     }
-                    None if renewals.is_multiple_of(HEAL_EVERY) => {
-                        heal(store.as_ref(), &instance, &lease).await;
-                    }
-                    None => {}
+                }
+                // Healing keeps its pace whatever the load does (it also reaps, in the
+                // `surging` layout).
+                if renewals.is_multiple_of(HEAL_EVERY) {
+                    heal(store.as_ref(), &instance, &lease).await;
                 }
                 Ok(())
             }

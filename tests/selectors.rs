@@ -273,7 +273,7 @@ async fn answering_server(delay: std::time::Duration) -> Address {
 async fn peak_ewma_sends_calls_to_the_address_that_answers_faster() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fast = answering_server(std::time::Duration::ZERO).await;
-    let slow = answering_server(std::time::Duration::from_millis(20)).await;
+    let slow = answering_server(std::time::Duration::from_millis(100)).await;
     let registry = MemoryRouteManager::default();
     let mut registrations = Vec::new();
     for address in [&fast, &slow] {
@@ -320,7 +320,8 @@ async fn peak_ewma_sends_calls_to_the_address_that_answers_faster() {
         fast_calls += caller.await.unwrap();
     }
     // Before its first answer each address counts 30 ms; once both have answered, the slow
-    // one's estimate (about 20 ms) loses every comparison for many seconds.
+    // one's estimate (about 100 ms) loses every comparison for many seconds, even to a fast
+    // address whose estimate a scheduling stall raised to a few milliseconds.
     assert!(
         fast_calls >= 360,
         "{fast_calls} of 400 calls went to the fast address"

@@ -38,6 +38,24 @@ fn unpack(state: u64) -> (f64, u32) {
     )
 }
 
+/// Milliseconds from stamp `at` to stamp `now`; zero when `at` is the later one (a thread that
+/// read the clock before another stored a newer sample).
+fn elapsed(at: u32, now: u32) -> u32 {
+    match now.wrapping_sub(at) {
+        ahead if ahead > u32::MAX / 2 => 0,
+        elapsed => elapsed,
+    }
+}
+
+/// The later of two stamps.
+fn later(a: u32, b: u32) -> u32 {
+    if elapsed(a, b) > 0 {
+        b
+    } else {
+        a
+    }
+}
+
 /// How much of a value `elapsed_ms` old is left after decaying with time constant `decay_ms`.
 fn remaining(elapsed_ms: u32, decay_ms: f64) -> f64 {
     (-f64::from(elapsed_ms) / decay_ms).exp()
@@ -51,33 +69,34 @@ impl RttEstimate {
             0 => default_us,
             state => {
                 let (estimate, at) = unpack(state);
-                estimate * remaining(now.wrapping_sub(at), decay_ms)
+                estimate * remaining(elapsed(at, now), decay_ms)
             }
         }
     }
 
-    /// Takes in one call's round-trip time, `sample_us`, completed at `now`: above the decayed
-    /// estimate it becomes the estimate; below, the estimate moves toward it by the share of
-    /// `decay_ms` that passed since the last sample.
-    pub(crate) fn observe(&self, sample_us: f64, now: u32, decay_ms: f64, default_us: f64) {
+    /// Takes in one call's round-trip time, `sample_us`, completed at `now`: at or above the
+    /// decayed estimate it becomes the estimate (the peak); below, the last estimate moves
+    /// toward it by the share of `decay_ms` that passed since the last sample (the average), so
+    /// a peak fades over `decay_ms` while calls keep coming.
+    pub(crate) fn observe(&self, sample_us: f64, now: u32, decay_ms: f64) {
         let mut current = self.state.load(Ordering::Relaxed);
         loop {
-            let (prior, weight) = match current {
-                0 => (default_us, 0.0),
+            let (next, at) = match current {
+                0 => (sample_us, now),
                 state => {
                     let (estimate, at) = unpack(state);
-                    let left = remaining(now.wrapping_sub(at), decay_ms);
-                    (estimate * left, left)
+                    let left = remaining(elapsed(at, now), decay_ms);
+                    let next = if sample_us >= estimate * left {
+                        sample_us
+                    } else {
+                        estimate * left + sample_us * (1.0 - left)
+                    };
+                    (next, later(at, now))
                 }
-            };
-            let next = if sample_us >= prior {
-                sample_us
-            } else {
-                prior * weight + sample_us * (1.0 - weight)
             };
             match self.state.compare_exchange_weak(
                 current,
-                pack(next, now),
+                pack(next, at),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
@@ -104,34 +123,45 @@ mod tests {
     #[test]
     fn a_peak_replaces_the_estimate_at_once() {
         let rtt = RttEstimate::default();
-        rtt.observe(1_000.0, 100, DECAY, DEFAULT);
-        rtt.observe(80_000.0, 101, DECAY, DEFAULT);
+        rtt.observe(1_000.0, 100, DECAY);
+        rtt.observe(80_000.0, 101, DECAY);
         let now = rtt.estimate_us(101, DECAY, DEFAULT);
         assert!((now - 80_000.0).abs() < 1.0, "{now}");
     }
 
     #[test]
-    fn lower_samples_pull_it_down_by_elapsed_time() {
-        let soon = RttEstimate::default();
-        soon.observe(80_000.0, 0, DECAY, DEFAULT);
-        soon.observe(1_000.0, 10, DECAY, DEFAULT);
-        let late = RttEstimate::default();
-        late.observe(80_000.0, 0, DECAY, DEFAULT);
-        late.observe(1_000.0, 20_000, DECAY, DEFAULT);
-        let (soon, late) = (
-            soon.estimate_us(20_000, DECAY, DEFAULT),
-            late.estimate_us(20_000, DECAY, DEFAULT),
+    fn under_steady_calls_a_peak_fades_over_the_decay() {
+        let rtt = RttEstimate::default();
+        rtt.observe(80_000.0, 0, DECAY);
+        // A 1 ms call every 100 ms for one decay period (10 s).
+        for step in 1..=100 {
+            rtt.observe(1_000.0, step * 100, DECAY);
+        }
+        // 80 ms x e^-1 + 1 ms x (1 - e^-1): the peak keeps its share e^-1 after one decay.
+        let e = std::f64::consts::E;
+        let expected = 80_000.0 / e + 1_000.0 * (1.0 - 1.0 / e);
+        let now = rtt.estimate_us(10_000, DECAY, DEFAULT);
+        assert!(
+            (now - expected).abs() < expected * 0.001,
+            "{now} vs {expected}"
         );
-        // Ten milliseconds into a ten-second decay, the peak still dominates; twenty seconds
-        // on, the fast sample does.
-        assert!(soon > 5_000.0, "{soon}");
-        assert!((1_000.0..15_000.0).contains(&late), "{late}");
+    }
+
+    #[test]
+    fn a_sample_stamped_before_the_last_one_counts_as_simultaneous() {
+        let rtt = RttEstimate::default();
+        rtt.observe(20_000.0, 1_000, DECAY);
+        // A caller that read the clock before the sample above was stored.
+        rtt.observe(5_000.0, 990, DECAY);
+        let now = rtt.estimate_us(1_000, DECAY, DEFAULT);
+        assert!((now - 20_000.0).abs() < 1.0, "the peak stays: {now}");
+        assert!(rtt.estimate_us(990, DECAY, DEFAULT) > 19_000.0);
     }
 
     #[test]
     fn an_idle_estimate_decays_toward_zero() {
         let rtt = RttEstimate::default();
-        rtt.observe(50_000.0, 0, DECAY, DEFAULT);
+        rtt.observe(50_000.0, 0, DECAY);
         let later = rtt.estimate_us(10_000, DECAY, DEFAULT);
         assert!(
             (later - 50_000.0 / std::f64::consts::E).abs() < 50.0,

@@ -19,10 +19,11 @@ pub(crate) enum Edit {
     Delete,
 }
 
-/// Whether the value holds an entry for `address`'s host and port.
+/// Whether the value holds `address` as writing it would (its host and port, and every detail,
+/// its load included).
 #[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 pub(crate) fn holds(current: &[u8], address: &Address) -> bool {
-    holds_any(current, |a| a.same_endpoint(address))
+    holds_any(current, |a| same_as_written(a, address))
 }
 
 /// Whether the value holds an address `wanted` picks (decoding it only, writing nothing).

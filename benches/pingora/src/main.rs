@@ -3,7 +3,9 @@
 //! Both pick round robin over the same 8 backends. wayfinder resolves an exact route path in a
 //! table of 10, 10k and 100k routes (8 of 64 hosts each, health checks off) through
 //! `try_resolve_path`, the synchronous form of `resolve_path`; the target is at most 0.3x
-//! pingora's figure at every size (DESIGN.md section 6).
+//! pingora's figure at every size (DESIGN.md section 6). For scale, the same resolution with the
+//! load-aware selectors follows (power of two choices, and peak EWMA, which also times the call
+//! and feeds its latency back when the resolution is dropped), at 10k routes.
 //!
 //! Needs `cmake` (pingora builds zlib-ng). Run with
 //! `cargo run --release --manifest-path benches/pingora/Cargo.toml`.
@@ -15,7 +17,7 @@ use std::time::Instant;
 use pingora_load_balancing::selection::RoundRobin as PingoraRoundRobin;
 use pingora_load_balancing::LoadBalancer;
 use wayfinder::backends::memory::MemoryRouteManager;
-use wayfinder::resolve::select::RoundRobin;
+use wayfinder::resolve::select::{PeakEwma, PowerOfTwoChoices, RoundRobin, Selector};
 use wayfinder::resolve::HealthConfig;
 use wayfinder::route::{encode_route, DEFAULT_PREFIX};
 use wayfinder::{Address, AddressResolver, ResolverConfig, ServiceDescriptor, ServiceRoute};
@@ -44,7 +46,7 @@ fn median_ns(mut call: impl FnMut()) -> f64 {
     batches[BATCHES / 2]
 }
 
-async fn resolver(size: usize) -> (AddressResolver, String) {
+async fn resolver(size: usize, selector: Arc<dyn Selector>) -> (AddressResolver, String) {
     let registry = MemoryRouteManager::default();
     for i in 0..size {
         let addresses = (0..8)
@@ -59,7 +61,7 @@ async fn resolver(size: usize) -> (AddressResolver, String) {
         );
     }
     let config = ResolverConfig {
-        selector: Arc::new(RoundRobin::default()),
+        selector,
         health: HealthConfig {
             enabled: false,
             ..HealthConfig::default()
@@ -83,14 +85,29 @@ async fn main() {
     });
     println!("pingora-load-balancing select, round robin over 8 backends: {baseline:6.1} ns");
     for size in SIZES {
-        let (resolver, path) = resolver(size).await;
-        let ours = median_ns(|| {
-            let resolved = resolver.try_resolve_path(black_box(&path), None);
-            black_box(resolved.unwrap().unwrap().address().port);
-        });
+        let (resolver, path) = resolver(size, Arc::new(RoundRobin)).await;
+        let ours = median_ns(|| resolve_once(&resolver, &path));
         println!(
             "wayfinder try_resolve_path, round robin, {size:>6} routes:    {ours:6.1} ns  = {:.2}x pingora (target 0.30x)",
             ours / baseline
         );
     }
+    let load_aware: [(&str, Arc<dyn Selector>); 2] = [
+        ("p2c", Arc::new(PowerOfTwoChoices)),
+        ("peak_ewma", Arc::new(PeakEwma::default())),
+    ];
+    for (name, selector) in load_aware {
+        let (resolver, path) = resolver(10_000, selector).await;
+        let ours = median_ns(|| resolve_once(&resolver, &path));
+        println!(
+            "wayfinder try_resolve_path, {name:<11}, 10000 routes: {ours:6.1} ns  = {:.2}x pingora's round robin",
+            ours / baseline
+        );
+    }
+}
+
+/// One resolution, its address read and the resolution dropped (which ends its call).
+fn resolve_once(resolver: &AddressResolver, path: &str) {
+    let resolved = resolver.try_resolve_path(black_box(path), None);
+    black_box(resolved.unwrap().unwrap().address().port);
 }

@@ -54,21 +54,23 @@ impl LivenessStore for ConsulStore {
     async fn heal(&self, instance: &Instance, session: &String, which: Rewrite) -> Result<usize> {
         let id = instance.id()?;
         let layout = &self.config().layout;
-        let keys = instance
-            .routes
-            .iter()
-            .map(|d| layout.instance_key(&d.id, &id))
-            .collect::<Result<Vec<_>>>()?;
-        let checks: Vec<TxnOp> = keys
-            .iter()
-            .map(|key| TxnOp::kv("check-session", key.clone(), None, Some(session.clone())))
-            .collect();
-        if which == Rewrite::Missing && self.agents.txn_holds("heal check", checks).await? {
-            return Ok(0);
+        if which == Rewrite::Missing {
+            let checks = instance
+                .routes
+                .iter()
+                .map(|d| {
+                    let key = layout.instance_key(&d.id, &id)?;
+                    Ok(TxnOp::kv("check-session", key, None, Some(session.clone())))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if self.agents.txn_holds("heal check", checks).await? {
+                return Ok(0);
+            }
         }
-        // Something is missing, or everything is to be rewritten: unless a deregistration removed the instance, write it all back
-        // (taking a lock the session already holds changes nothing). Each batch writes only
-        // while no deregistration marker exists, so a deregistration, earlier or concurrent, wins.
+        // Something is missing, or everything is to be rewritten: unless a deregistration
+        // removed the instance, write it all back (taking a lock the session already holds
+        // changes nothing). Each batch writes only while no deregistration marker exists, so a
+        // deregistration, earlier or concurrent, wins.
         let tombstone = layout.tombstone_key(&id)?;
         let mut written = 0;
         for batch in self

@@ -128,10 +128,10 @@ impl<S: SharedStore> LivenessStore for SurgingLayout<S> {
         self.store.renew(lease).await
     }
 
-    /// Reaps dead instances (when healing what is missing), then puts the instance's address back into every shared value
-    /// that lost it (a Surging writer's blind put, a value deleted by hand), or with
-    /// [`Rewrite::All`] into every value that does not hold it as it is now, and restores its
-    /// live and owned keys, unless a deregistration took it out.
+    /// Reaps dead instances (when healing what is missing), then puts the instance's address,
+    /// as it is now, back into every shared value that lost it or holds an older copy (a
+    /// Surging writer's blind put, a value deleted by hand) and restores its live and owned
+    /// keys, unless a deregistration took it out. [`Rewrite::All`] goes over every value.
     async fn heal(&self, instance: &Instance, lease: &S::Lease, which: Rewrite) -> Result<usize> {
         let work = async {
             if which == Rewrite::Missing {

@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use super::power_of_two::two_choices;
 use super::{Candidates, Pick, Selector};
+use crate::load::within_deadband;
 use crate::route::Address;
 
-/// Picks by reported load; equal loads go to the address with fewer calls in flight. An
-/// address that reports no load counts as the mean of those that do.
+/// Picks by reported load; between loads within 5% of each other (`LOAD_DEADBAND`, the change
+/// an instance does not publish), the address with fewer calls in flight. An address that
+/// reports no load counts as the mean of those that do.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LeastResource;
 
@@ -60,8 +62,11 @@ impl Pick for LeastResourcePick {
         }
         two_choices(candidates, |a, b| {
             let (load_a, load_b) = (self.loads[a], self.loads[b]);
-            load_b < load_a
-                || (load_b == load_a && candidates.in_flight(b) < candidates.in_flight(a))
+            if within_deadband(load_a, load_b) {
+                candidates.in_flight(b) < candidates.in_flight(a)
+            } else {
+                load_b < load_a
+            }
         })
     }
 }
@@ -109,6 +114,21 @@ mod tests {
         let counts = shares(&loaded(&[Some(30.0), Some(10.0), Some(20.0)]), 3_000);
         assert_eq!(counts[0], 0, "{counts:?}");
         assert!(counts[1] > 1_700 && counts[2] > 800, "{counts:?}");
+    }
+
+    #[test]
+    fn loads_within_the_deadband_go_by_calls_in_flight() {
+        let addresses = loaded(&[Some(50.0), Some(51.0)]);
+        let endpoints: Vec<Arc<Endpoint>> = addresses
+            .iter()
+            .map(|a| Arc::new(Endpoint::new(a.clone())))
+            .collect();
+        endpoints[0].begin_call();
+        let pick = LeastResource.build(&addresses);
+        let candidates = Candidates::new(&endpoints, false);
+        for _ in 0..100 {
+            assert_eq!(pick.pick(&candidates, None), Some(1));
+        }
     }
 
     #[test]

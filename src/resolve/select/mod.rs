@@ -52,17 +52,19 @@ pub trait Selector: Send + Sync + fmt::Debug {
 }
 
 /// How a call to a resolved address ended, as the caller told it.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// [`Resolved::succeeded`](crate::Resolved::succeeded).
+    /// [`Resolved::succeeded`](crate::resolve::Resolved::succeeded).
     Succeeded,
-    /// [`Resolved::failed`](crate::Resolved::failed).
+    /// [`Resolved::failed`](crate::resolve::Resolved::failed).
     Failed,
     /// Dropped without a verdict: the call's time is known, its result is not.
     Unknown,
 }
 
 /// A finished call to a resolved address.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completion {
     /// From the resolution to the verdict (or the drop).

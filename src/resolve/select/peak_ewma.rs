@@ -39,8 +39,13 @@ impl Default for PeakEwmaConfig {
 }
 
 /// How much slower than the worst of its latency, the current estimate and the default RTT a
-/// failed call counts (so failures in a row push an address's estimate up quickly).
+/// failed call counts (so failures in a row push an address's estimate up quickly)...
 const FAILURE_PENALTY: f64 = 2.0;
+
+/// ...up to this many default RTTs (or twice its own latency, if longer), so that a burst of
+/// failures costs an address its traffic for about `decay` x ln(this), not for minutes:
+/// ejection is what takes out an address that keeps failing.
+const FAILURE_CEILING: f64 = 10.0;
 
 /// Picks by expected wait, learning from every completed call (see the module docs).
 #[derive(Debug, Default, Clone)]
@@ -108,9 +113,10 @@ impl Pick for PeakEwmaPick {
         let mut sample = call.latency.as_secs_f64() * 1e6;
         if call.outcome == Outcome::Failed {
             let estimate = rtt.estimate_us(now, self.decay_ms, self.default_us);
-            sample = sample.max(estimate).max(self.default_us) * FAILURE_PENALTY;
+            let ceiling = (self.default_us * FAILURE_CEILING).max(sample * FAILURE_PENALTY);
+            sample = (sample.max(estimate).max(self.default_us) * FAILURE_PENALTY).min(ceiling);
         }
-        rtt.observe(sample, now, self.decay_ms, self.default_us);
+        rtt.observe(sample, now, self.decay_ms);
     }
 }
 
@@ -171,6 +177,19 @@ mod tests {
         finish(pick.as_ref(), &endpoints, 0, 1, Outcome::Failed);
         finish(pick.as_ref(), &endpoints, 1, 20, Outcome::Succeeded);
         assert_eq!(shares(pick.as_ref(), &endpoints, 200), vec![0, 200]);
+    }
+
+    #[test]
+    fn failures_in_a_row_raise_the_estimate_to_a_ceiling() {
+        let endpoints = endpoints(1);
+        let pick = PeakEwma::default().build(&[]);
+        for _ in 0..20 {
+            finish(pick.as_ref(), &endpoints, 0, 1, Outcome::Failed);
+        }
+        let now = stamp(monotonic_ms());
+        let estimate = endpoints[0].rtt.estimate_us(now, 10_000.0, 30_000.0);
+        // Ten default RTTs (300 ms), not 2^20 x 30 ms.
+        assert!((250_000.0..=300_000.0).contains(&estimate), "{estimate}");
     }
 
     #[test]

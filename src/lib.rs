@@ -30,6 +30,8 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod backends;
 mod backoff;
 mod clock;
@@ -41,6 +43,7 @@ pub mod discover;
 mod error;
 mod load;
 mod manager;
+pub mod metrics;
 mod registration;
 pub mod resolve;
 pub mod route;

@@ -15,6 +15,7 @@ use crate::backoff::{jittered, Backoff};
 use crate::error::{Error, ErrorKind, Result};
 use crate::load::LoadReport;
 use crate::manager::{Instance, RouteSource};
+use crate::metrics;
 use crate::route::Address;
 use crate::telemetry::traced;
 use crate::watch::{note_write, RouteEvent};
@@ -108,6 +109,7 @@ impl Registration {
         )
         .await?;
         note_write();
+        metrics::registered(S::BACKEND, false);
         tracing::info!(instance = %instance_id, routes = instance.routes.len(), ?ttl, "registered");
         let (stop_tx, stop_rx) = oneshot::channel();
         let address = instance.address.clone();
@@ -306,6 +308,7 @@ async fn keep_registered<S: LivenessStore>(
                     .await
                     .map(|new_lease| {
                         note_write();
+                        metrics::registered(S::BACKEND, true);
                         lease = new_lease;
                         published = instance.address.processor_time;
                         tracing::info!(address = %instance.address, "registered again");

@@ -877,3 +877,38 @@ async fn routes_with_large_values_are_listed_and_watched_whole() {
     assert_eq!(initial_routes(&mut watch).await.len(), 2100);
     registration.shutdown().await.unwrap();
 }
+
+/// Errors name the member and say what happened in words, without the gRPC stack's internals.
+#[tokio::test]
+async fn errors_say_which_member_failed_and_how() {
+    let dead = [
+        common::etcd_server::free_port(),
+        common::etcd_server::free_port(),
+    ];
+    let url = format!(
+        "etcd://127.0.0.1:{},127.0.0.1:{}?timeout=2s",
+        dead[0], dead[1]
+    );
+    let err = match wayfinder::connect(&url).await {
+        Ok(registry) => registry.list().await.unwrap_err(),
+        Err(err) => err,
+    };
+    let text = err.to_string();
+    assert_eq!(err.kind(), wayfinder::ErrorKind::Unavailable, "{text}");
+    for port in dead {
+        let said = format!("etcd 127.0.0.1:{port} refused the connection");
+        assert!(text.contains(&said), "{text}");
+    }
+    assert_eq!(text.matches("unavailable").count(), 1, "one kind: {text}");
+    let internals = [
+        "tonic",
+        "status:",
+        "transport error",
+        "metadata",
+        "os error",
+        "http://",
+    ];
+    for internal in internals {
+        assert!(!text.contains(internal), "{internal:?} in {text}");
+    }
+}

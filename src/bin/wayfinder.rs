@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
+use wayfinder::agent::Agent;
 use wayfinder::config::parse_duration;
 use wayfinder::resolve::{probe, HealthConfig};
 use wayfinder::route::{decode_descriptors, encode_route_value};
@@ -84,6 +86,13 @@ enum Command {
         #[arg(long, default_value = "1s")]
         timeout: String,
     },
+    /// Serve a resolver over HTTP for callers that are not Rust: GET /v1/resolve/<path>,
+    /// GET /v1/routes, POST /v1/report, GET /metrics, GET /healthz (see wayfinder::agent).
+    Agent {
+        /// Where to listen (HOST:PORT); loopback unless told otherwise.
+        #[arg(long, default_value = wayfinder::agent::DEFAULT_LISTEN)]
+        listen: String,
+    },
     /// Remove an address from every route.
     Deregister {
         /// HOST:PORT to remove.
@@ -119,6 +128,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // Before anything talks to the registry, so that every backend call is measured.
+    let metrics = match cli.command {
+        Command::Agent { .. } => Some(install_prometheus()?),
+        _ => None,
+    };
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(backend) = cli.backend {
         config.set_backend(&backend)?;
@@ -190,6 +204,30 @@ async fn run(cli: Cli) -> Result<()> {
                     .resolve_path(&path, key.as_deref().map(str::as_bytes))
                     .await?;
                 println!("{}", resolved.address());
+            }
+        }
+        Command::Agent { listen } => {
+            let resolver =
+                AddressResolver::with_config(registry, config.resolver_config()?).await?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|err| {
+                    Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("cannot listen on {listen}: {err}"),
+                    )
+                })?;
+            let local = listener.local_addr().map_err(|err| {
+                Error::new(ErrorKind::Unavailable, format!("listening socket: {err}"))
+            })?;
+            let mut agent = Agent::new(std::sync::Arc::new(resolver));
+            if let Some(handle) = metrics {
+                agent = agent.with_metrics(move || handle.render());
+            }
+            println!("agent listening on {local}");
+            tokio::select! {
+                served = agent.serve(listener) => served?,
+                _ = tokio::signal::ctrl_c() => eprintln!("agent stopped"),
             }
         }
         Command::Health { path, timeout } => {
@@ -272,4 +310,24 @@ async fn one_shot_resolver(
         ..config.resolver_config()?
     };
     AddressResolver::with_config(registry, resolver_config).await
+}
+
+/// Installs the Prometheus recorder the agent renders at `/metrics`, with buckets for the backend
+/// request durations (from 1 ms to 10 s).
+fn install_prometheus() -> Result<PrometheusHandle> {
+    const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5, 10.0];
+    let failed = |err: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("cannot install the metrics recorder: {err}"),
+        )
+    };
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(wayfinder::metrics::BACKEND_REQUEST_DURATION.to_owned()),
+            &BUCKETS,
+        )
+        .map_err(|err| failed(&err))?
+        .install_recorder()
+        .map_err(|err| failed(&err))
 }

@@ -7,6 +7,8 @@
 mod endpoint;
 mod health;
 mod latency;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod outlier;
 mod reports;
 mod resolver;
@@ -29,4 +31,4 @@ pub use resolver::{
     DEFAULT_PANIC_THRESHOLD, DEFAULT_START_TIMEOUT, MAX_ALTERNATES,
 };
 pub use slow_start::SlowStartConfig;
-pub use table::{RouteEntry, RouteTable};
+pub use table::{RouteEntry, RouteState, RouteTable};

@@ -212,6 +212,13 @@ impl Resolved {
         self.settle(Outcome::Failed);
     }
 
+    /// Ends the resolution with no call to tell of: the call count it held (on routes whose
+    /// selector balances by load) is given back, and a selector that times calls learns nothing
+    /// from it. For an address handed on to someone else to call (the HTTP agent does this).
+    pub fn release(self) {
+        self.settled.store(true, Ordering::Relaxed);
+    }
+
     /// Tells a selector that learns from calls how this one ended, the first time only.
     fn settle(&self, outcome: Outcome) {
         if let Some(started) = self.started {
@@ -364,6 +371,9 @@ struct Shared {
     counters: Counters,
     /// The newest table, for the snapshot writer (when a snapshot file is configured).
     snapshot_tables: Option<watch::Sender<Option<Arc<RouteTable>>>>,
+    /// What this resolver published as metrics.
+    #[cfg(feature = "metrics")]
+    published: super::metrics::Publisher,
 }
 
 impl Shared {
@@ -407,6 +417,8 @@ pub struct AddressResolver {
     snapshot_writer: Option<JoinHandle<()>>,
     /// The outlier sweep, when ejection is on.
     sweeper: Option<JoinHandle<()>>,
+    /// The metrics publisher (feature `metrics`).
+    metrics_publisher: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for AddressResolver {
@@ -421,9 +433,16 @@ impl std::fmt::Debug for AddressResolver {
 impl Drop for AddressResolver {
     fn drop(&mut self) {
         self.task.abort();
-        for task in [&self.snapshot_writer, &self.sweeper].into_iter().flatten() {
+        let tasks = [
+            &self.snapshot_writer,
+            &self.sweeper,
+            &self.metrics_publisher,
+        ];
+        for task in tasks.into_iter().flatten() {
             task.abort();
         }
+        #[cfg(feature = "metrics")]
+        self.shared.published.retract();
     }
 }
 
@@ -513,6 +532,8 @@ impl AddressResolver {
             status: Mutex::new(status),
             counters: Counters::default(),
             snapshot_tables,
+            #[cfg(feature = "metrics")]
+            published: super::metrics::Publisher::default(),
             manager,
             config,
         });
@@ -527,11 +548,16 @@ impl AddressResolver {
             .outlier
             .enabled
             .then(|| tokio::spawn(sweep_outliers(Arc::downgrade(&shared))));
+        #[cfg(feature = "metrics")]
+        let metrics_publisher = Some(tokio::spawn(publish_metrics(Arc::downgrade(&shared))));
+        #[cfg(not(feature = "metrics"))]
+        let metrics_publisher = None;
         Ok(AddressResolver {
             shared,
             task,
             snapshot_writer,
             sweeper,
+            metrics_publisher,
         })
     }
 
@@ -728,29 +754,39 @@ impl AddressResolver {
             .map(|e| e.is_healthy())
     }
 
+    /// Publishes the resolver's figures as metrics now (they are also published once a
+    /// second): before an exporter renders them, say. See [`crate::metrics`].
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        let table = self.shared.table.load_full();
+        self.shared.published.publish(&stats(&self.shared), &table);
+    }
+
     /// Counters and freshness.
     pub fn stats(&self) -> ResolverStats {
-        let table = self.shared.table.load_full();
-        let status = self.shared.status();
-        ResolverStats {
-            resolves: self.shared.table.lookups(),
-            routes: table.len(),
-            endpoints: table.endpoint_count(),
-            not_found: self.shared.counters.not_found.load(Ordering::Relaxed),
-            fail_open: self.shared.counters.fail_open.load(Ordering::Relaxed),
-            ejections: self.shared.reports.ejections(),
-            health_flips: self.shared.reports.health.health_flips(),
-            probes: self.shared.reports.health.probes_sent(),
-            stale: status.is_stale(),
-            age: status.age(),
-            watch_reconnects: status.reconnects,
-            protected_routes: self
-                .shared
-                .counters
-                .protected_routes
-                .load(Ordering::Relaxed),
-            from_snapshot: self.shared.counters.from_snapshot.load(Ordering::Relaxed),
-        }
+        stats(&self.shared)
+    }
+}
+
+/// A resolver's counters and freshness.
+fn stats(shared: &Shared) -> ResolverStats {
+    let table = shared.table.load_full();
+    let status = shared.status();
+    let counters = &shared.counters;
+    ResolverStats {
+        resolves: shared.table.lookups(),
+        routes: table.len(),
+        endpoints: table.endpoint_count(),
+        not_found: counters.not_found.load(Ordering::Relaxed),
+        fail_open: counters.fail_open.load(Ordering::Relaxed),
+        ejections: shared.reports.ejections(),
+        health_flips: shared.reports.health.health_flips(),
+        probes: shared.reports.health.probes_sent(),
+        stale: status.is_stale(),
+        age: status.age(),
+        watch_reconnects: status.reconnects,
+        protected_routes: counters.protected_routes.load(Ordering::Relaxed),
+        from_snapshot: counters.from_snapshot.load(Ordering::Relaxed),
     }
 }
 
@@ -929,6 +965,21 @@ async fn follow(watch: Option<RouteWatch>, mut view: View, shared: std::sync::We
 
 /// Every outlier interval: ends due ejections and evaluates failure percentages over the table's
 /// endpoints.
+/// Publishes the resolver's metrics every second, for as long as it lives.
+#[cfg(feature = "metrics")]
+async fn publish_metrics(shared: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(super::metrics::PUBLISH_EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let resolver_stats = stats(&shared);
+        shared
+            .published
+            .publish(&resolver_stats, &shared.table.load_full());
+    }
+}
+
 async fn sweep_outliers(shared: Weak<Shared>) {
     let Some(interval) = shared
         .upgrade()

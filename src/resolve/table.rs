@@ -49,6 +49,31 @@ pub(crate) struct Guards {
     pub ejection_percent: Option<u32>,
 }
 
+/// A route's health as a whole (see [`RouteEntry::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteState {
+    /// Every address is usable (healthy, not ejected).
+    Healthy,
+    /// Some are not, but at least the panic threshold's share is.
+    Degraded,
+    /// Fewer than the panic threshold's share are: selection uses all of them.
+    Panic,
+    /// The route has no address.
+    Empty,
+}
+
+impl RouteState {
+    /// The state's name, as in metrics labels and the agent's answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteState::Healthy => "healthy",
+            RouteState::Degraded => "degraded",
+            RouteState::Panic => "panic",
+            RouteState::Empty => "empty",
+        }
+    }
+}
+
 /// What [`RouteEntry::select`] chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Choice {
@@ -97,6 +122,26 @@ impl RouteEntry {
     /// Whether resolutions of this route count as calls in flight (its selector reads them).
     pub fn counts_calls(&self) -> bool {
         self.counts_calls
+    }
+
+    /// The route's health as a whole: how many of its addresses selection may use now,
+    /// against its panic threshold.
+    pub fn state(&self) -> RouteState {
+        if self.endpoints.is_empty() {
+            return RouteState::Empty;
+        }
+        let usable = if any_disrupted() {
+            self.usable().1
+        } else {
+            self.endpoints.len()
+        };
+        if usable == self.endpoints.len() {
+            RouteState::Healthy
+        } else if usable >= self.min_usable {
+            RouteState::Degraded
+        } else {
+            RouteState::Panic
+        }
     }
 
     /// Whether resolutions of this route time their calls (its selector learns from them).

@@ -21,7 +21,8 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 use tokio::time::Instant;
 
-use super::{etcd_error, status_code, UNAUTHENTICATED};
+use super::errors::member;
+use super::{etcd_error_at, status_code, UNAUTHENTICATED};
 use crate::error::{Error, ErrorKind, Result};
 
 /// gRPC status codes that say a member could not serve the request (tonic's `Code` values).
@@ -81,7 +82,7 @@ impl Members {
         let deadline = Instant::now() + self.timeout;
         let first = self.preferred.load(Ordering::Relaxed);
         let count = self.endpoints.len();
-        let mut last = None;
+        let mut failures: Vec<Error> = Vec::new();
         for step in 0..count {
             let index = (first + step) % count;
             // Each member gets an equal share of the time left, so one that accepts connections
@@ -123,19 +124,20 @@ impl Members {
                     Ordering::Relaxed,
                 );
             }
+            let endpoint = self.endpoints[index].as_str();
             match failure {
                 Attempt::Failed(err) if is_member_failure(&err) => {
-                    tracing::debug!(endpoint = %self.endpoints[index], error = %err, "etcd member failed; trying the next one");
-                    last = Some(etcd_error(action, err));
+                    tracing::debug!(endpoint, error = %err, "etcd member failed; trying the next one");
+                    failures.push(etcd_error_at(Some(endpoint), action, err));
                 }
-                Attempt::Failed(err) => return Err(etcd_error(action, err)),
+                Attempt::Failed(err) => return Err(etcd_error_at(Some(endpoint), action, err)),
                 Attempt::TimedOut => {
-                    tracing::debug!(endpoint = %self.endpoints[index], "etcd member did not answer in time");
-                    last = Some(Error::new(
+                    tracing::debug!(endpoint, "etcd member did not answer in time");
+                    failures.push(Error::new(
                         ErrorKind::Unavailable,
                         format!(
-                            "etcd {action}: no answer from {} in time",
-                            self.endpoints[index]
+                            "etcd {} did not answer in time ({action})",
+                            member(endpoint)
                         ),
                     ));
                 }
@@ -144,9 +146,7 @@ impl Members {
                 break;
             }
         }
-        Err(last.unwrap_or_else(|| {
-            Error::new(ErrorKind::Unavailable, format!("etcd {action}: no member"))
-        }))
+        Err(every_member_failed(action, failures))
     }
 
     /// The client of the preferred member (connected, and authenticated, if it was not yet),
@@ -196,6 +196,21 @@ impl Members {
         self.clients[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One error for a request that every member tried failed: the one member's, or each member's
+/// in turn.
+fn every_member_failed(action: &str, mut failures: Vec<Error>) -> Error {
+    match failures.len() {
+        0 => Error::new(ErrorKind::Unavailable, format!("etcd {action}: no member")),
+        1 => failures.remove(0),
+        _ => {
+            let each: Vec<&str> = failures.iter().map(Error::message).collect();
+            let message = format!("no etcd member answered: {}", each.join("; "));
+            let last = failures.remove(failures.len() - 1);
+            Error::new(last.kind(), message).with_source(last)
+        }
     }
 }
 

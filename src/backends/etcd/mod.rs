@@ -7,6 +7,7 @@
 //! request goes through `Members` (in `members`), which sends it to a member that answers.
 
 mod config;
+mod errors;
 mod feed;
 mod lease;
 mod liveness;
@@ -22,6 +23,7 @@ use etcd_client::{
 };
 
 pub use config::{EtcdConfig, EtcdTls};
+pub(crate) use errors::{etcd_error, etcd_error_at};
 use members::Members;
 
 use crate::backends::shared::{clear_beside, remove_from_shared, SurgingLayout};
@@ -95,25 +97,6 @@ fn is_lease_gone(err: &etcd_client::Error) -> bool {
         etcd_client::Error::LeaseKeepAliveError(message) => message.contains("not found"),
         other => status_code(other) == Some(NOT_FOUND),
     }
-}
-
-/// Maps an etcd client error to the crate's error kinds.
-pub(crate) fn etcd_error(action: &str, err: etcd_client::Error) -> Error {
-    let denied = {
-        let text = err.to_string();
-        text.contains("authentication failed") || text.contains("permission denied")
-    };
-    let kind = match (status_code(&err), &err) {
-        (Some(PERMISSION_DENIED | UNAUTHENTICATED), _) => ErrorKind::PermissionDenied,
-        _ if denied => ErrorKind::PermissionDenied,
-        (Some(INVALID_ARGUMENT), _) => ErrorKind::InvalidInput,
-        (Some(NOT_FOUND), _) => ErrorKind::NotFound,
-        (None, etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)) => {
-            ErrorKind::InvalidInput
-        }
-        _ => ErrorKind::Unavailable,
-    };
-    Error::new(kind, format!("etcd {action}: {err}")).with_source(err)
 }
 
 /// The key just past every key that starts with `prefix` (etcd's prefix range end).

@@ -76,7 +76,12 @@ async fn main() -> Result<(), BoxError> {
     };
     // The first call waits until discovery has handed the channel an address.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while client.check(check()).await.is_err() {
+    let attempt = |mut client: HealthClient<Channel>| async move {
+        // A balanced channel with no endpoint yet waits: bound each attempt.
+        let call = tokio::time::timeout(Duration::from_secs(1), client.check(check()));
+        matches!(call.await, Ok(Ok(_)))
+    };
+    while !attempt(client.clone()).await {
         if tokio::time::Instant::now() > deadline {
             return Err("no instance answered within 5 s".into());
         }

@@ -40,6 +40,7 @@ pub mod config;
 mod decode;
 #[cfg(feature = "tower")]
 pub mod discover;
+pub mod election;
 mod error;
 mod load;
 mod manager;

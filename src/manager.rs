@@ -190,6 +190,15 @@ pub trait RouteManager: RouteSource {
         self.remove_addresses(std::slice::from_ref(address)).await
     }
 
+    /// Leader election on this registry, with its liveness TTL (see [`crate::election`]);
+    /// `Unsupported` on a backend without it.
+    fn election(&self) -> Result<std::sync::Arc<dyn crate::election::Election>> {
+        Err(Error::new(
+            crate::error::ErrorKind::Unsupported,
+            format!("the {} backend has no leader election", self.backend()),
+        ))
+    }
+
     /// Removes these addresses from every route; returns how many entries were removed.
     ///
     /// An instance that is still running stays registered with its liveness but without these

@@ -4,9 +4,8 @@
 //!
 //! Names follow Prometheus conventions (`_total` counters, base units in the name). The backend
 //! and registration figures are recorded where they happen; a resolver's figures are published
-//! from its own counters once a second and whenever
-//! [`AddressResolver::publish_metrics`](crate::AddressResolver::publish_metrics) is called (see
-//! the resolver's `metrics` module).
+//! from its own counters once a second and whenever `AddressResolver::publish_metrics` is
+//! called. Install the recorder before the first backend call, or those before it go unseen.
 
 use std::time::Duration;
 

@@ -16,8 +16,8 @@ use wayfinder::metrics as names;
 use wayfinder::resolve::{HealthConfig, OutlierConfig};
 use wayfinder::{Address, AddressResolver, Instance, ResolverConfig, RouteManager};
 
-/// What the recorder has seen, added up over its snapshots (a debugging snapshot hands over
-/// each value and resets it: counters and gauges to 0, histograms to no samples).
+/// What the recorder has seen over its snapshots (a debugging snapshot hands over each value and
+/// resets it: counters are added up, a gauge is its latest value, histograms count samples).
 #[derive(Default)]
 struct Seen {
     counters: HashMap<String, u64>,
@@ -41,8 +41,9 @@ impl Seen {
                 (MetricKind::Counter, DebugValue::Counter(n)) => {
                     *self.counters.entry(id).or_default() += n
                 }
+                // Gauges are set whole at each publication: the latest one counts.
                 (MetricKind::Gauge, DebugValue::Gauge(x)) => {
-                    *self.gauges.entry(id).or_default() += x.into_inner()
+                    self.gauges.insert(id, x.into_inner());
                 }
                 (MetricKind::Histogram, DebugValue::Histogram(xs)) => {
                     *self.samples.entry(id).or_default() += xs.len()
@@ -120,6 +121,8 @@ async fn registrations_resolutions_and_backend_calls_reach_the_recorder() {
         .resolve_path("api/demo/nothing", None)
         .await
         .is_err());
+    // Not in the table: neither found nor (yet) not found.
+    assert!(resolver.try_resolve_path("api/demo/other", None).is_none());
     for _ in 0..3 {
         resolver.report_failure(&Address::new("127.0.0.1", 7301));
     }
@@ -145,6 +148,25 @@ async fn registrations_resolutions_and_backend_calls_reach_the_recorder() {
     );
     assert_eq!(seen.gauge(names::REGISTRY_STALENESS, &[]), 0.0);
     assert!(seen.samples(names::BACKEND_REQUEST_DURATION, &memory("list")) >= 1);
+
+    // A second resolver adds its routes and endpoints to the totals, and takes them back.
+    let second =
+        AddressResolver::with_config(Arc::new(registry.clone()), ResolverConfig::default())
+            .await
+            .unwrap();
+    second.publish_metrics();
+    seen.take(&snapshotter);
+    assert_eq!(
+        (routes(&seen, "healthy"), routes(&seen, "degraded")),
+        (1.0, 1.0)
+    );
+    assert_eq!(endpoints(&seen, "healthy"), 3.0);
+    drop(second);
+    seen.take(&snapshotter);
+    assert_eq!(
+        (routes(&seen, "healthy"), routes(&seen, "degraded")),
+        (0.0, 1.0)
+    );
 
     // Publishing again adds nothing new; more lookups add just those.
     resolver.publish_metrics();

@@ -95,13 +95,15 @@ async fn calls_through_a_balanced_channel_survive_instances_coming_and_going() {
     let channel = balanced_channel(registry.clone());
     let mut client = HealthClient::new(channel.clone());
     // The first call waits for the first address to reach the channel.
-    common::eventually(Duration::from_secs(5), "a first answer", || {
+    common::eventually(Duration::from_secs(15), "a first answer", || {
         let mut client = client.clone();
         async move {
             let request = HealthCheckRequest {
                 service: String::new(),
             };
-            client.check(request).await.ok().map(|_| ())
+            // A balanced channel with no endpoint yet waits: bound each attempt.
+            let attempt = tokio::time::timeout(Duration::from_secs(1), client.check(request));
+            attempt.await.ok()?.ok().map(|_| ())
         }
     })
     .await;
@@ -136,10 +138,14 @@ async fn calls_through_a_balanced_channel_survive_instances_coming_and_going() {
         instances.push(fresh);
     }
     let before = calls.load(Ordering::Relaxed);
-    common::eventually(Duration::from_secs(5), "calls on the new instances", || {
-        let calls = calls.clone();
-        async move { (calls.load(Ordering::Relaxed) > before + 100).then_some(()) }
-    })
+    common::eventually(
+        Duration::from_secs(15),
+        "calls on the new instances",
+        || {
+            let calls = calls.clone();
+            async move { (calls.load(Ordering::Relaxed) > before + 100).then_some(()) }
+        },
+    )
     .await;
     done.store(true, Ordering::Relaxed);
     for caller in callers {

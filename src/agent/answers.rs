@@ -1,13 +1,13 @@
 //! The agent's answers: one function per endpoint, each turning a request into a JSON response.
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::Agent;
+use super::{Agent, REQUEST_TIMEOUT};
 use crate::error::ErrorKind;
 use crate::route::Address;
 
@@ -20,23 +20,31 @@ const RESOLVE: &str = "/v1/resolve/";
 pub(super) async fn answer(agent: &Agent, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    match (method, path.as_str()) {
-        (Method::GET, resolve) if resolve.starts_with(RESOLVE) => {
+    // HEAD answers as GET does (hyper leaves the body out).
+    let get = method == Method::GET || method == Method::HEAD;
+    match path.as_str() {
+        resolve if resolve.starts_with(RESOLVE) && get => {
             let query = request.uri().query().unwrap_or("");
             resolve_path(agent, &resolve[RESOLVE.len()..], query).await
         }
-        (Method::GET, "/v1/routes") => routes(agent),
-        (Method::POST, "/v1/report") => report(agent, request.into_body()).await,
-        (Method::GET, "/metrics") => metrics(agent),
-        (Method::GET, "/healthz") => healthz(agent),
-        (_, "/v1/routes" | "/v1/report" | "/metrics" | "/healthz") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
-        }
-        (_, other) if other.starts_with(RESOLVE) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
-        }
-        (_, other) => error(StatusCode::NOT_FOUND, &format!("no endpoint {other}")),
+        "/v1/routes" if get => routes(agent),
+        "/v1/report" if method == Method::POST => report(agent, request).await,
+        "/metrics" if get => metrics(agent),
+        "/healthz" if get => healthz(agent),
+        "/v1/report" => not_allowed("POST"),
+        "/v1/routes" | "/metrics" | "/healthz" => not_allowed("GET, HEAD"),
+        resolve if resolve.starts_with(RESOLVE) => not_allowed("GET, HEAD"),
+        other => error(StatusCode::NOT_FOUND, &format!("no endpoint {other}")),
     }
+}
+
+/// 405, with the methods the endpoint takes.
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 /// `GET /v1/resolve/<route path>[?key=K]`: one pick.
@@ -46,9 +54,16 @@ async fn resolve_path(agent: &Agent, encoded_path: &str, query: &str) -> Respons
     };
     let key = url::form_urlencoded::parse(query.as_bytes())
         .find(|(name, _)| name == "key")
-        .map(|(_, value)| value.into_owned());
+        .map(|(_, value)| value.into_owned())
+        .filter(|key| !key.is_empty());
     let key = key.as_deref().map(str::as_bytes);
-    match agent.resolver.resolve_path(&path, key).await {
+    // Only an unknown path waits (for one listing of the registry), and not for ever.
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, agent.resolver.resolve_path(&path, key));
+    let Ok(answer) = answer.await else {
+        let reason = format!("the registry did not answer within {REQUEST_TIMEOUT:?}");
+        return error(StatusCode::GATEWAY_TIMEOUT, &reason);
+    };
+    match answer {
         Ok(resolved) => {
             let address = resolved.address();
             let body = json!({
@@ -61,10 +76,14 @@ async fn resolve_path(agent: &Agent, encoded_path: &str, query: &str) -> Respons
             resolved.release();
             ok(&body)
         }
-        Err(err) if err.kind() == ErrorKind::NotFound => {
-            error(StatusCode::NOT_FOUND, &err.to_string())
+        Err(err) => {
+            let status = match err.kind() {
+                ErrorKind::NotFound => StatusCode::NOT_FOUND,
+                ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(status, &err.to_string())
         }
-        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
 }
 
@@ -116,10 +135,32 @@ struct Report {
 }
 
 /// `POST /v1/report`: one call's outcome at an address.
-async fn report(agent: &Agent, body: Incoming) -> Response<Full<Bytes>> {
-    let bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => return error(StatusCode::BAD_REQUEST, &format!("unreadable body: {err}")),
+async fn report(agent: &Agent, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a report is at most {MAX_BODY} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY) {
+        return too_large();
+    }
+    let body = Limited::new(request.into_body(), MAX_BODY).collect();
+    let bytes = match tokio::time::timeout(REQUEST_TIMEOUT, body).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(err)) if err.is::<LengthLimitError>() => return too_large(),
+        Ok(Err(err)) => return error(StatusCode::BAD_REQUEST, &format!("unreadable body: {err}")),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time",
+            )
+        }
     };
     let report: Report = match serde_json::from_slice(&bytes) {
         Ok(report) => report,
@@ -158,7 +199,7 @@ fn metrics(agent: &Agent) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(render())));
     response.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
 }

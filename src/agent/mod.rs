@@ -9,8 +9,9 @@
 //! | `GET /metrics` | the metrics in Prometheus' text format (when the agent has a renderer) |
 //! | `GET /healthz` | 200 while the view is fresh, 503 with its staleness when not |
 //!
-//! Every answer is JSON (but `/metrics`); an error is `{"error": "..."}` with a 4xx or 5xx
-//! status, and a bad request never stops the agent. A pick through the agent is released at
+//! Every answer of the API is JSON (but `/metrics`); an error is `{"error": "..."}` with a 4xx
+//! or 5xx status (a request that is not HTTP at all gets hyper's bare 400), and a bad request
+//! never stops the agent. A pick through the agent is released at
 //! once: the agent does not see the caller's call, so selectors that count calls in flight or
 //! time them learn nothing from it (report outcomes instead).
 
@@ -27,8 +28,15 @@ use crate::resolve::AddressResolver;
 /// The default address `wayfinder agent` listens on (loopback only).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 
+/// The most connections an agent serves at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// How long a request may take to arrive (its head, or a report's body), and the longest an
+/// answer waits for the registry (an unknown path's listing).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Renders the process's metrics as Prometheus text.
-pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+pub(crate) type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// The HTTP agent over one resolver (see the module docs for its API).
 #[derive(Clone)]
@@ -63,8 +71,9 @@ impl Agent {
     }
 
     /// Answers HTTP/1.1 requests on `listener` until the task running it is dropped or
-    /// aborted. Each connection runs on its own task; a failed accept (out of file
-    /// descriptors, say) is logged and retried after a pause.
+    /// aborted. Each connection runs on its own task, at most [`MAX_CONNECTIONS`] at once; a
+    /// connection that sends no complete request head within [`REQUEST_TIMEOUT`] is closed; a
+    /// failed accept (out of file descriptors, say) is logged and retried after a pause.
     pub async fn serve(self, listener: TcpListener) -> Result<()> {
         server::serve(Arc::new(self), listener).await
     }

@@ -93,6 +93,20 @@ enum Command {
         #[arg(long, default_value = wayfinder::agent::DEFAULT_LISTEN)]
         listen: String,
     },
+    /// Campaign in election NAME: prints `leader` once elected, then leads until SIGINT or
+    /// SIGTERM (and resigns) or until the leadership is lost (exit non-zero).
+    Elect {
+        /// The election's name.
+        name: String,
+        /// What observers see as the leader's value (an address, a host name).
+        #[arg(long)]
+        value: String,
+    },
+    /// Print the value of the current leader of election NAME; exit non-zero when none leads.
+    Leader {
+        /// The election's name.
+        name: String,
+    },
     /// Remove an address from every route.
     Deregister {
         /// HOST:PORT to remove.
@@ -189,6 +203,34 @@ async fn run(cli: Cli) -> Result<()> {
             registration.shutdown().await?;
             eprintln!("deregistered {address}");
         }
+        Command::Elect { name, value } => {
+            let election = registry.election()?;
+            let leadership = tokio::select! {
+                elected = election.campaign(&name, &value) => elected?,
+                stop = wait_for_stop_signal() => return stop,
+            };
+            println!("leader");
+            eprintln!("leading {name} with token {}", leadership.token());
+            tokio::select! {
+                () = leadership.lost() => {
+                    return Err(Error::new(ErrorKind::Unavailable, format!("lost the leadership of {name}")));
+                }
+                stop = wait_for_stop_signal() => {
+                    stop?;
+                    leadership.resign().await?;
+                    eprintln!("resigned from {name}");
+                }
+            }
+        }
+        Command::Leader { name } => match registry.election()?.leader(&name).await? {
+            Some(leader) => println!("{}", leader.value),
+            None => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("election {name} has no leader"),
+                ))
+            }
+        },
         Command::Resolve {
             path,
             key,

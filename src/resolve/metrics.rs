@@ -1,30 +1,40 @@
-//! A resolver's figures as metrics (feature `metrics`; see [`crate::metrics`] for the names): its counters and the
-//! states of its routes and endpoints, published once a second and on demand. Each resolver
-//! adds what changed since its last publication (and takes its gauges back when it drops), so
-//! several resolvers in one process add up.
+//! A resolver's figures as metrics (feature `metrics`; see [`crate::metrics`] for the names),
+//! published once a second and on demand. Counters go out as what was added since the last
+//! publication, so several resolvers add up. Gauges are set to the process's totals over every
+//! live resolver (the route and endpoint counts summed, the staleness the worst), so they are
+//! right from the first publication after a recorder is installed and drop a resolver's share
+//! when it goes.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::resolver::ResolverStats;
 use super::table::{RouteState, RouteTable};
+use crate::metrics::*;
 
 /// How often a resolver publishes its figures.
 pub(crate) const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What one resolver published last.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Figures {
+/// The counters one resolver published last.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
     found: u64,
     not_found: u64,
     fail_open: u64,
     ejections: u64,
     health_flips: u64,
     watch_reconnects: u64,
-    /// Routes by state: healthy, degraded, panic, empty.
-    routes: [f64; 4],
-    /// Endpoints by state: healthy, unhealthy, ejected.
-    endpoints: [f64; 3],
-    staleness: f64,
+}
+
+/// One resolver's gauges.
+#[derive(Debug, Default, Clone, Copy)]
+struct Gauges {
+    /// Routes by state, in [`ROUTE_STATES`] order.
+    routes: [u64; 4],
+    /// Endpoints by state, in [`ENDPOINT_STATES`] order.
+    endpoints: [u64; 3],
+    staleness_ms: u64,
 }
 
 const ROUTE_STATES: [RouteState; 4] = [
@@ -35,97 +45,137 @@ const ROUTE_STATES: [RouteState; 4] = [
 ];
 const ENDPOINT_STATES: [&str; 3] = ["healthy", "unhealthy", "ejected"];
 
-impl Figures {
+/// Every live resolver's last gauges, by publisher.
+static LIVE: Mutex<BTreeMap<u64, Gauges>> = Mutex::new(BTreeMap::new());
+static NEXT_PUBLISHER: AtomicU64 = AtomicU64::new(0);
+
+impl Gauges {
     fn of(stats: &ResolverStats, table: &RouteTable) -> Self {
-        let mut routes = [0.0; 4];
+        let mut gauges = Gauges {
+            staleness_ms: u64::try_from(stats.age.as_millis()).unwrap_or(u64::MAX),
+            ..Gauges::default()
+        };
         for entry in table.entries() {
             let state = entry.state();
             let slot = ROUTE_STATES.iter().position(|s| *s == state).unwrap_or(0);
-            routes[slot] += 1.0;
+            gauges.routes[slot] += 1;
         }
-        let mut endpoints = [0.0; 3];
         for endpoint in table.endpoints() {
             let slot = match (endpoint.is_healthy(), endpoint.is_ejected()) {
                 (false, _) => 1,
                 (true, true) => 2,
                 (true, false) => 0,
             };
-            endpoints[slot] += 1.0;
+            gauges.endpoints[slot] += 1;
         }
-        Figures {
-            found: stats.resolves.saturating_sub(stats.not_found),
+        gauges
+    }
+}
+
+/// What a publisher holds under its lock.
+#[derive(Debug, Default)]
+struct State {
+    published: Counts,
+    /// The resolver is gone: publish nothing more.
+    retracted: bool,
+}
+
+/// A resolver's publisher.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    id: u64,
+    state: Mutex<State>,
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Publisher {
+            id: NEXT_PUBLISHER.fetch_add(1, Ordering::Relaxed),
+            state: Mutex::default(),
+        }
+    }
+}
+
+impl Publisher {
+    /// Publishes the figures `read` gives, read under the publisher's lock (so a slower
+    /// publication never follows a newer one with older figures).
+    pub(crate) fn publish(&self, read: impl FnOnce() -> (ResolverStats, Arc<RouteTable>)) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.retracted {
+            return;
+        }
+        let (stats, table) = read();
+        let now = Counts {
+            found: stats.found,
             not_found: stats.not_found,
             fail_open: stats.fail_open,
             ejections: stats.ejections,
             health_flips: stats.health_flips,
             watch_reconnects: stats.watch_reconnects,
-            routes,
-            endpoints,
-            staleness: stats.age.as_secs_f64(),
+        };
+        state.published = add_counts(&state.published, &now);
+        let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(self.id, Gauges::of(&stats, &table));
+        set_totals(&live);
+    }
+
+    /// Takes the resolver's gauges out of the totals; it publishes nothing more.
+    pub(crate) fn retract(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.retracted = true;
+        let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        if live.remove(&self.id).is_some() {
+            set_totals(&live);
         }
     }
 }
 
-/// A resolver's publisher: remembers what it published, to add only the difference.
-#[derive(Debug, Default)]
-pub(crate) struct Publisher {
-    last: Mutex<Figures>,
-}
-
-impl Publisher {
-    /// Publishes the resolver's figures now.
-    pub(crate) fn publish(&self, stats: &ResolverStats, table: &RouteTable) {
-        let now = Figures::of(stats, table);
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        send(&last, &now);
-        *last = now;
-    }
-
-    /// Takes back this resolver's gauges (it is going away); its counters stay counted.
-    pub(crate) fn retract(&self) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let gone = Figures {
-            routes: [0.0; 4],
-            endpoints: [0.0; 3],
-            staleness: 0.0,
-            ..last.clone()
-        };
-        send(&last, &gone);
-        *last = gone;
-    }
-}
-
-/// Sends the difference between two publications to the recorder.
-fn send(before: &Figures, now: &Figures) {
-    use crate::metrics::*;
+/// Adds to each counter what it gained since `before`; returns what is published now (a
+/// counter never goes back).
+fn add_counts(before: &Counts, now: &Counts) -> Counts {
     let add = |name: &'static str, labels: &[(&'static str, &'static str)], from: u64, to: u64| {
         if to > from {
             ::metrics::counter!(name, labels).increment(to - from);
         }
+        from.max(to)
     };
-    add(RESOLUTIONS, &[("result", "found")], before.found, now.found);
-    add(
-        RESOLUTIONS,
-        &[("result", "not_found")],
-        before.not_found,
-        now.not_found,
-    );
-    add(FAIL_OPEN_SELECTIONS, &[], before.fail_open, now.fail_open);
-    add(EJECTIONS, &[], before.ejections, now.ejections);
-    add(HEALTH_FLIPS, &[], before.health_flips, now.health_flips);
-    add(
-        WATCH_RECONNECTS,
-        &[],
-        before.watch_reconnects,
-        now.watch_reconnects,
-    );
-    for (i, state) in ROUTE_STATES.iter().enumerate() {
-        ::metrics::gauge!(ROUTES, "state" => state.as_str())
-            .increment(now.routes[i] - before.routes[i]);
+    Counts {
+        found: add(RESOLUTIONS, &[("result", "found")], before.found, now.found),
+        not_found: add(
+            RESOLUTIONS,
+            &[("result", "not_found")],
+            before.not_found,
+            now.not_found,
+        ),
+        fail_open: add(FAIL_OPEN_SELECTIONS, &[], before.fail_open, now.fail_open),
+        ejections: add(EJECTIONS, &[], before.ejections, now.ejections),
+        health_flips: add(HEALTH_FLIPS, &[], before.health_flips, now.health_flips),
+        watch_reconnects: add(
+            WATCH_RECONNECTS,
+            &[],
+            before.watch_reconnects,
+            now.watch_reconnects,
+        ),
     }
-    for (i, state) in ENDPOINT_STATES.iter().enumerate() {
-        ::metrics::gauge!(ENDPOINTS, "state" => *state)
-            .increment(now.endpoints[i] - before.endpoints[i]);
+}
+
+/// Sets the gauges to the totals over every live resolver.
+fn set_totals(live: &BTreeMap<u64, Gauges>) {
+    let mut total = Gauges::default();
+    for gauges in live.values() {
+        for (sum, n) in total.routes.iter_mut().zip(gauges.routes) {
+            *sum += n;
+        }
+        for (sum, n) in total.endpoints.iter_mut().zip(gauges.endpoints) {
+            *sum += n;
+        }
+        total.staleness_ms = total.staleness_ms.max(gauges.staleness_ms);
     }
-    ::metrics::gauge!(REGISTRY_STALENESS).increment(now.staleness - before.staleness);
+    for (state, n) in ROUTE_STATES.iter().zip(total.routes) {
+        ::metrics::gauge!(ROUTES, "state" => state.as_str()).set(n as f64);
+    }
+    for (state, n) in ENDPOINT_STATES.iter().zip(total.endpoints) {
+        ::metrics::gauge!(ENDPOINTS, "state" => *state).set(n as f64);
+    }
+    ::metrics::gauge!(REGISTRY_STALENESS).set(total.staleness_ms as f64 / 1000.0);
 }

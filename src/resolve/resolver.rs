@@ -253,6 +253,8 @@ impl Drop for Resolved {
 pub struct ResolverStats {
     /// Lookups made (`resolve_*` and `try_resolve_*`), found or not.
     pub resolves: u64,
+    /// Lookups answered with an address (from the table, or after a fresh listing).
+    pub found: u64,
     /// Routes in the table.
     pub routes: usize,
     /// Distinct endpoints in the table.
@@ -282,6 +284,12 @@ pub struct ResolverStats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// Lookups the table could not answer (the path or id is not in it).
+    unanswered: AtomicU64,
+    /// Lookups the table answered with an error (a route with no usable address).
+    table_failures: AtomicU64,
+    /// Lookups answered with an address after a miss (a fresh listing found the route).
+    found_after_miss: AtomicU64,
     not_found: AtomicU64,
     fail_open: AtomicU64,
     protected_routes: AtomicUsize,
@@ -591,9 +599,18 @@ impl AddressResolver {
     }
 
     fn lookup_in_table(&self, lookup: &Lookup<'_>, key: Option<&[u8]>) -> Option<Result<Resolved>> {
-        self.shared
+        let answer = self
+            .shared
             .table
-            .lookup(|table| lookup.find(table).map(|entry| self.choose(entry, key)))
+            .lookup(|table| lookup.find(table).map(|entry| self.choose(entry, key)));
+        // Counted off the hot path: what the per-thread lookup count does not tell.
+        let counters = &self.shared.counters;
+        match &answer {
+            None => counters.unanswered.fetch_add(1, Ordering::Relaxed),
+            Some(Err(_)) => counters.table_failures.fetch_add(1, Ordering::Relaxed),
+            Some(Ok(_)) => 0,
+        };
+        answer
     }
 
     fn resolve<'a>(&'a self, lookup: Lookup<'a>, key: Option<&'a [u8]>) -> ResolveFuture<'a> {
@@ -601,7 +618,10 @@ impl AddressResolver {
             Some(resolved) => ResolveFuture::Ready(Some(resolved)),
             None => ResolveFuture::Miss(Box::pin(async move {
                 let entry = self.miss(lookup).await?;
-                self.choose(&entry, key)
+                let resolved = self.choose(&entry, key)?;
+                let counters = &self.shared.counters;
+                counters.found_after_miss.fetch_add(1, Ordering::Relaxed);
+                Ok(resolved)
             })),
         }
     }
@@ -758,8 +778,7 @@ impl AddressResolver {
     /// second): before an exporter renders them, say. See [`crate::metrics`].
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
-        let table = self.shared.table.load_full();
-        self.shared.published.publish(&stats(&self.shared), &table);
+        publish(&self.shared);
     }
 
     /// Counters and freshness.
@@ -773,8 +792,14 @@ fn stats(shared: &Shared) -> ResolverStats {
     let table = shared.table.load_full();
     let status = shared.status();
     let counters = &shared.counters;
+    let resolves = shared.table.lookups();
+    let found = resolves
+        .saturating_sub(counters.unanswered.load(Ordering::Relaxed))
+        .saturating_sub(counters.table_failures.load(Ordering::Relaxed))
+        + counters.found_after_miss.load(Ordering::Relaxed);
     ResolverStats {
-        resolves: shared.table.lookups(),
+        resolves,
+        found,
         routes: table.len(),
         endpoints: table.endpoint_count(),
         not_found: counters.not_found.load(Ordering::Relaxed),
@@ -963,8 +988,6 @@ async fn follow(watch: Option<RouteWatch>, mut view: View, shared: std::sync::We
     }
 }
 
-/// Every outlier interval: ends due ejections and evaluates failure percentages over the table's
-/// endpoints.
 /// Publishes the resolver's metrics every second, for as long as it lives.
 #[cfg(feature = "metrics")]
 async fn publish_metrics(shared: Weak<Shared>) {
@@ -973,13 +996,21 @@ async fn publish_metrics(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let resolver_stats = stats(&shared);
-        shared
-            .published
-            .publish(&resolver_stats, &shared.table.load_full());
+        publish(&shared);
     }
 }
 
+/// Publishes a resolver's figures now (its publisher reads them under its own lock, so two
+/// publications never cross).
+#[cfg(feature = "metrics")]
+fn publish(shared: &Shared) {
+    shared
+        .published
+        .publish(|| (stats(shared), shared.table.load_full()));
+}
+
+/// Every outlier interval: ends due ejections and evaluates failure percentages over the table's
+/// endpoints.
 async fn sweep_outliers(shared: Weak<Shared>) {
     let Some(interval) = shared
         .upgrade()

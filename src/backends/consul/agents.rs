@@ -37,6 +37,9 @@ pub(crate) struct KvPair {
     /// The session holding the key, if any.
     #[serde(rename = "Session", default)]
     pub session: Option<String>,
+    /// How many times the key has been acquired (a lock's fencing token).
+    #[serde(rename = "LockIndex", default)]
+    pub lock_index: u64,
 }
 
 impl KvPair {
@@ -127,6 +130,18 @@ impl Agents {
     /// it is empty) recursively; with `index > 0` it is a blocking query.
     pub(crate) async fn list(&self, scope: &str, index: u64) -> Result<Listing> {
         let prefix = format!("{}{scope}", self.config.layout.prefix());
+        self.read("list", &prefix, true, index).await
+    }
+
+    /// Reads one key: its pair (none when it does not exist) and the index to block on next;
+    /// with `index > 0` it is a blocking query.
+    pub(super) async fn read_key(&self, key: &str, index: u64) -> Result<(Option<KvPair>, u64)> {
+        let listing = self.read("read", key, false, index).await?;
+        Ok((listing.pairs.into_iter().next(), listing.index))
+    }
+
+    /// Reads `path` (recursively, or the one key), blocking while `index > 0`.
+    async fn read(&self, action: &str, path: &str, recurse: bool, index: u64) -> Result<Listing> {
         let wait = self.config.wait;
         let timeout = if index > 0 {
             // Consul adds up to wait/16 of jitter to a blocking query.
@@ -135,10 +150,13 @@ impl Agents {
             self.config.timeout
         };
         let response = self
-            .send("list", timeout, |http, agent| {
-                let request = http
-                    .get(format!("{agent}/v1/kv/{prefix}"))
-                    .query(&[("recurse", "true")]);
+            .send(action, timeout, |http, agent| {
+                let request = http.get(format!("{agent}/v1/kv/{path}"));
+                let request = if recurse {
+                    request.query(&[("recurse", "true")])
+                } else {
+                    request
+                };
                 if index > 0 {
                     request.query(&[
                         ("index", index.to_string()),
@@ -168,7 +186,7 @@ impl Agents {
                 filtered,
             }),
             s if s.is_success() => {
-                let pairs = pairs_of("list", response).await?;
+                let pairs = pairs_of(action, response).await?;
                 Ok(Listing {
                     pairs,
                     index,
@@ -176,7 +194,7 @@ impl Agents {
                 })
             }
             s => Err(error_from(
-                "list",
+                action,
                 s,
                 &response.text().await.unwrap_or_default(),
             )),

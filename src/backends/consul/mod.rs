@@ -9,6 +9,7 @@
 
 mod agents;
 mod config;
+mod election;
 mod feed;
 mod liveness;
 mod session;
@@ -24,6 +25,7 @@ pub use config::ConsulConfig;
 
 use crate::backends::shared::{clear_beside, remove_from_shared, SurgingLayout};
 use crate::decode::decode_in_halves;
+use crate::election::RegistryElection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource};
 use crate::registration::Registration;
@@ -194,6 +196,16 @@ impl ScopedReader for ConsulRouteManager {
 
 #[async_trait]
 impl RouteManager for ConsulRouteManager {
+    fn election(&self) -> Result<Arc<dyn crate::election::Election>> {
+        // Consul's sessions last at least 10 s; the leader's deadlines follow the session's.
+        let ttl = self.inner.config().ttl.max(MIN_SESSION_TTL);
+        Ok(Arc::new(RegistryElection::new(
+            self.inner.clone(),
+            ttl,
+            "consul",
+        )))
+    }
+
     async fn register(&self, instance: Instance) -> Result<Registration> {
         let ttl = self.inner.config().ttl;
         match self.inner.config().layout.style() {

@@ -15,11 +15,24 @@ impl ConsulStore {
     /// A fresh session named after the instance `id`, lapsing `ttl` (at least Consul's 10 s)
     /// after its last renewal.
     pub(super) async fn create_session(&self, id: &str, ttl: Duration) -> Result<String> {
+        self.new_session(&format!("wayfinder {id}"), ttl, "delete")
+            .await
+    }
+
+    /// A fresh session called `name`, lapsing `ttl` (at least Consul's 10 s) after its last
+    /// renewal; when it lapses, the keys it locks are deleted or released (`behavior`). No lock
+    /// delay: the session's holders give their locks up before it can lapse.
+    pub(super) async fn new_session(
+        &self,
+        name: &str,
+        ttl: Duration,
+        behavior: &str,
+    ) -> Result<String> {
         let ttl = ttl.max(MIN_SESSION_TTL);
         let body = serde_json::json!({
-            "Name": format!("wayfinder {id}"),
+            "Name": name,
             "TTL": format!("{}s", ttl.as_secs()),
-            "Behavior": "delete",
+            "Behavior": behavior,
             "LockDelay": "0s",
         });
         let response = self

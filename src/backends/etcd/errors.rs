@@ -1,6 +1,7 @@
 //! etcd client errors as wayfinder errors that say what failed and where ("etcd
 //! 127.0.0.1:2379 refused the connection (list)"), not the gRPC stack's internals.
 
+use super::members::{CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE, UNKNOWN};
 use super::{status_code, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED};
 use crate::error::{Error, ErrorKind};
 
@@ -46,30 +47,43 @@ fn kind(err: &etcd_client::Error) -> ErrorKind {
     }
 }
 
-/// What went wrong, as a phrase that follows "etcd HOST:PORT".
+/// What went wrong, as a phrase that follows "etcd HOST:PORT". Only connection failures are
+/// put in words of their own; etcd's answers are quoted.
 fn phrase(err: &etcd_client::Error) -> String {
-    let chain = chain(err);
-    let lower = chain.to_ascii_lowercase();
-    let said = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
-    if said(&["connection refused"]) {
-        return "refused the connection".to_owned();
-    }
-    if said(&[
-        "connection reset",
-        "broken pipe",
-        "connection closed",
-        "stream closed",
-    ]) {
-        return "dropped the connection".to_owned();
-    }
-    if said(&["dns error", "failed to lookup", "name or service not known"]) {
-        return "could not be found by name".to_owned();
-    }
-    if said(&["certificate", "tls", "handshake"]) {
-        return format!("refused the TLS handshake: {}", innermost(err));
-    }
-    if said(&["timed out", "deadline"]) {
-        return "did not answer in time".to_owned();
+    let connection_level = match err {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(_) => matches!(
+            status_code(err),
+            Some(CANCELLED | UNKNOWN | DEADLINE_EXCEEDED | UNAVAILABLE)
+        ),
+        _ => false,
+    };
+    if connection_level {
+        let lower = chain(err).to_ascii_lowercase();
+        let said = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+        if said(&["connection refused"]) {
+            return "refused the connection".to_owned();
+        }
+        if said(&["timed out", "deadline has elapsed", "deadline exceeded"]) {
+            return "did not answer in time".to_owned();
+        }
+        if said(&["connection reset", "broken pipe", "connection closed"]) {
+            return "dropped the connection".to_owned();
+        }
+        if said(&[
+            "dns error",
+            "failed to lookup address",
+            "name or service not known",
+        ]) {
+            return "could not be found by name".to_owned();
+        }
+        if said(&[
+            "invalid peer certificate",
+            "tls handshake",
+            "certificate verify",
+        ]) {
+            return format!("failed the TLS handshake: {}", innermost(err));
+        }
     }
     match err {
         etcd_client::Error::GRpcStatus(status) => {

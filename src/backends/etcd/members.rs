@@ -26,10 +26,10 @@ use super::{etcd_error_at, status_code, UNAUTHENTICATED};
 use crate::error::{Error, ErrorKind, Result};
 
 /// gRPC status codes that say a member could not serve the request (tonic's `Code` values).
-const CANCELLED: i32 = 1;
-const UNKNOWN: i32 = 2;
-const DEADLINE_EXCEEDED: i32 = 4;
-const UNAVAILABLE: i32 = 14;
+pub(super) const CANCELLED: i32 = 1;
+pub(super) const UNKNOWN: i32 = 2;
+pub(super) const DEADLINE_EXCEEDED: i32 = 4;
+pub(super) const UNAVAILABLE: i32 = 14;
 
 /// The cluster's members, each with its own lazily connected client.
 pub(crate) struct Members {
@@ -146,7 +146,7 @@ impl Members {
                 break;
             }
         }
-        Err(every_member_failed(action, failures))
+        Err(every_member_failed(action, failures, count))
     }
 
     /// The client of the preferred member (connected, and authenticated, if it was not yet),
@@ -199,15 +199,18 @@ impl Members {
     }
 }
 
-/// One error for a request that every member tried failed: the one member's, or each member's
-/// in turn.
-fn every_member_failed(action: &str, mut failures: Vec<Error>) -> Error {
+/// One error for a request that failed at every member it tried in time: the one member's, or
+/// each member's in turn.
+fn every_member_failed(action: &str, mut failures: Vec<Error>, members: usize) -> Error {
     match failures.len() {
         0 => Error::new(ErrorKind::Unavailable, format!("etcd {action}: no member")),
-        1 => failures.remove(0),
-        _ => {
+        1 if members == 1 => failures.remove(0),
+        tried => {
             let each: Vec<&str> = failures.iter().map(Error::message).collect();
-            let message = format!("no etcd member answered: {}", each.join("; "));
+            let message = format!(
+                "no etcd member answered ({tried} of {members} tried in time): {}",
+                each.join("; ")
+            );
             let last = failures.remove(failures.len() - 1);
             Error::new(last.kind(), message).with_source(last)
         }

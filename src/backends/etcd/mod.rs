@@ -7,6 +7,7 @@
 //! request goes through `Members` (in `members`), which sends it to a member that answers.
 
 mod config;
+mod election;
 mod errors;
 mod feed;
 mod lease;
@@ -28,6 +29,7 @@ use members::Members;
 
 use crate::backends::shared::{clear_beside, remove_from_shared, SurgingLayout};
 use crate::decode::decode_in_halves;
+use crate::election::RegistryElection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource};
 use crate::registration::Registration;
@@ -316,6 +318,15 @@ impl ScopedReader for EtcdRouteManager {
 
 #[async_trait]
 impl RouteManager for EtcdRouteManager {
+    fn election(&self) -> Result<Arc<dyn crate::election::Election>> {
+        let ttl = self.inner.config.ttl;
+        Ok(Arc::new(RegistryElection::new(
+            self.inner.clone(),
+            ttl,
+            "etcd",
+        )))
+    }
+
     async fn register(&self, instance: Instance) -> Result<Registration> {
         let ttl = self.inner.config.ttl;
         match self.inner.config.layout.style() {

@@ -13,6 +13,7 @@
 //! single read and reports a missing file as empty.
 
 mod document;
+mod election;
 mod feed;
 mod storage;
 
@@ -26,6 +27,7 @@ use self::document::{Document, InstanceRecord};
 use self::storage::FileStorage;
 use crate::clock::now_ms;
 use crate::config::BackendOptions;
+use crate::election::RegistryElection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{Instance, RouteManager, RouteSource, DEFAULT_TTL};
 use crate::registration::{Liveness, LivenessStore, Registration, Rewrite};
@@ -292,6 +294,16 @@ impl RouteSource for FileRouteManager {
 
 #[async_trait]
 impl RouteManager for FileRouteManager {
+    fn election(&self) -> Result<Arc<dyn crate::election::Election>> {
+        let store = election::FileElections::beside(self.inner.storage.path());
+        let ttl = self.inner.config.ttl;
+        Ok(Arc::new(RegistryElection::new(
+            Arc::new(store),
+            ttl,
+            "file",
+        )))
+    }
+
     async fn register(&self, instance: Instance) -> Result<Registration> {
         Registration::start(
             Arc::new(self.clone()),

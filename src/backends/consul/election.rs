@@ -1,0 +1,125 @@
+//! Elections on Consul, as Consul's leader-election guide describes: each campaigner holds a
+//! session (`Behavior=release`) and tries `acquire` on the election's key; the holder leads,
+//! and the key's lock index, which every acquisition raises, is the fencing token. The others
+//! wait on a blocking query of the key until it is free.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+
+use super::agents::{error_from, KvPair};
+use super::ConsulStore;
+use crate::election::{ElectionStore, Leader};
+use crate::error::{Error, ErrorKind, Result};
+use crate::registration::Liveness;
+
+/// One campaign on Consul: its session.
+pub(crate) struct ConsulCampaign {
+    session: String,
+}
+
+/// The leader a key names: its value, while a session holds it.
+fn leader_of(pair: Option<&KvPair>) -> Result<Option<Leader>> {
+    match pair {
+        Some(pair) if pair.session.is_some() => Ok(Some(Leader {
+            value: String::from_utf8_lossy(&pair.bytes()?).into_owned(),
+            token: pair.lock_index,
+        })),
+        _ => Ok(None),
+    }
+}
+
+impl ConsulStore {
+    /// The election's key.
+    fn election_key(&self, name: &str) -> String {
+        format!("{}{name}", self.config().layout.beside_prefix("election"))
+    }
+
+    /// `PUT /v1/kv/<key>?<verb>=<session>`: whether Consul did it.
+    async fn lock_call(&self, verb: &str, key: &str, session: &str, value: &str) -> Result<bool> {
+        let action = format!("election {verb}");
+        let timeout = self.config().timeout;
+        let response = self
+            .agents
+            .send(&action, timeout, |http, agent| {
+                http.put(format!("{agent}/v1/kv/{key}"))
+                    .query(&[(verb, session)])
+                    .body(value.to_owned())
+            })
+            .await?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status != StatusCode::OK {
+            return Err(error_from(&action, status, &body));
+        }
+        Ok(body.trim() == "true")
+    }
+}
+
+#[async_trait]
+impl ElectionStore for ConsulStore {
+    type Lease = ConsulCampaign;
+
+    async fn grant(&self, name: &str, ttl: Duration) -> Result<ConsulCampaign> {
+        let session = self
+            .new_session(&format!("wayfinder election {name}"), ttl, "release")
+            .await?;
+        Ok(ConsulCampaign { session })
+    }
+
+    async fn renew(&self, campaign: &ConsulCampaign) -> Result<Liveness> {
+        self.renew_session(&campaign.session).await
+    }
+
+    async fn acquire(&self, name: &str, value: &str, campaign: &ConsulCampaign) -> Result<u64> {
+        let key = self.election_key(name);
+        let session = campaign.session.as_str();
+        loop {
+            if self.lock_call("acquire", &key, session, value).await? {
+                let (pair, _) = self.agents.read_key(&key, 0).await?;
+                match pair {
+                    Some(pair) if pair.session.as_deref() == Some(session) => {
+                        return Ok(pair.lock_index)
+                    }
+                    // Released under us between the two requests (the session lapsed).
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::Unavailable,
+                            format!("election {name}: the lock was lost as it was taken"),
+                        ))
+                    }
+                }
+            }
+            // Held by another session: wait until the key changes, then try again.
+            let (mut pair, mut index) = self.agents.read_key(&key, 0).await?;
+            while pair.as_ref().is_some_and(|p| p.session.is_some()) {
+                (pair, index) = self.agents.read_key(&key, index.max(1)).await?;
+            }
+        }
+    }
+
+    async fn release(&self, name: &str, campaign: ConsulCampaign) -> Result<()> {
+        let key = self.election_key(name);
+        if let Err(err) = self.lock_call("release", &key, &campaign.session, "").await {
+            tracing::debug!(error = %err, "consul release failed; destroying the session does it");
+        }
+        self.destroy_session(&campaign.session).await
+    }
+
+    async fn leader(&self, name: &str) -> Result<Option<Leader>> {
+        let (pair, _) = self.agents.read_key(&self.election_key(name), 0).await?;
+        leader_of(pair.as_ref())
+    }
+
+    async fn next_leader(&self, name: &str, seen: &Option<Leader>) -> Result<Option<Leader>> {
+        let key = self.election_key(name);
+        let (pair, index) = self.agents.read_key(&key, 0).await?;
+        let leader = leader_of(pair.as_ref())?;
+        if &leader != seen {
+            return Ok(leader);
+        }
+        let (pair, _) = self.agents.read_key(&key, index.max(1)).await?;
+        leader_of(pair.as_ref())
+    }
+}

@@ -1,0 +1,217 @@
+//! Elections in the file backend: one JSON document beside the routes file
+//! (`<file>.elections.json`), edited under its own lock file. A leader's record carries an
+//! expiry that its heartbeat pushes back; a record past its expiry is free to take.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::blocking;
+use crate::clock::now_ms;
+use crate::election::{ElectionStore, Leader};
+use crate::error::{Error, Result};
+use crate::registration::Liveness;
+
+/// How often a campaigner or an observer reads the document again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// One election's record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Record {
+    /// The leader's value.
+    value: String,
+    /// The leader's campaign, while one leads.
+    holder: Option<String>,
+    /// The last leader's fencing token; the next one gets one more.
+    token: u64,
+    /// When the leadership lapses unless renewed, ms since the Unix epoch.
+    expires_ms: u64,
+}
+
+impl Record {
+    fn leader(&self, now_ms: u64) -> Option<Leader> {
+        (self.holder.is_some() && self.expires_ms > now_ms).then(|| Leader {
+            value: self.value.clone(),
+            token: self.token,
+        })
+    }
+}
+
+/// The elections document of a routes file.
+#[derive(Debug, Clone)]
+pub(crate) struct FileElections {
+    path: PathBuf,
+    lock_path: PathBuf,
+}
+
+/// One campaign in the file backend.
+#[derive(Debug)]
+pub(crate) struct FileCampaign {
+    id: String,
+    name: String,
+    ttl: Duration,
+    /// Whether it has been elected (a renewal then needs the record to be its own).
+    leading: AtomicBool,
+}
+
+impl FileElections {
+    /// The elections beside the routes file `routes`.
+    pub(crate) fn beside(routes: &Path) -> Self {
+        let mut path = routes.as_os_str().to_owned();
+        path.push(".elections.json");
+        let path = PathBuf::from(path);
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        FileElections {
+            path,
+            lock_path: PathBuf::from(lock_path),
+        }
+    }
+
+    fn read(path: &Path) -> Result<BTreeMap<String, Record>> {
+        match fs::read(path) {
+            Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(BTreeMap::new()),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::malformed(format!("{}: {e}; fix or remove the file", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(Error::from(e).context(format!("read {}", path.display()))),
+        }
+    }
+
+    /// Runs `edit` on the document under the lock and writes it back.
+    async fn update<R: Send + 'static>(
+        &self,
+        edit: impl FnOnce(&mut BTreeMap<String, Record>) -> R + Send + 'static,
+    ) -> Result<R> {
+        let (path, lock_path) = (self.path.clone(), self.lock_path.clone());
+        blocking(move || {
+            let context = |action: &str, path: &Path| format!("{action} {}", path.display());
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                fs::create_dir_all(dir)
+                    .map_err(|e| Error::from(e).context(context("create", dir)))?;
+            }
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| Error::from(e).context(context("open", &lock_path)))?;
+            lock.lock()
+                .map_err(|e| Error::from(e).context(context("lock", &lock_path)))?;
+            let mut records = Self::read(&path)?;
+            let result = edit(&mut records);
+            let bytes = serde_json::to_vec_pretty(&records)
+                .map_err(|e| Error::malformed(format!("elections: {e}")))?;
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            let mut temp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))
+                .map_err(|e| Error::from(e).context(context("create a temp file beside", &path)))?;
+            temp.write_all(&bytes)
+                .and_then(|()| temp.as_file().sync_all())
+                .map_err(|e| Error::from(e).context(context("write", temp.path())))?;
+            temp.persist(&path)
+                .map_err(|e| Error::from(e.error).context(context("replace", &path)))?;
+            drop(lock);
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn record(&self, name: &str) -> Result<Option<Record>> {
+        let (path, name) = (self.path.clone(), name.to_owned());
+        blocking(move || Ok(Self::read(&path)?.remove(&name))).await
+    }
+}
+
+#[async_trait]
+impl ElectionStore for FileElections {
+    type Lease = FileCampaign;
+
+    async fn grant(&self, name: &str, ttl: Duration) -> Result<FileCampaign> {
+        Ok(FileCampaign {
+            id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            name: name.to_owned(),
+            ttl,
+            leading: AtomicBool::new(false),
+        })
+    }
+
+    async fn renew(&self, campaign: &FileCampaign) -> Result<Liveness> {
+        if !campaign.leading.load(Ordering::SeqCst) {
+            // A candidate holds nothing that could lapse.
+            return Ok(Liveness::Alive);
+        }
+        let (id, name) = (campaign.id.clone(), campaign.name.clone());
+        let expires = now_ms() + campaign.ttl.as_millis() as u64;
+        let held = self
+            .update(move |records| match records.get_mut(&name) {
+                Some(record) if record.holder.as_deref() == Some(id.as_str()) => {
+                    record.expires_ms = expires;
+                    true
+                }
+                _ => false,
+            })
+            .await?;
+        Ok(if held {
+            Liveness::Alive
+        } else {
+            Liveness::Lost
+        })
+    }
+
+    async fn acquire(&self, name: &str, value: &str, campaign: &FileCampaign) -> Result<u64> {
+        loop {
+            let (id, name_, value) = (campaign.id.clone(), name.to_owned(), value.to_owned());
+            let expires = now_ms() + campaign.ttl.as_millis() as u64;
+            let taken = self
+                .update(move |records| {
+                    let record = records.entry(name_).or_default();
+                    if record.leader(now_ms()).is_some() {
+                        return None;
+                    }
+                    record.token += 1;
+                    record.holder = Some(id);
+                    record.value = value;
+                    record.expires_ms = expires;
+                    Some(record.token)
+                })
+                .await?;
+            if let Some(token) = taken {
+                campaign.leading.store(true, Ordering::SeqCst);
+                return Ok(token);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn release(&self, name: &str, campaign: FileCampaign) -> Result<()> {
+        if !campaign.leading.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let name = name.to_owned();
+        self.update(move |records| {
+            if let Some(record) = records.get_mut(&name) {
+                if record.holder.as_deref() == Some(campaign.id.as_str()) {
+                    record.holder = None;
+                    record.expires_ms = 0;
+                }
+            }
+        })
+        .await
+    }
+
+    async fn leader(&self, name: &str) -> Result<Option<Leader>> {
+        Ok(self.record(name).await?.and_then(|r| r.leader(now_ms())))
+    }
+
+    async fn next_leader(&self, name: &str, _seen: &Option<Leader>) -> Result<Option<Leader>> {
+        tokio::time::sleep(POLL).await;
+        self.leader(name).await
+    }
+}

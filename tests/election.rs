@@ -27,6 +27,9 @@ trait Place: Sized {
     fn endpoint(&self) -> Option<String>;
     /// How long after a leader stops renewing another may be elected at the latest.
     fn lapse_bound() -> Duration;
+    /// How long after a leader stops renewing another may be elected at the earliest (its
+    /// last renewal may have gone out a third of the TTL before).
+    fn early_bound() -> Duration;
 }
 
 fn namespace() -> String {
@@ -62,6 +65,10 @@ impl Place for Etcd {
 
     fn lapse_bound() -> Duration {
         Duration::from_secs(3 + 2)
+    }
+
+    fn early_bound() -> Duration {
+        Duration::from_secs(3) * 2 / 3
     }
 }
 
@@ -99,6 +106,10 @@ impl Place for Consul {
     fn lapse_bound() -> Duration {
         Duration::from_secs(2 * 10 + 2)
     }
+
+    fn early_bound() -> Duration {
+        Duration::from_secs(10) * 2 / 3
+    }
 }
 
 struct File {
@@ -125,6 +136,10 @@ impl Place for File {
 
     fn lapse_bound() -> Duration {
         Duration::from_secs(2 + 2)
+    }
+
+    fn early_bound() -> Duration {
+        Duration::from_secs(2) * 2 / 3
     }
 }
 
@@ -283,6 +298,11 @@ async fn a_killed_leader_is_replaced_within_its_liveness_on<P: Place>() {
 
     let successor = election(&place).await;
     let next = tokio::spawn(async move { successor.campaign("jobs", "next").await.unwrap() });
+    // While the child leads, the other campaigner waits (given time to be elected wrongly).
+    tokio::time::sleep(P::early_bound() / 2).await;
+    let leading = election(&place).await.leader("jobs").await.unwrap();
+    assert_eq!(leading.map(|l| l.value).as_deref(), Some("doomed"));
+    assert!(!next.is_finished(), "elected while another leads");
     let killed = Instant::now();
     child.start_kill().unwrap();
     child.wait().await.unwrap();
@@ -294,6 +314,15 @@ async fn a_killed_leader_is_replaced_within_its_liveness_on<P: Place>() {
     assert!(
         took <= P::lapse_bound(),
         "a new leader {took:?} after the kill"
+    );
+    eprintln!(
+        "killed leader replaced after {took:?} ({:?} bound)",
+        P::lapse_bound()
+    );
+    // Not before the killed leader's liveness could have lapsed.
+    assert!(
+        took >= P::early_bound(),
+        "a new leader only {took:?} after the kill"
     );
     assert!(elected.token() > doomed_token);
     elected.resign().await.unwrap();
@@ -358,4 +387,56 @@ async fn etcd_a_cut_off_leader_gives_up_before_another_is_elected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_a_cut_off_leader_gives_up_before_another_is_elected() {
     a_cut_off_leader_gives_up_before_another_is_elected_on::<Consul>().await;
+}
+
+/// `wayfinder elect` on SIGTERM: resigns and exits 0, and the next campaigner leads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_resigns_on_sigterm() {
+    common::init_logging();
+    let place = File::new().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayfinder"))
+        .args([
+            "--backend",
+            &place.url(None),
+            "elect",
+            "jobs",
+            "--value",
+            "cli",
+        ])
+        .env_remove("WAYFINDER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the child is elected")
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("leader"));
+    // At once: the signal comes right after `leader` is printed.
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let successor = election(&place).await;
+    let next = tokio::spawn(async move { successor.campaign("jobs", "next").await.unwrap() });
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the child stops")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let stopped = Instant::now();
+    let elected = tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("elected after the resignation")
+        .unwrap();
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "handed over {took:?} after the exit"
+    );
+    elected.resign().await.unwrap();
 }

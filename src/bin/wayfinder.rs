@@ -204,10 +204,11 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("deregistered {address}");
         }
         Command::Elect { name, value } => {
+            let mut stop = StopSignals::new()?;
             let election = registry.election()?;
             let leadership = tokio::select! {
                 elected = election.campaign(&name, &value) => elected?,
-                stop = wait_for_stop_signal() => return stop,
+                stopped = stop.recv() => return stopped,
             };
             println!("leader");
             eprintln!("leading {name} with token {}", leadership.token());
@@ -215,8 +216,8 @@ async fn run(cli: Cli) -> Result<()> {
                 () = leadership.lost() => {
                     return Err(Error::new(ErrorKind::Unavailable, format!("lost the leadership of {name}")));
                 }
-                stop = wait_for_stop_signal() => {
-                    stop?;
+                stopped = stop.recv() => {
+                    stopped?;
                     leadership.resign().await?;
                     eprintln!("resigned from {name}");
                 }
@@ -321,21 +322,44 @@ fn to_pretty(value: &impl serde::Serialize) -> Result<String> {
         .map_err(|e| Error::invalid_input(format!("cannot print JSON: {e}")))
 }
 
-#[cfg(unix)]
-async fn wait_for_stop_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result?,
-        _ = terminate.recv() => {}
-    }
-    Ok(())
+/// SIGINT and SIGTERM, listened for from the moment this is made (a signal that comes before
+/// the first wait is kept, not lost).
+struct StopSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
 }
 
-#[cfg(not(unix))]
+impl StopSignals {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    async fn recv(&mut self) -> Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    }
+}
+
 async fn wait_for_stop_signal() -> Result<()> {
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+    StopSignals::new()?.recv().await
 }
 
 /// A resolver with the configured settings but no health checks: one-shot commands answer from

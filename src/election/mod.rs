@@ -60,10 +60,11 @@ pub trait Election: Send + Sync + fmt::Debug {
     fn observe(&self, name: &str) -> LeaderStream;
 }
 
-/// Checks an election name: letters, digits, `.`, `_` and `-`, 1 to 128 of them.
+/// Checks an election name: letters, digits, `.`, `_` and `-`, 1 to 128 of them, not dots alone.
 pub(crate) fn validate_name(name: &str) -> Result<()> {
     let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty() || name.len() > 128 || !name.chars().all(fine) {
+    let only_dots = name.chars().all(|c| c == '.');
+    if name.is_empty() || name.len() > 128 || !name.chars().all(fine) || only_dots {
         return Err(Error::invalid_input(format!(
             "election name {name:?} must be 1-128 letters, digits, '.', '_' or '-'"
         )));
@@ -73,6 +74,7 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 
 /// Leading an election. Keep it for as long as the process acts as the leader, and stop acting
 /// when [`Leadership::lost`] fires. Dropping it resigns in the background.
+#[must_use = "dropping a leadership resigns it"]
 pub struct Leadership {
     name: String,
     value: String,
@@ -144,18 +146,6 @@ impl Leadership {
         match self.tenure.take() {
             Some(tenure) => tenure.end().await,
             None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        if let Some(tenure) = self.tenure.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = tenure.end().await;
-                });
-            }
         }
     }
 }

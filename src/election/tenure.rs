@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{validate_name, Leader, LeaderStream, Leadership};
@@ -53,24 +54,55 @@ pub(crate) trait Tenure: Send + Sync {
     fn end(self: Box<Self>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 }
 
-struct Held<S: ElectionStore> {
+/// A campaign's hold: its liveness and the task renewing it.
+struct Hold<S: ElectionStore> {
     store: Arc<S>,
     name: String,
     lease: Arc<S::Lease>,
-    keeper: tokio::task::JoinHandle<()>,
+    keeper: JoinHandle<()>,
+}
+
+impl<S: ElectionStore> Hold<S> {
+    /// Stops the keeper and releases the liveness.
+    async fn release(self) -> Result<()> {
+        self.keeper.abort();
+        let _ = self.keeper.await;
+        match Arc::try_unwrap(self.lease) {
+            Ok(lease) => self.store.release(&self.name, lease).await,
+            // The keeper is gone, so nobody else holds the lease.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// A [`Hold`] until it is ended. Dropped without [`Tenure::end`] (a cancelled campaign, a
+/// dropped leadership), it stops renewing and releases in the background on the runtime it
+/// started on.
+struct Held<S: ElectionStore> {
+    hold: Option<Hold<S>>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl<S: ElectionStore> Tenure for Held<S> {
-    fn end(self: Box<Self>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    fn end(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+        let hold = self.hold.take();
         Box::pin(async move {
-            self.keeper.abort();
-            let _ = (&mut { self.keeper }).await;
-            match Arc::try_unwrap(self.lease) {
-                Ok(lease) => self.store.release(&self.name, lease).await,
-                // The keeper is gone, so nobody else holds the lease.
-                Err(_) => Ok(()),
+            match hold {
+                Some(hold) => hold.release().await,
+                None => Ok(()),
             }
         })
+    }
+}
+
+impl<S: ElectionStore> Drop for Held<S> {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            hold.keeper.abort();
+            self.runtime.spawn(async move {
+                let _ = hold.release().await;
+            });
+        }
     }
 }
 
@@ -87,18 +119,33 @@ pub(crate) async fn campaign<S: ElectionStore>(
     let (lost_tx, mut lost) = watch::channel(false);
     let keeper = tokio::spawn(keep_alive(store.clone(), lease.clone(), ttl, sent, lost_tx));
     let held = Held {
-        store: store.clone(),
-        name: name.to_owned(),
-        lease,
-        keeper,
+        hold: Some(Hold {
+            store: store.clone(),
+            name: name.to_owned(),
+            lease: lease.clone(),
+            keeper,
+        }),
+        runtime: tokio::runtime::Handle::current(),
     };
-    let acquired = tokio::select! {
-        token = store.acquire(name, value, &held.lease) => token,
-        _ = lost.wait_for(|lost| *lost) => Err(Error::new(
+    let gone = || {
+        Error::new(
             ErrorKind::Unavailable,
             format!("election {name}: liveness lost while campaigning"),
-        )),
+        )
     };
+    let acquired = tokio::select! {
+        biased;
+        _ = lost.wait_for(|lost| *lost) => Err(gone()),
+        token = store.acquire(name, value, &lease) => token,
+    };
+    // Elected just as the liveness ran out: no leadership to hand out.
+    let acquired = acquired.and_then(|token| {
+        if *lost.borrow() {
+            Err(gone())
+        } else {
+            Ok(token)
+        }
+    });
     match acquired {
         Ok(token) => {
             tracing::info!(election = name, token, "elected");
@@ -143,7 +190,10 @@ async fn keep_alive<S: ElectionStore>(
             let _ = lost.send(true);
             return;
         }
-        match tokio::time::timeout_at(deadline, store.renew(&lease)).await {
+        // One attempt may take half a renewal period: a member that hangs must not use up
+        // the whole window left.
+        let give_up = deadline.min(sent + every / 2);
+        match tokio::time::timeout_at(give_up, store.renew(&lease)).await {
             Ok(Ok(Liveness::Alive)) => {
                 last_good = sent;
                 retry.reset();

@@ -37,9 +37,6 @@ pub(crate) struct KvPair {
     /// The session holding the key, if any.
     #[serde(rename = "Session", default)]
     pub session: Option<String>,
-    /// How many times the key has been acquired (a lock's fencing token).
-    #[serde(rename = "LockIndex", default)]
-    pub lock_index: u64,
 }
 
 impl KvPair {

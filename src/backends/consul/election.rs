@@ -1,7 +1,9 @@
 //! Elections on Consul, as Consul's leader-election guide describes: each campaigner holds a
-//! session (`Behavior=release`) and tries `acquire` on the election's key; the holder leads,
-//! and the key's lock index, which every acquisition raises, is the fencing token. The others
-//! wait on a blocking query of the key until it is free.
+//! session (`Behavior=release`, tied to its TTL alone: no node health check can end it before
+//! its holder knows) and tries `acquire` on the election's key; the holder leads. The fencing
+//! token is the key's modify index as the acquisition left it (Consul's Raft index: it rises
+//! across leaders even if the key is deleted, where the lock index would start again). The
+//! others wait on a blocking query of the key until it is free.
 
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use reqwest::StatusCode;
 
 use super::agents::{error_from, KvPair};
 use super::ConsulStore;
+use crate::backoff::Backoff;
 use crate::election::{ElectionStore, Leader};
 use crate::error::{Error, ErrorKind, Result};
 use crate::registration::Liveness;
@@ -24,7 +27,7 @@ fn leader_of(pair: Option<&KvPair>) -> Result<Option<Leader>> {
     match pair {
         Some(pair) if pair.session.is_some() => Ok(Some(Leader {
             value: String::from_utf8_lossy(&pair.bytes()?).into_owned(),
-            token: pair.lock_index,
+            token: pair.modify_index,
         })),
         _ => Ok(None),
     }
@@ -57,13 +60,45 @@ impl ConsulStore {
     }
 }
 
+impl ConsulStore {
+    /// One try: acquire the key, or wait until it is free; the token once it is taken.
+    async fn try_acquire(
+        &self,
+        name: &str,
+        value: &str,
+        campaign: &ConsulCampaign,
+    ) -> Result<Option<u64>> {
+        let key = self.election_key(name);
+        let session = campaign.session.as_str();
+        if self.lock_call("acquire", &key, session, value).await? {
+            let (pair, _) = self.agents.read_key(&key, 0).await?;
+            return match pair {
+                Some(pair) if pair.session.as_deref() == Some(session) => {
+                    Ok(Some(pair.modify_index))
+                }
+                // Released under us between the two requests (the session was destroyed).
+                _ => Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("election {name}: the lock was lost as it was taken"),
+                )),
+            };
+        }
+        // Held by another session: wait until the key changes.
+        let (mut pair, mut index) = self.agents.read_key(&key, 0).await?;
+        while pair.as_ref().is_some_and(|p| p.session.is_some()) {
+            (pair, index) = self.agents.read_key(&key, index.max(1)).await?;
+        }
+        Ok(None)
+    }
+}
+
 #[async_trait]
 impl ElectionStore for ConsulStore {
     type Lease = ConsulCampaign;
 
     async fn grant(&self, name: &str, ttl: Duration) -> Result<ConsulCampaign> {
         let session = self
-            .new_session(&format!("wayfinder election {name}"), ttl, "release")
+            .new_session(&format!("wayfinder election {name}"), ttl, "release", false)
             .await?;
         Ok(ConsulCampaign { session })
     }
@@ -73,28 +108,17 @@ impl ElectionStore for ConsulStore {
     }
 
     async fn acquire(&self, name: &str, value: &str, campaign: &ConsulCampaign) -> Result<u64> {
-        let key = self.election_key(name);
-        let session = campaign.session.as_str();
+        let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            if self.lock_call("acquire", &key, session, value).await? {
-                let (pair, _) = self.agents.read_key(&key, 0).await?;
-                match pair {
-                    Some(pair) if pair.session.as_deref() == Some(session) => {
-                        return Ok(pair.lock_index)
-                    }
-                    // Released under us between the two requests (the session lapsed).
-                    _ => {
-                        return Err(Error::new(
-                            ErrorKind::Unavailable,
-                            format!("election {name}: the lock was lost as it was taken"),
-                        ))
-                    }
+            match self.try_acquire(name, value, campaign).await {
+                Ok(Some(token)) => return Ok(token),
+                Ok(None) => retry.reset(),
+                Err(err) if err.is_temporary() => {
+                    let delay = retry.next_delay();
+                    tracing::debug!(error = %err, retry_in = ?delay, "consul campaign interrupted");
+                    tokio::time::sleep(delay).await;
                 }
-            }
-            // Held by another session: wait until the key changes, then try again.
-            let (mut pair, mut index) = self.agents.read_key(&key, 0).await?;
-            while pair.as_ref().is_some_and(|p| p.session.is_some()) {
-                (pair, index) = self.agents.read_key(&key, index.max(1)).await?;
+                Err(err) => return Err(err),
             }
         }
     }

@@ -15,26 +15,32 @@ impl ConsulStore {
     /// A fresh session named after the instance `id`, lapsing `ttl` (at least Consul's 10 s)
     /// after its last renewal.
     pub(super) async fn create_session(&self, id: &str, ttl: Duration) -> Result<String> {
-        self.new_session(&format!("wayfinder {id}"), ttl, "delete")
+        self.new_session(&format!("wayfinder {id}"), ttl, "delete", true)
             .await
     }
 
     /// A fresh session called `name`, lapsing `ttl` (at least Consul's 10 s) after its last
     /// renewal; when it lapses, the keys it locks are deleted or released (`behavior`). No lock
-    /// delay: the session's holders give their locks up before it can lapse.
+    /// delay. With `node_health`, the agent's node health check (`serfHealth`) also ends it at
+    /// once when the node fails; without, only the TTL (or a destroy) does, so its holder always
+    /// knows first.
     pub(super) async fn new_session(
         &self,
         name: &str,
         ttl: Duration,
         behavior: &str,
+        node_health: bool,
     ) -> Result<String> {
         let ttl = ttl.max(MIN_SESSION_TTL);
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "Name": name,
-            "TTL": format!("{}s", ttl.as_secs()),
+            "TTL": format!("{}s", ttl.as_secs_f64().ceil() as u64),
             "Behavior": behavior,
             "LockDelay": "0s",
         });
+        if !node_health {
+            body["Checks"] = serde_json::json!([]);
+        }
         let response = self
             .agents
             .put_json("session create", "/v1/session/create", Some(&body))

@@ -1,60 +1,128 @@
-//! Elections on etcd, through etcd's own election service (`v3election`, what etcd's
-//! `concurrency` package builds on): each campaigner's key `<election>/<lease>` is bound to its
-//! lease, the oldest key leads, and the fencing token is its create revision.
+//! Elections on etcd, by the recipe of etcd's own `concurrency` election: each campaigner puts
+//! `<election>/<lease>` bound to its lease (if absent), and the oldest key leads; a campaigner
+//! waits for the deletion of the newest key older than its own, then checks again. The fencing
+//! token is the leader key's create revision. Every request is bounded (a wait is a watch with a
+//! deadline, then a fresh look), and a leader checks at each renewal that its key is still its.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{GetOptions, LeaderKey, ResignOptions, SortOrder, SortTarget, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
 
 use super::lease::EtcdLease;
-use super::members::is_member_failure;
-use super::{etcd_error, EtcdStore};
+use super::{etcd_error, run_txn, EtcdStore};
 use crate::election::{ElectionStore, Leader};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::registration::Liveness;
 
-/// How long an observer's watch waits for a change before reading the leader again.
-const OBSERVE_WAIT: Duration = Duration::from_secs(10);
+/// The longest a watch waits for a change before the state is read afresh.
+const WAIT_STEP: Duration = Duration::from_secs(10);
 
-/// Pause before campaigning again after a member failed mid-campaign.
-const CAMPAIGN_RETRY: Duration = Duration::from_millis(200);
-
-/// One campaign on etcd: its lease, and its leader key once elected.
+/// One campaign on etcd: its lease and its key.
 pub(crate) struct EtcdCampaign {
     lease: EtcdLease,
-    leader: Mutex<Option<LeaderKey>>,
+    key: String,
+    /// The key's create revision once it is written.
+    revision: AtomicI64,
+    /// Whether it leads (a renewal then checks that the key is still its own).
+    leading: AtomicBool,
 }
 
 impl EtcdStore {
     /// The election's name in etcd: its candidates' keys are under it plus `/`.
-    fn election_key(&self, name: &str) -> String {
-        format!("{}{name}", self.config.layout.beside_prefix("election"))
+    fn election_prefix(&self, name: &str) -> String {
+        format!("{}{name}/", self.config.layout.beside_prefix("election"))
     }
 
-    /// The leader of `name` (the oldest candidate key) and the revision it was read at.
-    async fn read_leader(&self, name: &str) -> Result<(Option<Leader>, i64)> {
-        let prefix = format!("{}/", self.election_key(name));
+    /// The key with the lowest create revision under `prefix` whose create revision is at most
+    /// `up_to` (the oldest when `oldest`, else the newest), and the revision it was read at.
+    async fn candidate(
+        &self,
+        prefix: &str,
+        up_to: Option<i64>,
+        oldest: bool,
+    ) -> Result<(Option<etcd_client::KeyValue>, i64)> {
         let answer = self
             .members
-            .call("election leader", |mut client| {
-                let prefix = prefix.clone();
+            .call("election read", |mut client| {
+                let prefix = prefix.to_owned();
                 async move {
-                    let options = GetOptions::new()
+                    let order = if oldest {
+                        SortOrder::Ascend
+                    } else {
+                        SortOrder::Descend
+                    };
+                    let mut options = GetOptions::new()
                         .with_prefix()
-                        .with_sort(SortTarget::Create, SortOrder::Ascend)
+                        .with_sort(SortTarget::Create, order)
                         .with_limit(1);
+                    if let Some(up_to) = up_to {
+                        options = options.with_max_create_revision(up_to);
+                    }
                     client.get(prefix, Some(options)).await
                 }
             })
             .await?;
         let revision = answer.header().map_or(0, |h| h.revision());
-        let leader = answer.kvs().first().map(|kv| Leader {
-            value: String::from_utf8_lossy(kv.value()).into_owned(),
-            token: kv.create_revision() as u64,
-        });
-        Ok((leader, revision))
+        Ok((answer.kvs().first().cloned(), revision))
+    }
+
+    /// Waits (at most [`WAIT_STEP`]) for a change under `key` (a prefix when `prefix`) after
+    /// `revision`; `deletes_only` ignores puts.
+    async fn wait_for_change(
+        &self,
+        key: &str,
+        prefix: bool,
+        revision: i64,
+        deletes_only: bool,
+    ) -> Result<()> {
+        let wait = async {
+            let client = self.watch_members.preferred_client().await?;
+            let mut options = WatchOptions::new().with_start_revision(revision + 1);
+            if prefix {
+                options = options.with_prefix();
+            }
+            let mut stream = client
+                .watch_client()
+                .watch(key, Some(options))
+                .await
+                .map_err(|err| etcd_error("election watch", err))?;
+            loop {
+                let Some(answer) = stream
+                    .message()
+                    .await
+                    .map_err(|err| etcd_error("election watch", err))?
+                else {
+                    return Ok(());
+                };
+                if answer.canceled() {
+                    return Ok(());
+                }
+                // The creation reply and progress notices carry no event.
+                let changed = answer
+                    .events()
+                    .iter()
+                    .any(|e| !deletes_only || e.event_type() == EventType::Delete);
+                if changed {
+                    return Ok(());
+                }
+            }
+        };
+        match tokio::time::timeout(WAIT_STEP, wait).await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+fn leader_of(kv: &etcd_client::KeyValue) -> Leader {
+    Leader {
+        value: String::from_utf8_lossy(kv.value()).into_owned(),
+        token: kv.create_revision() as u64,
     }
 }
 
@@ -62,88 +130,109 @@ impl EtcdStore {
 impl ElectionStore for EtcdStore {
     type Lease = EtcdCampaign;
 
-    async fn grant(&self, _name: &str, ttl: Duration) -> Result<EtcdCampaign> {
+    async fn grant(&self, name: &str, ttl: Duration) -> Result<EtcdCampaign> {
+        let lease = EtcdStore::grant(self, ttl).await?;
+        let key = format!("{}{:x}", self.election_prefix(name), lease.id);
         Ok(EtcdCampaign {
-            lease: EtcdStore::grant(self, ttl).await?,
-            leader: Mutex::new(None),
+            lease,
+            key,
+            revision: AtomicI64::new(0),
+            leading: AtomicBool::new(false),
         })
     }
 
     async fn renew(&self, campaign: &EtcdCampaign) -> Result<Liveness> {
-        EtcdStore::renew(self, &campaign.lease).await
+        let renewed = EtcdStore::renew(self, &campaign.lease).await?;
+        if renewed == Liveness::Lost || !campaign.leading.load(Ordering::SeqCst) {
+            return Ok(renewed);
+        }
+        // Leading: the key must still be the one it was elected with (not deleted by hand).
+        let key = campaign.key.clone();
+        let answer = self
+            .members
+            .call("election check", |mut client| {
+                let key = key.clone();
+                async move { client.get(key, None).await }
+            })
+            .await?;
+        let ours = campaign.revision.load(Ordering::SeqCst);
+        let held = answer
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == ours);
+        Ok(if held {
+            Liveness::Alive
+        } else {
+            Liveness::Lost
+        })
     }
 
     async fn acquire(&self, name: &str, value: &str, campaign: &EtcdCampaign) -> Result<u64> {
-        let key = self.election_key(name);
+        let key = campaign.key.as_str();
+        let put = TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(campaign.lease.id)),
+        );
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([put])
+            .or_else([TxnOp::get(key, None)]);
+        let answer = run_txn(&self.members, "campaign", txn).await?;
+        let revision = if answer.succeeded() {
+            answer.header().map_or(0, |h| h.revision())
+        } else {
+            answer
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.create_revision()),
+                    _ => None,
+                })
+                .unwrap_or(0)
+        };
+        campaign.revision.store(revision, Ordering::SeqCst);
+        let prefix = self.election_prefix(name);
         loop {
-            // Campaigning blocks until elected: no request timeout, only the lease's.
-            let client = self.members.preferred_client().await?;
-            let attempt = client
-                .election_client()
-                .campaign(key.clone(), value, campaign.lease.id)
-                .await;
-            match attempt {
-                Ok(mut answer) => {
-                    let Some(leader) = answer.take_leader() else {
-                        continue;
-                    };
-                    let token = leader.rev() as u64;
-                    *campaign.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(leader);
-                    return Ok(token);
+            let (prior, read_at) = self.candidate(&prefix, Some(revision - 1), false).await?;
+            let Some(prior) = prior else {
+                // No older candidate; is ours still there (its lease alive)?
+                let (oldest, _) = self.candidate(&prefix, None, true).await?;
+                if oldest.is_some_and(|kv| kv.create_revision() == revision) {
+                    campaign.leading.store(true, Ordering::SeqCst);
+                    return Ok(revision as u64);
                 }
-                // The same lease campaigns again: etcd keeps its key and its place.
-                Err(err) if is_member_failure(&err) => {
-                    tracing::debug!(error = %err, "etcd campaign interrupted; campaigning again");
-                    tokio::time::sleep(CAMPAIGN_RETRY).await;
-                }
-                Err(err) => return Err(etcd_error("campaign", err)),
-            }
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("election {name}: the campaign's key is gone (its lease lapsed?)"),
+                ));
+            };
+            let prior_key = String::from_utf8_lossy(prior.key()).into_owned();
+            self.wait_for_change(&prior_key, false, read_at, true)
+                .await?;
         }
     }
 
     async fn release(&self, _name: &str, campaign: EtcdCampaign) -> Result<()> {
-        let leader = campaign
-            .leader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(leader) = leader {
-            let resigned = self
-                .members
-                .call("election resign", |client| {
-                    let options = ResignOptions::new().with_leader(leader.clone());
-                    async move { client.election_client().resign(Some(options)).await }
-                })
-                .await;
-            if let Err(err) = resigned {
-                tracing::debug!(error = %err, "etcd resign failed; revoking the lease does it");
-            }
-        }
-        // The candidate key goes with the lease.
+        // The key goes with the lease.
         self.revoke(campaign.lease).await
     }
 
     async fn leader(&self, name: &str) -> Result<Option<Leader>> {
-        Ok(self.read_leader(name).await?.0)
+        let (oldest, _) = self
+            .candidate(&self.election_prefix(name), None, true)
+            .await?;
+        Ok(oldest.as_ref().map(leader_of))
     }
 
     async fn next_leader(&self, name: &str, seen: &Option<Leader>) -> Result<Option<Leader>> {
-        let (leader, revision) = self.read_leader(name).await?;
+        let prefix = self.election_prefix(name);
+        let (oldest, read_at) = self.candidate(&prefix, None, true).await?;
+        let leader = oldest.as_ref().map(leader_of);
         if &leader != seen {
             return Ok(leader);
         }
-        let prefix = format!("{}/", self.election_key(name));
-        let client = self.watch_members.preferred_client().await?;
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut stream = client
-            .watch_client()
-            .watch(prefix, Some(options))
-            .await
-            .map_err(|err| etcd_error("election watch", err))?;
-        // Any change to the candidates, or a while without one; then read again.
-        let _ = tokio::time::timeout(OBSERVE_WAIT, stream.message()).await;
+        self.wait_for_change(&prefix, true, read_at, false).await?;
         self.leader(name).await
     }
 }

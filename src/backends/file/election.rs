@@ -1,13 +1,17 @@
 //! Elections in the file backend: one JSON document beside the routes file
-//! (`<file>.elections.json`), edited under its own lock file. A leader's record carries an
-//! expiry that its heartbeat pushes back; a record past its expiry is free to take.
+//! (`<file>.elections.json`), edited under its own lock file. A leader's heartbeat raises its
+//! record's beat count. A candidate takes a held record only once it has seen the same holder
+//! and beat for a whole TTL on its own monotonic clock, so no host's wall clock (a step, a skew
+//! between hosts on a network file system) can hand over a live leadership. The record's expiry
+//! time is only for observers.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -28,9 +32,12 @@ struct Record {
     value: String,
     /// The leader's campaign, while one leads.
     holder: Option<String>,
-    /// The last leader's fencing token; the next one gets one more.
+    /// The last leader's fencing token; the next one gets a greater one.
     token: u64,
-    /// When the leadership lapses unless renewed, ms since the Unix epoch.
+    /// The leader's heartbeats so far.
+    #[serde(default)]
+    beat: u64,
+    /// When the leadership looks lapsed to an observer, ms since the Unix epoch.
     expires_ms: u64,
 }
 
@@ -56,8 +63,42 @@ pub(crate) struct FileCampaign {
     id: String,
     name: String,
     ttl: Duration,
-    /// Whether it has been elected (a renewal then needs the record to be its own).
-    leading: AtomicBool,
+    /// Whether it has been elected (a renewal then needs the record to be its own); set under
+    /// the lock as the record is taken.
+    leading: Arc<AtomicBool>,
+    /// The holder and beat it last saw, and since when (its own clock).
+    seen: Mutex<Option<(Option<String>, u64, Instant)>>,
+}
+
+impl FileCampaign {
+    /// Whether `record` may be taken now: nobody holds it, or its holder's beat has not moved
+    /// for a whole TTL as this campaign saw it.
+    fn may_take(&self, record: Option<&Record>) -> bool {
+        let Some(record) = record.filter(|r| r.holder.is_some()) else {
+            return true;
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match &*seen {
+            Some((holder, beat, since)) if *holder == record.holder && *beat == record.beat => {
+                since.elapsed() >= self.ttl
+            }
+            _ => {
+                *seen = Some((record.holder.clone(), record.beat, Instant::now()));
+                false
+            }
+        }
+    }
+
+    /// Whether `record` is still as this campaign last saw it.
+    fn unchanged(record: Option<&Record>, seen: &Option<(Option<String>, u64)>) -> bool {
+        match (record.filter(|r| r.holder.is_some()), seen) {
+            (None, _) => true,
+            (Some(record), Some((holder, beat))) => {
+                record.holder == *holder && record.beat == *beat
+            }
+            (Some(_), None) => false,
+        }
+    }
 }
 
 impl FileElections {
@@ -138,7 +179,8 @@ impl ElectionStore for FileElections {
             id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
             name: name.to_owned(),
             ttl,
-            leading: AtomicBool::new(false),
+            leading: Arc::new(AtomicBool::new(false)),
+            seen: Mutex::new(None),
         })
     }
 
@@ -152,6 +194,7 @@ impl ElectionStore for FileElections {
         let held = self
             .update(move |records| match records.get_mut(&name) {
                 Some(record) if record.holder.as_deref() == Some(id.as_str()) => {
+                    record.beat += 1;
                     record.expires_ms = expires;
                     true
                 }
@@ -167,24 +210,32 @@ impl ElectionStore for FileElections {
 
     async fn acquire(&self, name: &str, value: &str, campaign: &FileCampaign) -> Result<u64> {
         loop {
-            let (id, name_, value) = (campaign.id.clone(), name.to_owned(), value.to_owned());
-            let expires = now_ms() + campaign.ttl.as_millis() as u64;
-            let taken = self
-                .update(move |records| {
-                    let record = records.entry(name_).or_default();
-                    if record.leader(now_ms()).is_some() {
-                        return None;
-                    }
-                    record.token += 1;
-                    record.holder = Some(id);
-                    record.value = value;
-                    record.expires_ms = expires;
-                    Some(record.token)
-                })
-                .await?;
-            if let Some(token) = taken {
-                campaign.leading.store(true, Ordering::SeqCst);
-                return Ok(token);
+            // Read without the lock; lock and write only when the record looks free.
+            let record = self.record(name).await?;
+            if campaign.may_take(record.as_ref()) {
+                let seen = record.as_ref().map(|r| (r.holder.clone(), r.beat));
+                let (id, name_, value) = (campaign.id.clone(), name.to_owned(), value.to_owned());
+                let ttl = campaign.ttl;
+                let leading = campaign.leading.clone();
+                let taken = self
+                    .update(move |records| {
+                        let record = records.entry(name_).or_default();
+                        if !FileCampaign::unchanged(Some(&*record), &seen) {
+                            return None;
+                        }
+                        // Above every earlier token, even if the document was deleted since.
+                        record.token = (record.token + 1).max(now_ms());
+                        record.holder = Some(id);
+                        record.beat = 0;
+                        record.value = value;
+                        record.expires_ms = now_ms() + ttl.as_millis() as u64;
+                        leading.store(true, Ordering::SeqCst);
+                        Some(record.token)
+                    })
+                    .await?;
+                if let Some(token) = taken {
+                    return Ok(token);
+                }
             }
             tokio::time::sleep(POLL).await;
         }

@@ -204,20 +204,21 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("deregistered {address}");
         }
         Command::Elect { name, value } => {
-            let mut stop = StopSignals::new()?;
+            let stop = stop_requested()?;
             let election = registry.election()?;
-            let leadership = tokio::select! {
-                elected = election.campaign(&name, &value) => elected?,
-                stopped = stop.recv() => return stopped,
+            // A stop while campaigning withdraws the candidacy before the process exits.
+            let campaign = election.campaign_until(&name, &value, Box::pin(stopped(stop.clone())));
+            let Some(leadership) = campaign.await? else {
+                return Ok(());
             };
             println!("leader");
             eprintln!("leading {name} with token {}", leadership.token());
             tokio::select! {
                 () = leadership.lost() => {
+                    let _ = leadership.resign().await;
                     return Err(Error::new(ErrorKind::Unavailable, format!("lost the leadership of {name}")));
                 }
-                stopped = stop.recv() => {
-                    stopped?;
+                () = stopped(stop) => {
                     leadership.resign().await?;
                     eprintln!("resigned from {name}");
                 }
@@ -360,6 +361,25 @@ impl StopSignals {
 
 async fn wait_for_stop_signal() -> Result<()> {
     StopSignals::new()?.recv().await
+}
+
+/// Becomes `true` at the first SIGINT or SIGTERM from now on.
+fn stop_requested() -> Result<tokio::sync::watch::Receiver<bool>> {
+    let mut signals = StopSignals::new()?;
+    let (requested, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if signals.recv().await.is_ok() {
+            let _ = requested.send(true);
+        }
+        // Keep the sender: a dropped one would read as a stop.
+        std::future::pending::<()>().await;
+    });
+    Ok(stop)
+}
+
+/// Completes once a stop was requested.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// A resolver with the configured settings but no health checks: one-shot commands answer from

@@ -43,6 +43,9 @@ pub struct Leader {
     pub token: u64,
 }
 
+/// What ends an [`Election::campaign_until`]: a shutdown signal, say.
+pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The leaders of one election as they change: the current one first (`None`: nobody leads).
 pub type LeaderStream = Pin<Box<dyn Stream<Item = Result<Option<Leader>>> + Send>>;
 
@@ -52,6 +55,16 @@ pub trait Election: Send + Sync + fmt::Debug {
     /// Waits until this process leads election `name`, then holds it (renewing its liveness)
     /// until [`Leadership::resign`] or the leadership is lost. `value` is what observers see.
     async fn campaign(&self, name: &str, value: &str) -> Result<Leadership>;
+
+    /// Like [`Election::campaign`], but gives up when `stop` completes first: the candidacy is
+    /// withdrawn and its liveness released before this returns `Ok(None)` (so nothing is left
+    /// to lapse, even if the process exits right after).
+    async fn campaign_until(
+        &self,
+        name: &str,
+        value: &str,
+        stop: StopSignal,
+    ) -> Result<Option<Leadership>>;
 
     /// The current leader of `name`, if any.
     async fn leader(&self, name: &str) -> Result<Option<Leader>>;

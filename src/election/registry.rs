@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::Leadership;
 use super::{campaign, observe, validate_name, Election, ElectionStore, Leader, LeaderStream};
+use super::{Leadership, StopSignal};
 use crate::error::Result;
 
 /// Elections on one backend, with the registry's liveness TTL.
@@ -39,7 +39,18 @@ impl<S> fmt::Debug for RegistryElection<S> {
 #[async_trait]
 impl<S: ElectionStore> Election for RegistryElection<S> {
     async fn campaign(&self, name: &str, value: &str) -> Result<Leadership> {
-        campaign(self.store.clone(), name, value, self.ttl).await
+        let never = std::future::pending::<()>();
+        let elected = campaign(self.store.clone(), name, value, self.ttl, never).await?;
+        Ok(elected.expect("a campaign that cannot be stopped ends elected"))
+    }
+
+    async fn campaign_until(
+        &self,
+        name: &str,
+        value: &str,
+        stop: StopSignal,
+    ) -> Result<Option<Leadership>> {
+        campaign(self.store.clone(), name, value, self.ttl, stop).await
     }
 
     async fn leader(&self, name: &str) -> Result<Option<Leader>> {

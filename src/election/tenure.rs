@@ -38,7 +38,7 @@ pub(crate) trait ElectionStore: Send + Sync + 'static {
     async fn acquire(&self, name: &str, value: &str, lease: &Self::Lease) -> Result<u64>;
 
     /// Gives up leadership and candidacy, and the liveness record.
-    async fn release(&self, name: &str, lease: Self::Lease) -> Result<()>;
+    async fn release(&self, name: &str, lease: &Self::Lease) -> Result<()>;
 
     /// The current leader of `name`.
     async fn leader(&self, name: &str) -> Result<Option<Leader>>;
@@ -67,11 +67,7 @@ impl<S: ElectionStore> Hold<S> {
     async fn release(self) -> Result<()> {
         self.keeper.abort();
         let _ = self.keeper.await;
-        match Arc::try_unwrap(self.lease) {
-            Ok(lease) => self.store.release(&self.name, lease).await,
-            // The keeper is gone, so nobody else holds the lease.
-            Err(_) => Ok(()),
-        }
+        self.store.release(&self.name, &self.lease).await
     }
 }
 
@@ -112,7 +108,8 @@ pub(crate) async fn campaign<S: ElectionStore>(
     name: &str,
     value: &str,
     ttl: Duration,
-) -> Result<Leadership> {
+    stop: impl Future<Output = ()>,
+) -> Result<Option<Leadership>> {
     validate_name(name)?;
     let sent = Instant::now();
     let lease = Arc::new(store.grant(name, ttl).await?);
@@ -135,8 +132,14 @@ pub(crate) async fn campaign<S: ElectionStore>(
     };
     let acquired = tokio::select! {
         biased;
-        _ = lost.wait_for(|lost| *lost) => Err(gone()),
-        token = store.acquire(name, value, &lease) => token,
+        _ = lost.wait_for(|lost| *lost) => Some(Err(gone())),
+        () = stop => None,
+        token = store.acquire(name, value, &lease) => Some(token),
+    };
+    let Some(acquired) = acquired else {
+        // Stopped: withdraw, and wait until it is done.
+        let _ = Box::new(held).end().await;
+        return Ok(None);
     };
     // Elected just as the liveness ran out: no leadership to hand out.
     let acquired = acquired.and_then(|token| {
@@ -150,13 +153,9 @@ pub(crate) async fn campaign<S: ElectionStore>(
         Ok(token) => {
             tracing::info!(election = name, token, "elected");
             let tenure = Box::new(held);
-            Ok(Leadership::new(
-                name.to_owned(),
-                value.to_owned(),
-                token,
-                lost,
-                tenure,
-            ))
+            let leadership =
+                Leadership::new(name.to_owned(), value.to_owned(), token, lost, tenure);
+            Ok(Some(leadership))
         }
         Err(err) => {
             let _ = Box::new(held).end().await;
@@ -190,10 +189,7 @@ async fn keep_alive<S: ElectionStore>(
             let _ = lost.send(true);
             return;
         }
-        // One attempt may take half a renewal period: a member that hangs must not use up
-        // the whole window left.
-        let give_up = deadline.min(sent + every / 2);
-        match tokio::time::timeout_at(give_up, store.renew(&lease)).await {
+        match tokio::time::timeout_at(deadline, store.renew(&lease)).await {
             Ok(Ok(Liveness::Alive)) => {
                 last_good = sent;
                 retry.reset();

@@ -1,10 +1,12 @@
 //! Elections on Consul, as Consul's leader-election guide describes: each campaigner holds a
-//! session (`Behavior=release`, tied to its TTL alone: no node health check can end it before
-//! its holder knows) and tries `acquire` on the election's key; the holder leads. The fencing
+//! session (`Behavior=release`, without the node health check, so a flapping node does not end
+//! it) and tries `acquire` on the election's key; the holder leads, and checks at each renewal
+//! that the key is still locked by its session. The fencing
 //! token is the key's modify index as the acquisition left it (Consul's Raft index: it rises
 //! across leaders even if the key is deleted, where the lock index would start again). The
 //! others wait on a blocking query of the key until it is free.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,9 +19,11 @@ use crate::election::{ElectionStore, Leader};
 use crate::error::{Error, ErrorKind, Result};
 use crate::registration::Liveness;
 
-/// One campaign on Consul: its session.
+/// One campaign on Consul: its session, and whether it leads.
 pub(crate) struct ConsulCampaign {
     session: String,
+    key: String,
+    leading: std::sync::atomic::AtomicBool,
 }
 
 /// The leader a key names: its value, while a session holds it.
@@ -74,6 +78,7 @@ impl ConsulStore {
             let (pair, _) = self.agents.read_key(&key, 0).await?;
             return match pair {
                 Some(pair) if pair.session.as_deref() == Some(session) => {
+                    campaign.leading.store(true, Ordering::SeqCst);
                     Ok(Some(pair.modify_index))
                 }
                 // Released under us between the two requests (the session was destroyed).
@@ -100,11 +105,27 @@ impl ElectionStore for ConsulStore {
         let session = self
             .new_session(&format!("wayfinder election {name}"), ttl, "release", false)
             .await?;
-        Ok(ConsulCampaign { session })
+        Ok(ConsulCampaign {
+            session,
+            key: self.election_key(name),
+            leading: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     async fn renew(&self, campaign: &ConsulCampaign) -> Result<Liveness> {
-        self.renew_session(&campaign.session).await
+        let renewed = self.renew_session(&campaign.session).await?;
+        if renewed == Liveness::Lost || !campaign.leading.load(Ordering::SeqCst) {
+            return Ok(renewed);
+        }
+        // Leading: the key must still be locked by this session (not deleted by hand, not
+        // released by a node deregistration).
+        let (pair, _) = self.agents.read_key(&campaign.key, 0).await?;
+        let held = pair.is_some_and(|p| p.session.as_deref() == Some(campaign.session.as_str()));
+        Ok(if held {
+            Liveness::Alive
+        } else {
+            Liveness::Lost
+        })
     }
 
     async fn acquire(&self, name: &str, value: &str, campaign: &ConsulCampaign) -> Result<u64> {
@@ -123,7 +144,7 @@ impl ElectionStore for ConsulStore {
         }
     }
 
-    async fn release(&self, name: &str, campaign: ConsulCampaign) -> Result<()> {
+    async fn release(&self, name: &str, campaign: &ConsulCampaign) -> Result<()> {
         let key = self.election_key(name);
         if let Err(err) = self.lock_call("release", &key, &campaign.session, "").await {
             tracing::debug!(error = %err, "consul release failed; destroying the session does it");

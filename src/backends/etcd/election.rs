@@ -213,9 +213,9 @@ impl ElectionStore for EtcdStore {
         }
     }
 
-    async fn release(&self, _name: &str, campaign: EtcdCampaign) -> Result<()> {
+    async fn release(&self, _name: &str, campaign: &EtcdCampaign) -> Result<()> {
         // The key goes with the lease.
-        self.revoke(campaign.lease).await
+        self.revoke_held(&campaign.lease).await
     }
 
     async fn leader(&self, name: &str) -> Result<Option<Leader>> {

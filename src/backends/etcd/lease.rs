@@ -128,6 +128,11 @@ impl EtcdStore {
 
     /// Stops renewing `lease` and revokes it.
     pub(super) async fn revoke(&self, lease: EtcdLease) -> Result<()> {
+        self.revoke_held(&lease).await
+    }
+
+    /// Revokes a lease still shared with others (they find it gone at their next renewal).
+    pub(super) async fn revoke_held(&self, lease: &EtcdLease) -> Result<()> {
         drop(lease.stream.lock().await.take());
         revoke_lease(&self.members, lease.id).await
     }

@@ -68,6 +68,8 @@ pub(crate) struct FileCampaign {
     leading: Arc<AtomicBool>,
     /// The holder and beat it last saw, and since when (its own clock).
     seen: Mutex<Option<(Option<String>, u64, Instant)>>,
+    /// Released: an acquisition still under way must not take the record any more.
+    released: Arc<AtomicBool>,
 }
 
 impl FileCampaign {
@@ -181,6 +183,7 @@ impl ElectionStore for FileElections {
             ttl,
             leading: Arc::new(AtomicBool::new(false)),
             seen: Mutex::new(None),
+            released: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -216,11 +219,13 @@ impl ElectionStore for FileElections {
                 let seen = record.as_ref().map(|r| (r.holder.clone(), r.beat));
                 let (id, name_, value) = (campaign.id.clone(), name.to_owned(), value.to_owned());
                 let ttl = campaign.ttl;
-                let leading = campaign.leading.clone();
+                let (leading, released) = (campaign.leading.clone(), campaign.released.clone());
                 let taken = self
                     .update(move |records| {
                         let record = records.entry(name_).or_default();
-                        if !FileCampaign::unchanged(Some(&*record), &seen) {
+                        if released.load(Ordering::SeqCst)
+                            || !FileCampaign::unchanged(Some(&*record), &seen)
+                        {
                             return None;
                         }
                         // Above every earlier token, even if the document was deleted since.
@@ -241,14 +246,13 @@ impl ElectionStore for FileElections {
         }
     }
 
-    async fn release(&self, name: &str, campaign: FileCampaign) -> Result<()> {
-        if !campaign.leading.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let name = name.to_owned();
+    async fn release(&self, name: &str, campaign: &FileCampaign) -> Result<()> {
+        // Under the lock, as an acquisition is: whichever comes second sees the other.
+        campaign.released.store(true, Ordering::SeqCst);
+        let (name, id) = (name.to_owned(), campaign.id.clone());
         self.update(move |records| {
             if let Some(record) = records.get_mut(&name) {
-                if record.holder.as_deref() == Some(campaign.id.as_str()) {
+                if record.holder.as_deref() == Some(id.as_str()) {
                     record.holder = None;
                     record.expires_ms = 0;
                 }

@@ -271,26 +271,15 @@ async fn a_thousand_concurrent_resolves_all_succeed() {
 /// registry in its configuration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_agent_serves_resolves_and_prometheus_metrics() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.json");
     let backend = format!("file://{}", routes.display());
     let registry = wayfinder::connect(&backend).await.unwrap();
     let instance = Instance::new(Address::new("127.0.0.1", 7411), vec![descriptor("A")]);
     let registration = registry.register(instance).await.unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayfinder"))
-        .args(["--backend", &backend, "agent", "--listen", "127.0.0.1:0"])
-        .env_remove("WAYFINDER_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the agent says where it listens")
-        .unwrap()
-        .unwrap();
+    let (mut child, line, _stdout) =
+        common::cli::start(&["--backend", &backend, "agent", "--listen", "127.0.0.1:0"]).await;
+    let line = line.expect("the agent says where it listens");
     let address = line
         .strip_prefix("agent listening on ")
         .expect(&line)

@@ -13,7 +13,6 @@ use common::consul_server::ConsulAgent;
 use common::etcd_server::EtcdServer;
 use common::proxy::CutProxy;
 use futures_util::StreamExt;
-use tokio::io::AsyncBufReadExt;
 use wayfinder::election::{Election, Leader};
 use wayfinder::{connect, RouteManager};
 
@@ -260,32 +259,11 @@ async fn resigning_hands_over_at_once_and_observers_follow_on<P: Place>() {
 async fn a_killed_leader_is_replaced_within_its_liveness_on<P: Place>() {
     common::init_logging();
     let place = P::new().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayfinder"))
-        .args([
-            "--backend",
-            &place.url(None),
-            "elect",
-            "jobs",
-            "--value",
-            "doomed",
-        ])
-        .env_remove("WAYFINDER_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the child is elected")
-        .unwrap();
+    let url = place.url(None);
+    let (mut child, line, _stdout) =
+        common::cli::start(&["--backend", &url, "elect", "jobs", "--value", "doomed"]).await;
     assert_eq!(line.as_deref(), Some("leader"));
-    let leader = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayfinder"))
-        .args(["--backend", &place.url(None), "leader", "jobs"])
-        .env_remove("WAYFINDER_CONFIG")
-        .output()
-        .await
-        .unwrap();
+    let leader = common::cli::run(&["--backend", &url, "leader", "jobs"]).await;
     assert!(leader.status.success());
     assert_eq!(String::from_utf8_lossy(&leader.stdout).trim(), "doomed");
     let doomed_token = election(&place)
@@ -326,12 +304,7 @@ async fn a_killed_leader_is_replaced_within_its_liveness_on<P: Place>() {
     );
     assert!(elected.token() > doomed_token);
     elected.resign().await.unwrap();
-    let none = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayfinder"))
-        .args(["--backend", &place.url(None), "leader", "jobs"])
-        .env_remove("WAYFINDER_CONFIG")
-        .output()
-        .await
-        .unwrap();
+    let none = common::cli::run(&["--backend", &url, "leader", "jobs"]).await;
     assert!(!none.status.success(), "no leader: exit non-zero");
 }
 
@@ -395,25 +368,9 @@ async fn consul_a_cut_off_leader_gives_up_before_another_is_elected() {
 async fn the_cli_resigns_on_sigterm() {
     common::init_logging();
     let place = File::new().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wayfinder"))
-        .args([
-            "--backend",
-            &place.url(None),
-            "elect",
-            "jobs",
-            "--value",
-            "cli",
-        ])
-        .env_remove("WAYFINDER_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the child is elected")
-        .unwrap();
+    let url = place.url(None);
+    let (mut child, line, _stdout) =
+        common::cli::start(&["--backend", &url, "elect", "jobs", "--value", "cli"]).await;
     assert_eq!(line.as_deref(), Some("leader"));
     // At once: the signal comes right after `leader` is printed.
     let pid = child.id().unwrap().to_string();

@@ -1,6 +1,8 @@
 //! Shared test support: the backend harness trait, helpers, and the conformance suite.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod conformance;
 pub mod consul_cluster;
 pub mod consul_server;

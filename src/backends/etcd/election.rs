@@ -38,8 +38,8 @@ impl EtcdStore {
         format!("{}{name}/", self.config.layout.beside_prefix("election"))
     }
 
-    /// The key with the lowest create revision under `prefix` whose create revision is at most
-    /// `up_to` (the oldest when `oldest`, else the newest), and the revision it was read at.
+    /// The oldest key under `prefix` (or, with `oldest` false, the newest) whose create revision
+    /// is at most `up_to`, and the revision it was read at.
     async fn candidate(
         &self,
         prefix: &str,

@@ -6,8 +6,7 @@
 //! time is only for observers.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +16,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::blocking;
+use super::storage::{lock_writers, write_atomically};
 use crate::clock::now_ms;
 use crate::election::{ElectionStore, Leader};
 use crate::error::{Error, Result};
@@ -135,31 +135,16 @@ impl FileElections {
     ) -> Result<R> {
         let (path, lock_path) = (self.path.clone(), self.lock_path.clone());
         blocking(move || {
-            let context = |action: &str, path: &Path| format!("{action} {}", path.display());
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::create_dir_all(dir)
-                    .map_err(|e| Error::from(e).context(context("create", dir)))?;
-            }
-            let lock = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .map_err(|e| Error::from(e).context(context("open", &lock_path)))?;
-            lock.lock()
-                .map_err(|e| Error::from(e).context(context("lock", &lock_path)))?;
+            let dir = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            let lock = lock_writers(&dir, &lock_path)?;
             let mut records = Self::read(&path)?;
             let result = edit(&mut records);
             let bytes = serde_json::to_vec_pretty(&records)
                 .map_err(|e| Error::malformed(format!("elections: {e}")))?;
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            let mut temp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))
-                .map_err(|e| Error::from(e).context(context("create a temp file beside", &path)))?;
-            temp.write_all(&bytes)
-                .and_then(|()| temp.as_file().sync_all())
-                .map_err(|e| Error::from(e).context(context("write", temp.path())))?;
-            temp.persist(&path)
-                .map_err(|e| Error::from(e.error).context(context("replace", &path)))?;
+            write_atomically(&dir, &path, &bytes)?;
             drop(lock);
             Ok(result)
         })

@@ -151,15 +151,7 @@ impl FileStorage {
         &self,
         edit: impl FnOnce(&mut Document, bool) -> Result<R>,
     ) -> Result<R> {
-        fs::create_dir_all(&self.dir).map_err(|e| io_error(&self.dir, "create directory", e))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path)
-            .map_err(|e| io_error(&self.lock_path, "open lock file", e))?;
-        lock.lock()
-            .map_err(|e| io_error(&self.lock_path, "lock", e))?;
+        let lock = lock_writers(&self.dir, &self.lock_path)?;
         let current = self.read()?;
         let existed = current.is_some();
         let mut doc = match current {
@@ -177,41 +169,57 @@ impl FileStorage {
         doc.prune(now_ms());
         let result = edit(&mut doc, existed)?;
         match &self.records_path {
-            None => self.write_atomically(&self.path, &doc.to_bytes()?)?,
+            None => write_atomically(&self.dir, &self.path, &doc.to_bytes()?)?,
             Some(records) => {
-                self.write_atomically(records, &doc.records_to_bytes()?)?;
-                self.write_atomically(&self.path, &doc.to_surging_bytes()?)?;
+                write_atomically(&self.dir, records, &doc.records_to_bytes()?)?;
+                write_atomically(&self.dir, &self.path, &doc.to_surging_bytes()?)?;
             }
         }
         drop(lock);
         Ok(result)
     }
+}
 
-    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let mut prefix = std::ffi::OsString::from(".");
-        prefix.push(path.file_name().unwrap_or_default());
-        prefix.push(".");
-        let mut temp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".tmp")
-            .tempfile_in(&self.dir)
-            .map_err(|e| io_error(&self.dir, "create temp file", e))?;
-        temp.write_all(bytes)
-            .map_err(|e| io_error(temp.path(), "write", e))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = temp
-                .as_file()
-                .set_permissions(fs::Permissions::from_mode(0o644));
-        }
-        temp.as_file()
-            .sync_all()
-            .map_err(|e| io_error(temp.path(), "fsync", e))?;
-        temp.persist(path)
-            .map_err(|e| io_error(path, "rename temp file over", e.error))?;
-        sync_dir(&self.dir)
+/// Creates `dir` if need be and takes the writers' lock (`lock_path`), held until the file is
+/// dropped.
+pub(crate) fn lock_writers(dir: &Path, lock_path: &Path) -> Result<File> {
+    fs::create_dir_all(dir).map_err(|e| io_error(dir, "create directory", e))?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .map_err(|e| io_error(lock_path, "open lock file", e))?;
+    lock.lock().map_err(|e| io_error(lock_path, "lock", e))?;
+    Ok(lock)
+}
+
+/// Replaces `path` (in `dir`) with `bytes` at once: a synced temporary file renamed over it,
+/// then the directory synced.
+pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".");
+    let mut temp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| io_error(dir, "create temp file", e))?;
+    temp.write_all(bytes)
+        .map_err(|e| io_error(temp.path(), "write", e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = temp
+            .as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644));
     }
+    temp.as_file()
+        .sync_all()
+        .map_err(|e| io_error(temp.path(), "fsync", e))?;
+    temp.persist(path)
+        .map_err(|e| io_error(path, "rename temp file over", e.error))?;
+    sync_dir(dir)
 }
 
 #[cfg(unix)]
